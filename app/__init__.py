@@ -1,0 +1,1 @@
+"""Kiln control plane: API, domain, services, ORM, settings and storage."""

@@ -1,0 +1,54 @@
+"""The Flask app factory."""
+
+from __future__ import annotations
+
+import orjson
+from flask import request
+from flask_openapi3 import Info, OpenAPI
+
+from app.api import health, jobs, models, problems
+from app.api.context import ApiContext, caller, close_session
+from app.db import make_engine, make_sessionmaker
+from app.errors import BadRequest
+from app.queueing import Publisher
+from app.settings import Settings, load_settings
+
+BEARER = {"type": "http", "scheme": "bearer", "description": "An API key from `kiln keys create`."}
+
+
+def require_api_key():
+    """Every /v1 call needs a valid key; checked before the body is looked at."""
+    if request.path.startswith("/v1/"):
+        caller()
+
+
+def reject_malformed_json():
+    """Malformed JSON is a 400, before any validation turns it into a 422."""
+    if request.method in ("POST", "PUT", "PATCH") and request.mimetype in ("application/json", ""):
+        data = request.get_data(cache=True)
+        if data:
+            try:
+                orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def create_app(settings: Settings | None = None) -> OpenAPI:
+    settings = settings or load_settings()
+    app = OpenAPI(__name__, info=Info(title="Kiln", version="0.1.0",
+                                      description="Asynchronous batch inference."),
+                  security_schemes={"bearer": BEARER},
+                  validation_error_callback=problems.from_validation_error,
+                  doc_prefix="/openapi")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.extensions["kiln"] = ApiContext(settings=settings,
+                                        sessions=make_sessionmaker(make_engine(settings)),
+                                        publisher=Publisher(settings))
+    app.before_request(require_api_key)
+    app.before_request(reject_malformed_json)
+    app.teardown_appcontext(close_session)
+    problems.init_app(app)
+    app.register_api(jobs.api)
+    app.register_api(models.api)
+    app.register_blueprint(health.bp)
+    return app

@@ -1,0 +1,66 @@
+"""HTTP entry points for jobs: parse, call one service function, shape the response."""
+
+from __future__ import annotations
+
+from flask import Response, request, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+
+from app.api.context import caller, context, db
+from app.api.responses import json_response
+from app.api.schemas import JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
+from app.services import jobs
+
+tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
+api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
+                   abp_security=[{"bearer": []}])
+ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem}
+
+
+@api.post("/jobs", responses={202: JobOut, **ERRORS})
+def submit_job(body: SubmitJob) -> Response:
+    """Submit an inline job. Send `Idempotency-Key` to make retries safe."""
+    session, who = db(), caller()
+    raw = request.get_json(silent=True)
+    job, created = jobs.submit_job(
+        session, who, model=body.model, inputs=body.inputs, metadata=body.metadata,
+        priority=body.priority, webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        fingerprint=jobs.request_fingerprint(raw),
+        max_inline_inputs=context().settings.max_inline_inputs)
+    session.commit()
+    if created:
+        context().publisher.publish_jobs([job.id])
+    return json_response(jobs.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
+
+
+@api.get("/jobs", responses={200: JobList, **ERRORS})
+def list_jobs(query: JobQuery) -> Response:
+    """List jobs, newest first, with an opaque cursor."""
+    page, next_cursor = jobs.list_jobs(db(), caller(), status=query.status, model=query.model,
+                                       limit=query.limit, cursor=query.cursor)
+    return json_response({"object": "list", "data": [jobs.job_summary(j) for j in page],
+                          "next_cursor": next_cursor})
+
+
+@api.get("/jobs/<job_id>", responses={200: JobOut, **ERRORS})
+def get_job(path: JobPath) -> Response:
+    """A job's status, counts and timestamps."""
+    return json_response(jobs.job_summary(jobs.get_job(db(), caller(), path.job_id)))
+
+
+@api.post("/jobs/<job_id>/cancel", responses={200: JobOut, **ERRORS})
+def cancel_job(path: JobPath) -> Response:
+    """Cancel: queued jobs end at once, running ones at their next batch boundary."""
+    session = db()
+    job = jobs.cancel_job(session, caller(), path.job_id)
+    session.commit()
+    return json_response(jobs.job_summary(job))
+
+
+@api.get("/jobs/<job_id>/results", responses={404: Problem, 401: Problem})
+def job_results(path: JobPath) -> Response:
+    """Results as JSONL in input order: `{"index", "output"}` or `{"index", "error"}` per line."""
+    job = jobs.get_job(db(), caller(), path.job_id)
+    lines = jobs.iter_result_lines(context().sessions, job.id)
+    return Response(stream_with_context(lines), mimetype="application/x-ndjson",
+                    headers={"X-Job-Status": job.status})

@@ -1,0 +1,63 @@
+"""RFC 9457 problem+json: every error the API returns goes through here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Flask, Response, request
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException
+
+from app.errors import KilnError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://kiln.dev/problems/"
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
+    body = {"type": PROBLEM_BASE + code, "title": title, "status": status, "detail": detail,
+            "instance": request.path, **extra}
+    return Response(orjson.dumps(body), status=status, mimetype="application/problem+json")
+
+
+def from_kiln_error(error: KilnError) -> Response:
+    return problem(error.status, error.code, error.title, error.detail, **error.extra)
+
+
+def from_validation_error(error: ValidationError) -> Response:
+    """Pydantic request validation failures become a 422 naming each bad field."""
+    errors = [{"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"],
+               "code": e["type"]} for e in error.errors(include_url=False, include_input=False)]
+    first = errors[0] if errors else {"field": None, "message": "invalid request"}
+    return problem(422, "invalid_input", "Invalid input",
+                   f"{first['field']}: {first['message']}", errors=errors)
+
+
+def from_http_exception(error: HTTPException) -> Response:
+    code = (error.name or "error").lower().replace(" ", "_")
+    return problem(error.code or 500, code, error.name, error.description or error.name)
+
+
+def from_database_down(error: DBAPIError) -> Response:
+    if not error.connection_invalidated and not isinstance(error.orig, OSError) and \
+            type(error.orig).__name__ not in ("OperationalError", "InterfaceError"):
+        return from_unexpected(error)
+    log.warning("database unavailable: %s", error.orig)
+    return problem(503, "database_unavailable", "Service unavailable",
+                   "the database is unreachable; retry shortly")
+
+
+def from_unexpected(error: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return problem(500, "internal_error", "Internal error", "an unexpected error occurred")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(KilnError, from_kiln_error)
+    app.register_error_handler(HTTPException, from_http_exception)
+    app.register_error_handler(DBAPIError, from_database_down)
+    app.register_error_handler(Exception, from_unexpected)

@@ -1,0 +1,1 @@
+"""Pure domain logic: no Flask, Celery or SQLAlchemy here."""

@@ -1,0 +1,54 @@
+"""Job and chunk status values and the transitions allowed between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    VALIDATING = "validating"
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINALIZING = "finalizing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+ACTIVE = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.FINALIZING})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.VALIDATING: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED,
+                                     JobStatus.EXPIRED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED,
+                                 JobStatus.EXPIRED}),
+    JobStatus.RUNNING: frozenset({JobStatus.QUEUED, JobStatus.FINALIZING, JobStatus.SUCCEEDED,
+                                  JobStatus.FAILED, JobStatus.CANCELLING, JobStatus.EXPIRED}),
+    JobStatus.FINALIZING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.QUEUED}),
+    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.QUEUED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+    JobStatus.EXPIRED: frozenset(),
+}
+
+
+def can_transition(current: str, target: str) -> bool:
+    return JobStatus(target) in TRANSITIONS[JobStatus(current)]
+
+
+def cancel_target(current: str) -> JobStatus | None:
+    """Where a cancel request moves a job: at once when nobody runs it, via `cancelling` otherwise."""
+    status = JobStatus(current)
+    if status in (JobStatus.QUEUED, JobStatus.VALIDATING):
+        return JobStatus.CANCELLED
+    if status is JobStatus.RUNNING:
+        return JobStatus.CANCELLING
+    return None
+
+
+def is_terminal(status: str) -> bool:
+    return JobStatus(status) in TERMINAL

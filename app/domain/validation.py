@@ -1,0 +1,52 @@
+"""Check inline records against a tabular model signature before a job is accepted."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """Why one record cannot be scored."""
+
+    index: int
+    field: str | None
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "code": self.code, "message": self.message}
+
+
+def is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def check_record(index: int, record: Any, columns: Sequence[str]) -> RecordError | None:
+    """Return the first problem with one record, or None when every column holds a finite number."""
+    if not isinstance(record, dict):
+        return RecordError(index, None, "not_an_object", f"record {index} must be a JSON object")
+    for column in columns:
+        if column not in record:
+            return RecordError(index, column, "missing_field",
+                               f"record {index} is missing field {column!r}")
+        if not is_number(record[column]):
+            return RecordError(index, column, "not_numeric",
+                               f"record {index} field {column!r} must be a finite number, "
+                               f"got {record[column]!r}")
+    return None
+
+
+def check_records(records: Sequence[Any], columns: Sequence[str], limit: int = 20) -> list[RecordError]:
+    """The first `limit` record problems, in index order."""
+    errors: list[RecordError] = []
+    for index, record in enumerate(records):
+        error = check_record(index, record, columns)
+        if error is not None:
+            errors.append(error)
+            if len(errors) >= limit:
+                break
+    return errors

@@ -1,0 +1,60 @@
+"""Celery configuration shared by the API's publisher and the workers, and the publisher itself."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Iterable
+
+from celery import Celery
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_JOB = "kiln.run_job"
+RECONCILE = "kiln.reconcile"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Reliability settings from DESIGN.md: late acks, requeue on worker loss, prefetch 1."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 2.0,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_seconds,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": settings.queue,
+        "worker_hijack_root_logger": False,
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1,
+                                      "interval_step": 0.2, "interval_max": 0.5},
+    }
+
+
+class Publisher:
+    """Tells workers to look at jobs. A lost message is harmless: the reconciler re-publishes."""
+
+    def __init__(self, settings: Settings):
+        self.celery = Celery("kiln-publisher", set_as_current=False)
+        self.celery.conf.update(celery_config(settings))
+        self.queue = settings.queue
+
+    def publish_jobs(self, job_ids: Iterable[uuid.UUID | str], queue: str | None = None) -> bool:
+        try:
+            for job_id in job_ids:
+                self.celery.send_task(RUN_JOB, kwargs={"job_id": str(job_id)},
+                                      queue=queue or self.queue)
+        except Exception as exc:  # noqa: BLE001 - any broker failure; the job is safe in Postgres
+            log.warning("publish failed, the reconciler will re-publish: %s", exc)
+            return False
+        return True

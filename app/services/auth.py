@@ -1,0 +1,77 @@
+"""Tenants and API keys. A key is shown once and stored as a SHA-256 hash with a visible prefix."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.errors import NotFound, Unauthorized
+from app.orm import ApiKey, Tenant
+
+KEY_PREFIX = "kiln_"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated tenant behind a request."""
+
+    tenant_id: uuid.UUID
+    tenant_name: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_key(session: Session, tenant_name: str, name: str | None = None) -> tuple[ApiKey, str]:
+    """Create a key for a tenant (creating the tenant if needed); the plain key is returned once."""
+    tenant = get_or_create_tenant(session, tenant_name)
+    public = secrets.token_hex(4)
+    plain = f"{KEY_PREFIX}{public}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(tenant_id=tenant.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(plain), name=name)
+    session.add(key)
+    session.flush()
+    return key, plain
+
+
+def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
+    rows = session.execute(select(ApiKey, Tenant.name).join(Tenant).order_by(ApiKey.created_at))
+    return [(key, tenant_name) for key, tenant_name in rows]
+
+
+def revoke_key(session: Session, prefix: str) -> ApiKey:
+    key = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if key is None:
+        raise NotFound(f"no API key with prefix {prefix!r}")
+    if key.revoked_at is None:
+        key.revoked_at = func.now()
+    session.flush()
+    return key
+
+
+def authenticate(session: Session, authorization: str | None) -> Caller:
+    """Resolve `Authorization: Bearer KEY` to its tenant, or raise Unauthorized."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized("send the API key as 'Authorization: Bearer KEY'")
+    plain = authorization[len("Bearer "):].strip()
+    row = session.execute(
+        select(ApiKey.tenant_id, Tenant.name).join(Tenant)
+        .where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        raise Unauthorized("the API key is unknown or revoked")
+    return Caller(tenant_id=row.tenant_id, tenant_name=row.name)

@@ -1,0 +1,186 @@
+"""Job use cases: submit, read, list, cancel and stream results, always scoped to one tenant."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Any, Iterator
+
+import orjson
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.domain.states import JobStatus, cancel_target
+from app.domain.validation import check_records
+from app.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge
+from app.orm import Job, JobResult
+from app.services.auth import Caller
+from app.services.models import resolve_model
+
+
+def request_fingerprint(body: Any) -> str:
+    """A stable hash of a request body, to tell an idempotent retry from a different request."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def parse_job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFound(f"no job {raw!r}") from None
+
+
+def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any],
+               metadata: dict[str, Any] | None = None, priority: int = 0,
+               webhook_url: str | None = None, idempotency_key: str | None = None,
+               fingerprint: str | None = None, max_inline_inputs: int = 10_000) -> tuple[Job, bool]:
+    """Validate and record an inline job. Returns the job and whether it was created now."""
+    if idempotency_key:
+        existing = _by_idempotency_key(session, caller, idempotency_key)
+        if existing is not None:
+            return _replay(existing, fingerprint), False
+    if not inputs:
+        raise InvalidInput("inputs must hold at least one record")
+    if len(inputs) > max_inline_inputs:
+        raise PayloadTooLarge(f"{len(inputs)} inline records is more than the limit of "
+                              f"{max_inline_inputs}; upload a file instead")
+    found = resolve_model(session, caller.tenant_id, model)
+    errors = check_records(inputs, found.signature.get("columns", []))
+    if errors:
+        first = errors[0]
+        raise InvalidInput(first.message, errors=[e.as_dict() for e in errors])
+    job = Job(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name, kind="inline",
+              status=JobStatus.QUEUED.value, priority=priority, total_count=len(inputs),
+              inputs=inputs, job_metadata=metadata or {}, webhook_url=webhook_url,
+              idempotency_key=idempotency_key, request_hash=fingerprint,
+              options={"model_version": found.version})
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        existing = _by_idempotency_key(session, caller, idempotency_key)
+        if existing is None:
+            raise
+        return _replay(existing, fingerprint), False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, caller: Caller, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == caller.tenant_id,
+                                            Job.idempotency_key == key))
+
+
+def _replay(existing: Job, fingerprint: str | None) -> Job:
+    if existing.request_hash != fingerprint:
+        raise Conflict("this Idempotency-Key was already used with a different request body")
+    return existing
+
+
+def get_job(session: Session, caller: Caller, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == parse_job_id(job_id),
+                                           Job.tenant_id == caller.tenant_id))
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = orjson.dumps([job.created_at.isoformat(), str(job.id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, job_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise BadRequest("the cursor is not one this API returned") from None
+
+
+def list_jobs(session: Session, caller: Caller, *, status: str | None = None,
+              model: str | None = None, limit: int = 20,
+              cursor: str | None = None) -> tuple[list[Job], str | None]:
+    """Newest first, one page; the second value is the cursor of the next page, if any."""
+    query = select(Job).where(Job.tenant_id == caller.tenant_id)
+    if status:
+        query = query.where(Job.status == status)
+    if model:
+        query = query.where(Job.model_name == model)
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created,
+                                and_(Job.created_at == created, Job.id < job_id)))
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc())
+                                .limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
+    """Queued jobs end at once; running ones stop at their next batch boundary."""
+    job = get_job(session, caller, job_id)
+    target = cancel_target(job.status)
+    if target is None:
+        if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
+            return job
+        raise Conflict(f"job {job.id} is {job.status} and cannot be cancelled")
+    values: dict[str, Any] = {"status": target.value}
+    if target is JobStatus.CANCELLED:
+        values["finished_at"] = datetime.now().astimezone()
+    result = session.execute(update(Job).where(Job.id == job.id, Job.status == job.status)
+                             .values(**values).returning(Job.status))
+    if result.first() is None:  # the job moved on between the read and the update
+        session.refresh(job)
+        return cancel_job(session, caller, job_id)
+    session.refresh(job)
+    return job
+
+
+def iter_result_lines(factory: sessionmaker[Session], job_id: uuid.UUID,
+                      page_rows: int = 2000) -> Iterator[bytes]:
+    """JSONL, one line per stored result in input order, read in pages with a session per page.
+
+    The caller checks the job belongs to its tenant before streaming starts.
+    """
+    after = -1
+    while True:
+        with factory() as session:
+            rows = session.execute(
+                select(JobResult.index, JobResult.output, JobResult.error)
+                .where(JobResult.job_id == job_id, JobResult.index > after)
+                .order_by(JobResult.index).limit(page_rows)).all()
+        for index, output, error in rows:
+            line = {"index": index, "error": error} if error is not None else {"index": index,
+                                                                               "output": output}
+            yield orjson.dumps(line) + b"\n"
+        if len(rows) < page_rows:
+            return
+        after = rows[-1].index
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """The public view of a job."""
+    return {
+        "id": str(job.id),
+        "object": "job",
+        "kind": job.kind,
+        "status": job.status,
+        "model": job.model_name,
+        "model_version": (job.options or {}).get("model_version"),
+        "priority": job.priority,
+        "request_counts": {"total": job.total_count, "completed": job.completed_count,
+                           "failed": job.failed_count},
+        "metadata": job.job_metadata or {},
+        "webhook_url": job.webhook_url,
+        "attempt": job.attempt,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "error": ({"code": job.error_code, "message": job.error_message}
+                  if job.error_code else None),
+    }

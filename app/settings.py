@@ -1,0 +1,119 @@
+"""One typed settings object, read from `KILN_*` environment variables when built."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept the plain `postgresql://` form users type and pick the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    raise ValueError(f"unsupported database URL {url!r}: expected postgresql://…")
+
+
+def kombu_url(url: str) -> str:
+    """Celery/kombu spell Redis Unix sockets `redis+socket://`; redis-py spells them `unix://`."""
+    if url.startswith("unix://"):
+        return "redis+socket://" + url[len("unix://"):]
+    return url
+
+
+class Settings(BaseSettings):
+    """Everything Kiln reads from its environment. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
+
+    home: Path = Field(default=Path(".kiln"), description="Folder for embedded services and local storage.")
+    database_url: str | None = Field(default=None, description="postgresql://user@host:port/db")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db or unix:///path")
+    storage_url: str | None = Field(default=None, description="file:///path (default: $KILN_HOME/storage)")
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = 2
+    api_threads: int = 4
+    worker_concurrency: int = Field(default=0, description="Celery prefork children; 0 = CPU count")
+    queue: str = "cpu"
+    max_attempts: int = 3
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float | None = None
+    queued_grace_seconds: float = 10.0
+    reconcile_interval_seconds: float = 5.0
+    max_inline_inputs: int = 10_000
+    max_request_bytes: int = 32 * 1024 * 1024
+    batch_size: int = 1024
+    max_jobs_per_claim: int = 256
+    visibility_timeout_seconds: int = 3600
+    soft_shutdown_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @field_validator("max_attempts", "max_inline_inputs", "batch_size", "max_jobs_per_claim")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None:
+            sqlalchemy_url(value)
+        return value
+
+    @cached_property
+    def services_file(self) -> Path:
+        return self.home / "services.json"
+
+    def with_embedded(self) -> "Settings":
+        """Fill unset URLs from the embedded services that `kiln up` records under `home`."""
+        if self.database_url and self.redis_url:
+            return self
+        try:
+            recorded = json.loads(self.services_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return self
+        return self.model_copy(update={
+            "database_url": self.database_url or recorded.get("database_url"),
+            "redis_url": self.redis_url or recorded.get("redis_url"),
+        })
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("KILN_DATABASE_URL is not set and no embedded database is running "
+                               "(start one with `kiln up`)")
+        return sqlalchemy_url(self.database_url)
+
+    @property
+    def broker_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("KILN_REDIS_URL is not set and no embedded Redis is running "
+                               "(start one with `kiln up`)")
+        return kombu_url(self.redis_url)
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.home.resolve() / "storage").as_uri()
+
+    @property
+    def lease_heartbeat_seconds(self) -> float:
+        return self.heartbeat_seconds or max(self.lease_seconds / 3, 0.2)
+
+    @property
+    def effective_concurrency(self) -> int:
+        return self.worker_concurrency or (os.cpu_count() or 1)
+
+
+def load_settings(**overrides) -> Settings:
+    """Build settings from the environment, then attach embedded services if any are running."""
+    return Settings(**overrides).with_embedded()
