@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     api_threads: int = 4
     worker_concurrency: int = Field(default=0, description="Celery prefork children; 0 = CPU count")
     queue: str = "cpu"
+    ort_threads: int = Field(default=0, description="ONNX Runtime intra-op threads; 0 = cores / concurrency")
     max_attempts: int = 3
     lease_seconds: float = 30.0
     heartbeat_seconds: float | None = None

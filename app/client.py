@@ -1,0 +1,79 @@
+"""A small HTTP client for the Kiln API, used by the CLI, the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+import httpx
+
+from app.domain.states import is_terminal
+
+
+class ApiError(Exception):
+    """Raised when the API answers with a problem+json error."""
+
+    def __init__(self, response: httpx.Response):
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"detail": response.text}
+        self.status = response.status_code
+        self.problem = body
+        super().__init__(f"{response.status_code} {body.get('title', '')}: {body.get('detail', '')}")
+
+
+class KilnClient:
+    def __init__(self, api_url: str, api_key: str | None, timeout_seconds: float = 30.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers,
+                                 timeout=timeout_seconds)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            raise ApiError(response)
+        return response
+
+    def submit(self, model: str, inputs: list[Any], *, metadata: dict | None = None,
+               priority: int = 0, webhook_url: str | None = None,
+               idempotency_key: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "inputs": inputs, "priority": priority}
+        if metadata:
+            body["metadata"] = metadata
+        if webhook_url:
+            body["webhook_url"] = webhook_url
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._check(self.http.post("/v1/jobs", json=body, headers=headers)).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._check(self.http.get("/v1/models")).json()["data"]
+
+    def wait(self, job_id: str, *, timeout_seconds: float = 3600, poll_seconds: float = 0.25,
+             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll until the job reaches a terminal state."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if is_terminal(job["status"]):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_seconds}s")
+            time.sleep(poll_seconds)
+
+    def iter_results(self, job_id: str) -> Iterator[bytes]:
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/results") as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response)
+            yield from response.iter_bytes()

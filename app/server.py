@@ -1,0 +1,26 @@
+"""Serve the API under gunicorn (gthread workers) from code, for `kiln api` and `kiln up`."""
+
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+from app.settings import Settings
+
+
+class ApiServer(BaseApplication):
+    def __init__(self, settings: Settings, host: str, port: int):
+        self.settings = settings
+        self.options = {"bind": f"{host}:{port}", "workers": settings.api_workers,
+                        "threads": settings.api_threads, "worker_class": "gthread",
+                        "timeout": 60, "graceful_timeout": 20, "accesslog": None,
+                        "loglevel": settings.log_level.lower()}
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from app.api import create_app
+
+        return create_app(self.settings)

@@ -1,0 +1,1 @@
+"""Kiln data plane: Celery app, tasks, executors and the inference runtime."""

@@ -1,0 +1,183 @@
+"""The `kiln` console script: the control-plane CLI plus the commands that need workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+from celery import signals
+
+from app.cli import cli, err, sessions, settings_from
+from app.cli import models as models_group
+from app.settings import Settings
+
+
+def add_demo_model(settings: Settings, name: str, *, only_if_missing: bool = False) -> str:
+    """Build a demo model offline and register it as a built-in model."""
+    from app.services.models import builtin_exists, register_model
+    from app.storage import Storage
+    from workers.demo_models import BUILDERS
+
+    if name not in BUILDERS:
+        raise click.ClickException(f"no demo model {name!r}; choose from {sorted(BUILDERS)}")
+    factory = sessions(settings)
+    with factory() as session:
+        if only_if_missing and builtin_exists(session, name):
+            return f"{name}: already registered"
+    built = BUILDERS[name]()
+    with factory.begin() as session:
+        model = register_model(session, Storage(settings.resolved_storage_url), name=built.name,
+                               artifact=built.artifact, signature=built.signature,
+                               processing=built.processing, metrics=built.metrics,
+                               provenance=built.provenance)
+        return f"{model.name} v{model.version} registered {built.metrics}"
+
+
+@models_group.command("add-demo")
+@click.argument("name", type=click.Choice(["digits"]))
+@click.pass_context
+def models_add_demo(ctx: click.Context, name: str) -> None:
+    """Build a built-in demo model offline and register it."""
+    click.echo(add_demo_model(settings_from(ctx), name))
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--queues", "-Q", default=None, help="Queues to consume (default $KILN_QUEUE).")
+@click.option("--concurrency", "-c", type=int, default=None, help="Prefork children.")
+@click.option("--no-reconciler", is_flag=True, help="Do not run the reconciler loop here.")
+@click.pass_context
+def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
+           no_reconciler: bool) -> None:
+    """Run a Celery worker (and the reconciler loop)."""
+    from workers.celery_app import create_celery
+    from workers.runtime.onnx import choose_providers
+
+    settings: Settings = settings_from(ctx)
+    queues = queues or settings.queue
+    require_gpu = "gpu" in queues.split(",")
+    if require_gpu:
+        try:
+            choose_providers(require_gpu=True)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+    concurrency = concurrency or settings.effective_concurrency
+    settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    threads = settings.ort_threads or max(1, (os.cpu_count() or 1) // concurrency)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    configure_logging(settings.log_level)
+    celery = create_celery(settings, require_gpu=require_gpu)
+
+    if not no_reconciler:
+        @signals.worker_ready.connect(weak=False)
+        def start_reconciler(**_kwargs) -> None:
+            from workers.context import worker_context
+            from workers.reconciler import ReconcilerThread
+
+            context = worker_context(settings)
+            ReconcilerThread(context.sessions, context.publisher,
+                             interval_seconds=settings.reconcile_interval_seconds,
+                             max_attempts=settings.max_attempts,
+                             grace_seconds=settings.queued_grace_seconds).start()
+
+    celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
+                        "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
+                        "--hostname", f"kiln-{queues}-{os.getpid()}@%h"])
+
+
+@cli.command()
+@click.pass_context
+def reconcile(ctx: click.Context) -> None:
+    """Run one reconciler pass now."""
+    from workers.context import worker_context
+    from workers.reconciler import reconcile_and_publish
+
+    settings = settings_from(ctx)
+    context = worker_context(settings)
+    report = reconcile_and_publish(context.sessions, context.publisher,
+                                   max_attempts=settings.max_attempts,
+                                   grace_seconds=settings.queued_grace_seconds)
+    click.echo(f"given up {len(report.given_up)}, requeued {len(report.requeued)}, "
+               f"republished {len(report.republished)}")
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "workers.cli", *args], env=env)
+
+
+@cli.command()
+@click.option("--port", type=int, default=None, help="API port (default $KILN_API_PORT).")
+@click.pass_context
+def up(ctx: click.Context, port: int | None) -> None:
+    """Run everything on one machine: embedded Postgres and Redis if none are configured,
+    migrations, the demo model, the API and a worker. Ctrl-C stops what it started."""
+    from app.embedded import EmbeddedServices
+    from app.migrate import upgrade
+
+    settings: Settings = settings_from(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    embedded = None
+    base = Settings()
+    if not (base.database_url and base.redis_url):
+        embedded = EmbeddedServices(settings.home)
+        err.print(f"starting embedded Postgres and Redis under {settings.home.resolve()} …")
+        urls = embedded.start()
+        settings = settings.model_copy(update={
+            "database_url": base.database_url or urls["database_url"],
+            "redis_url": base.redis_url or urls["redis_url"]})
+    port = port or settings.api_port
+    stopping = False
+
+    def stop(_signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    children: dict[str, subprocess.Popen] = {}
+    try:
+        upgrade(settings)
+        err.print(add_demo_model(settings, "digits", only_if_missing=True))
+        env = {**os.environ, "KILN_DATABASE_URL": settings.database_url,
+               "KILN_REDIS_URL": settings.redis_url, "KILN_HOME": str(settings.home.resolve()),
+               "KILN_WEBHOOK_ALLOW_PRIVATE": "true"}
+        commands = {"api": ["api", "--port", str(port)], "worker": ["worker"]}
+        children = {name: spawn(args, env) for name, args in commands.items()}
+        url = f"http://{settings.api_host}:{port}"
+        err.print(f"[bold green]Kiln is up.[/] API {url}  docs {url}/docs  (Ctrl-C stops it)")
+        while not stopping:
+            for name, child in list(children.items()):
+                if child.poll() is not None and not stopping:
+                    err.print(f"{name} exited with {child.returncode}; restarting it")
+                    children[name] = spawn(commands[name], env)
+            time.sleep(0.5)
+    finally:
+        err.print("stopping …")
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if embedded is not None:
+            embedded.stop()
+        err.print("stopped")
+
+
+def main() -> None:
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Run inline jobs: claim a batch of jobs in one statement, score their rows together, write fenced.
+
+Small jobs for the same model are coalesced: the worker that receives any one of them claims
+every queued job of that model it can (up to a row budget) with `FOR UPDATE SKIP LOCKED`, so
+per-job overhead (claim, write, status) is paid once per batch rather than once per job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.domain.batching import batches, run_isolated
+from app.orm import JobResult
+
+log = logging.getLogger(__name__)
+
+CLAIM = text("""
+WITH target AS (SELECT model_id FROM jobs WHERE id = :job_id),
+candidates AS (
+    SELECT j.id, j.total_count, j.priority, j.created_at, (j.id = :job_id) AS wanted
+    FROM jobs j, target t
+    WHERE j.model_id = t.model_id AND j.kind = 'inline'
+      AND (j.status = 'queued'
+           OR (j.status = 'running' AND j.lease_expires_at < now() AND j.attempt < :max_attempts))
+    ORDER BY (j.id = :job_id) DESC, j.priority DESC, j.created_at, j.id
+    LIMIT :max_jobs
+    FOR UPDATE OF j SKIP LOCKED
+),
+budgeted AS (
+    SELECT id FROM (
+        SELECT id, sum(total_count) OVER (ORDER BY wanted DESC, priority DESC, created_at, id)
+               - total_count AS rows_before
+        FROM candidates) c
+    WHERE rows_before < :row_budget
+)
+UPDATE jobs j
+SET status = 'running', attempt = j.attempt + 1,
+    lease_expires_at = now() + make_interval(secs => :lease_seconds),
+    started_at = coalesce(j.started_at, now()), completed_count = 0, failed_count = 0
+FROM budgeted
+WHERE j.id = budgeted.id
+RETURNING j.id, j.tenant_id, j.attempt, j.model_id, j.inputs, j.total_count, j.priority, j.created_at
+""")
+
+RECORD_PROGRESS = text("""
+UPDATE jobs j
+SET completed_count = j.completed_count + v.completed,
+    failed_count = j.failed_count + v.failed,
+    lease_expires_at = now() + make_interval(secs => :lease_seconds)
+FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:completed AS int[]),
+            CAST(:failed AS int[])) AS v(id, attempt, completed, failed)
+WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
+RETURNING j.id, j.status, (j.completed_count + j.failed_count >= j.total_count) AS done
+""")
+
+FINISH = text("""
+UPDATE jobs j
+SET status = CASE WHEN j.status = 'cancelling' THEN 'cancelled' ELSE 'succeeded' END,
+    finished_at = now(), lease_expires_at = NULL
+FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
+WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
+RETURNING j.id, j.tenant_id, j.status
+""")
+
+RENEW = text("""
+UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
+WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
+""")
+
+
+@dataclass
+class ClaimedJob:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    model_id: uuid.UUID
+    inputs: list[Any]
+    total: int
+
+
+@dataclass(frozen=True)
+class Row:
+    job: ClaimedJob
+    index: int
+    record: Any
+
+
+def claim_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget: int,
+               lease_seconds: float, max_attempts: int) -> list[ClaimedJob]:
+    """Claim `job_id` (if still claimable) and other waiting inline jobs of the same model."""
+    rows = session.execute(CLAIM, {"job_id": job_id, "max_jobs": max_jobs, "row_budget": row_budget,
+                                   "lease_seconds": lease_seconds, "max_attempts": max_attempts})
+    claimed = [ClaimedJob(r.id, r.tenant_id, r.attempt, r.model_id, r.inputs or [], r.total_count)
+               for r in rows]
+    claimed.sort(key=lambda j: (j.id != job_id,))
+    return claimed
+
+
+class LeaseKeeper:
+    """Renews the leases of the jobs a worker holds until it is stopped."""
+
+    def __init__(self, sessions: sessionmaker[Session], lease_seconds: float, every_seconds: float):
+        self.sessions, self.lease_seconds, self.every = sessions, lease_seconds, every_seconds
+        self.held: dict[uuid.UUID, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="kiln-lease", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def hold(self, jobs: Sequence[ClaimedJob]) -> None:
+        with self._lock:
+            self.held.update({j.id: j.attempt for j in jobs})
+
+    def release(self, job_ids) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self.held.pop(job_id, None)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            with self._lock:
+                ids, attempts = list(self.held), list(self.held.values())
+            if not ids:
+                continue
+            try:
+                with self.sessions() as session, session.begin():
+                    session.execute(RENEW, {"ids": ids, "attempts": attempts,
+                                            "lease_seconds": self.lease_seconds})
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next tick
+                log.warning("lease renewal failed: %s", exc)
+
+
+def error_output(exc: Exception) -> dict[str, Any]:
+    return {"error": {"code": "inference_error", "message": f"{exc.__class__.__name__}: {exc}"[:500]}}
+
+
+def write_batch(session: Session, rows: Sequence[Row], outputs: Sequence[dict[str, Any]],
+                lease_seconds: float) -> tuple[set[uuid.UUID], list[ClaimedJob]]:
+    """Record one batch's results, fenced by each job's attempt.
+
+    Returns the ids of jobs whose fence failed (lost or cancelled elsewhere) and the jobs that
+    ended with this batch (all rows done, or a cancel was requested).
+    """
+    counts: dict[uuid.UUID, list[int]] = {}
+    jobs: dict[uuid.UUID, ClaimedJob] = {}
+    for row, output in zip(rows, outputs):
+        jobs[row.job.id] = row.job
+        tally = counts.setdefault(row.job.id, [0, 0])
+        tally[1 if "error" in output else 0] += 1
+    ids = list(counts)
+    owned = session.execute(RECORD_PROGRESS, {
+        "ids": ids, "attempts": [jobs[i].attempt for i in ids],
+        "completed": [counts[i][0] for i in ids], "failed": [counts[i][1] for i in ids],
+        "lease_seconds": lease_seconds}).all()
+    owned_ids = {r.id for r in owned}
+    values = [{"job_id": row.job.id, "index": row.index, "tenant_id": row.job.tenant_id,
+               "attempt": row.job.attempt,
+               "output": None if "error" in output else output,
+               "error": output.get("error")}
+              for row, output in zip(rows, outputs) if row.job.id in owned_ids]
+    if values:
+        statement = insert(JobResult)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=[JobResult.job_id, JobResult.index],
+            set_={"output": statement.excluded.output, "error": statement.excluded.error,
+                  "attempt": statement.excluded.attempt}), values)
+    ending = [jobs[r.id] for r in owned if r.done or r.status == "cancelling"]
+    return set(ids) - owned_ids, ending
+
+
+def finish_jobs(session: Session, jobs: Sequence[ClaimedJob]) -> list[Any]:
+    if not jobs:
+        return []
+    return session.execute(FINISH, {"ids": [j.id for j in jobs],
+                                    "attempts": [j.attempt for j in jobs]}).all()
+
+
+def execute_jobs(sessions: sessionmaker[Session], claimed: list[ClaimedJob], model, *,
+                 batch_size: int, lease_seconds: float, heartbeat_seconds: float,
+                 on_batch=None) -> dict[str, int]:
+    """Score every row of the claimed jobs in shared batches; each job keeps its own results."""
+    rows = [Row(job, index, record) for job in claimed for index, record in enumerate(job.inputs)]
+    dropped: set[uuid.UUID] = set()
+    stats = {"rows": 0, "batches": 0, "jobs_finished": 0}
+    with LeaseKeeper(sessions, lease_seconds, heartbeat_seconds) as keeper:
+        keeper.hold(claimed)
+        for batch in batches(rows, batch_size):
+            live = [row for row in batch if row.job.id not in dropped]
+            if not live:
+                continue
+            outputs = run_isolated(live, lambda items: model.run([r.record for r in items]),
+                                   lambda _row, exc: error_output(exc))
+            with sessions() as session, session.begin():
+                lost, ending = write_batch(session, live, outputs, lease_seconds)
+                finished = finish_jobs(session, ending)
+            dropped |= lost | {j.id for j in ending}
+            keeper.release(dropped)
+            stats["rows"] += len(live)
+            stats["batches"] += 1
+            stats["jobs_finished"] += len(finished)
+            if on_batch is not None:
+                on_batch(len(live), len({r.job.id for r in live}))
+            if lost:
+                log.info("lost the lease on %d job(s); another attempt owns them", len(lost))
+    return stats

@@ -1,0 +1,94 @@
+"""The safety net: Postgres is the record, Redis only carries hints.
+
+Re-publishes queued jobs whose message may have been lost, returns jobs whose lease expired to
+the queue, and fails jobs that keep killing their worker instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.queueing import Publisher
+
+log = logging.getLogger(__name__)
+
+GIVE_UP = text("""
+UPDATE jobs
+SET status = CASE WHEN status = 'cancelling' THEN 'cancelled' ELSE 'failed' END,
+    finished_at = now(), lease_expires_at = NULL,
+    error_code = CASE WHEN status = 'cancelling' THEN error_code ELSE 'worker_crashed' END,
+    error_message = CASE WHEN status = 'cancelling' THEN error_message
+        ELSE 'the job stopped its worker ' || attempt || ' times (KILN_MAX_ATTEMPTS)' END
+WHERE status IN ('running', 'cancelling', 'finalizing') AND lease_expires_at < now()
+  AND (attempt >= :max_attempts OR status = 'cancelling')
+RETURNING id
+""")
+
+REQUEUE_EXPIRED = text("""
+UPDATE jobs SET status = 'queued', lease_expires_at = NULL, published_at = now()
+WHERE status IN ('running', 'finalizing') AND lease_expires_at < now() AND attempt < :max_attempts
+RETURNING id
+""")
+
+REPUBLISH_QUEUED = text("""
+UPDATE jobs SET published_at = now()
+WHERE id IN (SELECT id FROM jobs WHERE status = 'queued'
+             AND coalesce(published_at, created_at) < now() - make_interval(secs => :grace_seconds)
+             ORDER BY priority DESC, created_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+RETURNING id
+""")
+
+
+@dataclass
+class Report:
+    given_up: list = field(default_factory=list)
+    requeued: list = field(default_factory=list)
+    republished: list = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.given_up or self.requeued or self.republished)
+
+
+def reconcile_once(session: Session, *, max_attempts: int, grace_seconds: float,
+                   limit: int = 5000) -> Report:
+    """One pass; the caller commits, then publishes `requeued + republished`."""
+    params = {"max_attempts": max_attempts, "grace_seconds": grace_seconds, "limit": limit}
+    return Report(given_up=[r.id for r in session.execute(GIVE_UP, params)],
+                  requeued=[r.id for r in session.execute(REQUEUE_EXPIRED, params)],
+                  republished=[r.id for r in session.execute(REPUBLISH_QUEUED, params)])
+
+
+def reconcile_and_publish(sessions: sessionmaker[Session], publisher: Publisher, *,
+                          max_attempts: int, grace_seconds: float) -> Report:
+    with sessions() as session, session.begin():
+        report = reconcile_once(session, max_attempts=max_attempts, grace_seconds=grace_seconds)
+    if report.requeued or report.republished:
+        publisher.publish_jobs(report.requeued + report.republished)
+    if report:
+        log.info("reconciler: %d given up, %d requeued, %d republished", len(report.given_up),
+                 len(report.requeued), len(report.republished))
+    return report
+
+
+class ReconcilerThread(threading.Thread):
+    """Runs the reconciler every `interval_seconds` inside a long-lived process."""
+
+    def __init__(self, sessions: sessionmaker[Session], publisher: Publisher, *,
+                 interval_seconds: float, max_attempts: int, grace_seconds: float):
+        super().__init__(name="kiln-reconciler", daemon=True)
+        self.sessions, self.publisher = sessions, publisher
+        self.interval, self.max_attempts, self.grace = interval_seconds, max_attempts, grace_seconds
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                reconcile_and_publish(self.sessions, self.publisher,
+                                      max_attempts=self.max_attempts, grace_seconds=self.grace)
+            except Exception as exc:  # noqa: BLE001 - Postgres may be down; try next period
+                log.warning("reconciler pass failed: %s", exc)

@@ -1,0 +1,41 @@
+"""Celery tasks: thin entry points that take ids and hand off to the executors."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery import shared_task
+
+from app.queueing import RUN_JOB
+from workers.context import worker_context
+from workers.executor import claim_jobs, execute_jobs
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=RUN_JOB, bind=True)
+def run_job(self, job_id: str) -> dict | None:
+    """Claim the job (and other waiting jobs of its model), score them, write fenced results."""
+    settings = self.app.kiln_settings
+    context = worker_context(settings, require_gpu=getattr(self.app, "kiln_require_gpu", False))
+    try:
+        wanted = uuid.UUID(job_id)
+    except ValueError:
+        log.error("ignoring a message with a malformed job id %r", job_id)
+        return None
+    with context.sessions() as session, session.begin():
+        claimed = claim_jobs(session, wanted, max_jobs=settings.max_jobs_per_claim,
+                             row_budget=settings.batch_size * 4,
+                             lease_seconds=settings.lease_seconds,
+                             max_attempts=settings.max_attempts)
+    if not claimed:
+        return None
+    with context.sessions() as session:
+        model = context.model(session, claimed[0].model_id)
+    stats = execute_jobs(context.sessions, claimed, model, batch_size=settings.batch_size,
+                         lease_seconds=settings.lease_seconds,
+                         heartbeat_seconds=settings.lease_heartbeat_seconds)
+    log.info("scored %d rows of %d job(s) in %d batch(es)", stats["rows"], len(claimed),
+             stats["batches"])
+    return stats
