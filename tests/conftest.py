@@ -1,0 +1,132 @@
+"""Fixtures: real Postgres and Redis (local when reachable, else embedded), real kiln processes."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.client import KilnClient
+from app.db import make_engine, make_sessionmaker
+from app.migrate import upgrade
+from app.settings import Settings
+from tests import support
+
+
+@dataclass
+class Services:
+    admin_url: str
+    redis_url: str
+    home: Path
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    home = tmp_path_factory.mktemp("kiln-services")
+    embedded = None
+    if support.local_postgres_up():
+        admin_url = support.LOCAL_POSTGRES
+    else:
+        from app.embedded import EmbeddedPostgres
+        embedded_pg = EmbeddedPostgres(home)
+        admin_url = embedded_pg.start()
+        embedded = [embedded_pg]
+    if support.local_redis_up():
+        redis_url = f"{support.LOCAL_REDIS}/{random.randint(1, 15)}"
+    else:
+        from app.embedded import EmbeddedRedis
+        embedded_redis = EmbeddedRedis(home)
+        redis_url = embedded_redis.start()
+        embedded = (embedded or []) + [embedded_redis]
+    yield Services(admin_url, redis_url, home)
+    for server in embedded or []:
+        server.stop()
+
+
+@dataclass
+class Stack:
+    """One isolated Kiln installation: its own database, queue and storage."""
+
+    env: dict[str, str]
+    settings: Settings
+    logdir: Path
+
+    @property
+    def sessions(self):
+        if not hasattr(self, "_sessions"):
+            self._sessions = make_sessionmaker(make_engine(self.settings, pool_size=2))
+        return self._sessions
+
+    def kiln(self, *args: str, **kwargs):
+        return support.run_kiln(self.env, *args, **kwargs)
+
+    def create_key(self, tenant: str | None = None) -> str:
+        result = self.kiln("keys", "create", "--tenant", tenant or f"t-{uuid.uuid4().hex[:8]}")
+        return result.stdout.strip().splitlines()[-1]
+
+
+def build_stack(services: Services, tmp: Path, **overrides: str) -> tuple[Stack, str]:
+    name = f"kiln_test_{uuid.uuid4().hex[:10]}"
+    database_url = support.create_database(services.admin_url, name)
+    env = support.test_env({
+        "KILN_DATABASE_URL": database_url, "KILN_REDIS_URL": services.redis_url,
+        "KILN_HOME": str(tmp), "KILN_QUEUE": f"q-{name}", "KILN_LEASE_SECONDS": "2",
+        "KILN_RECONCILE_INTERVAL_SECONDS": "0.5", "KILN_QUEUED_GRACE_SECONDS": "2",
+        "KILN_WORKER_CONCURRENCY": "2", "KILN_API_WORKERS": "2", "KILN_LOG_LEVEL": "INFO",
+        **overrides})
+    settings = Settings(**{k[5:].lower(): v for k, v in env.items() if k.startswith("KILN_")})
+    upgrade(settings)
+    return Stack(env, settings, tmp), name
+
+
+@pytest.fixture(scope="session")
+def stack(services, tmp_path_factory):
+    """The shared stack, with the digits model registered."""
+    built, name = build_stack(services, tmp_path_factory.mktemp("stack"))
+    built.kiln("models", "add-demo", "digits")
+    yield built
+    support.drop_database(services.admin_url, name)
+
+
+@pytest.fixture
+def make_stack(services, tmp_path_factory):
+    """Factory for an isolated stack, for tests that need an idle queue or odd settings."""
+    created = []
+
+    def make(**overrides: str) -> Stack:
+        built, name = build_stack(services, tmp_path_factory.mktemp("iso"), **overrides)
+        created.append(name)
+        return built
+
+    yield make
+    for name in created:
+        support.drop_database(services.admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def api(stack):
+    process = support.start_api(stack.env, stack.logdir)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(stack):
+    process = support.start_worker(stack.env, stack.logdir)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def api_key(stack) -> str:
+    return stack.create_key()
+
+
+@pytest.fixture
+def client(api, worker, api_key):
+    kiln = KilnClient(api.url, api_key)
+    yield kiln
+    kiln.close()

@@ -1,0 +1,160 @@
+"""Test plumbing: real Postgres and Redis (local or embedded), real `kiln` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+import redis
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379"
+
+
+def local_postgres_up() -> bool:
+    try:
+        psycopg.connect(LOCAL_POSTGRES, connect_timeout=2).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+def local_redis_up() -> bool:
+    try:
+        return bool(redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def with_database(admin_url: str, name: str) -> str:
+    """The same server URL pointing at database `name`."""
+    base, _, query = admin_url.partition("?")
+    base = base.rsplit("/", 1)[0] + "/" + name
+    return f"{base}?{query}" if query else base
+
+
+def create_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return with_database(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kiln_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "workers.cli", *args]
+
+
+def run_kiln(env: dict[str, str], *args: str, check: bool = True,
+             timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run(kiln_command(*args), env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kiln {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+@dataclass
+class KilnProcess:
+    """A `kiln api` or `kiln worker` subprocess with its log file."""
+
+    name: str
+    process: subprocess.Popen
+    log: Path
+    url: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                for child in self.children():
+                    child.kill()
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_process(name: str, env: dict[str, str], logdir: Path, *args: str) -> KilnProcess:
+    log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+    handle = log.open("wb")
+    process = subprocess.Popen(kiln_command(*args), env=env, stdout=handle, stderr=subprocess.STDOUT)
+    return KilnProcess(name, process, log)
+
+
+def start_api(env: dict[str, str], logdir: Path, timeout: float = 30) -> KilnProcess:
+    port = free_port()
+    api = start_process("api", env, logdir, "api", "--port", str(port))
+    api.url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api.process.poll() is not None:
+            raise AssertionError(f"kiln api exited:\n{api.tail()}")
+        try:
+            if httpx.get(api.url + "/healthz", timeout=1).status_code == 200:
+                return api
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    api.stop()
+    raise AssertionError(f"kiln api did not become healthy:\n{api.tail()}")
+
+
+def start_worker(env: dict[str, str], logdir: Path, *args: str, timeout: float = 60) -> KilnProcess:
+    worker = start_process("worker", env, logdir, "worker", *args)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.process.poll() is not None:
+            raise AssertionError(f"kiln worker exited:\n{worker.tail()}")
+        if b" ready." in worker.log.read_bytes():
+            return worker
+        time.sleep(0.2)
+    worker.stop()
+    raise AssertionError(f"kiln worker did not become ready:\n{worker.tail()}")
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def test_env(base: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(base)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

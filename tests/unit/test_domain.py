@@ -1,0 +1,81 @@
+import math
+
+import pytest
+
+from app.domain.batching import batches, run_isolated
+from app.domain.states import JobStatus, can_transition, cancel_target, is_terminal
+from app.domain.validation import check_record, check_records
+
+COLUMNS = ["a", "b"]
+
+
+def test_terminal_states_have_no_way_out():
+    for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED):
+        assert is_terminal(status)
+        assert not any(can_transition(status, target) for target in JobStatus)
+
+
+def test_running_job_can_be_requeued_by_the_reconciler_but_not_revalidated():
+    assert can_transition("running", "queued")
+    assert not can_transition("running", "validating")
+    assert can_transition("queued", "running")
+    assert not can_transition("succeeded", "running")
+
+
+def test_cancel_is_immediate_only_when_nobody_runs_the_job():
+    assert cancel_target("queued") is JobStatus.CANCELLED
+    assert cancel_target("running") is JobStatus.CANCELLING
+    assert cancel_target("succeeded") is None
+    assert cancel_target("cancelling") is None
+
+
+@pytest.mark.parametrize("record, field, code", [
+    ({"a": 1}, "b", "missing_field"),
+    ({"a": 1, "b": "2"}, "b", "not_numeric"),
+    ({"a": True, "b": 2}, "a", "not_numeric"),
+    ({"a": math.nan, "b": 2}, "a", "not_numeric"),
+    ([1, 2], None, "not_an_object"),
+])
+def test_bad_records_name_their_field(record, field, code):
+    error = check_record(7, record, COLUMNS)
+    assert error is not None
+    assert (error.index, error.field, error.code) == (7, field, code)
+    assert "7" in error.message
+
+
+def test_good_records_pass_and_extra_fields_are_ignored():
+    assert check_record(0, {"a": 1, "b": 2.5, "note": "x"}, COLUMNS) is None
+
+
+def test_check_records_reports_indexes_in_order_up_to_a_limit():
+    records = [{"a": 1, "b": 1}, {"a": 1}, {"b": 1}, {"a": "x", "b": 1}]
+    errors = check_records(records, COLUMNS, limit=2)
+    assert [e.index for e in errors] == [1, 2]
+
+
+def test_batches_cover_every_item_once_in_order():
+    items = list(range(10))
+    chunks = list(batches(items, 4))
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    assert [x for c in chunks for x in c] == items
+    with pytest.raises(ValueError):
+        list(batches(items, 0))
+
+
+def test_run_isolated_fails_only_the_bad_rows():
+    calls = []
+
+    def model(rows):
+        calls.append(len(rows))
+        if any(r < 0 for r in rows):
+            raise ValueError("negative")
+        return [r * 2 for r in rows]
+
+    outputs = run_isolated([1, -1, 3, 4, -5, 6, 7, 8], model, lambda row, exc: ("error", row))
+    assert outputs == [2, ("error", -1), 6, 8, ("error", -5), 12, 14, 16]
+    assert calls[0] == 8  # the whole batch is tried first
+
+
+def test_run_isolated_rejects_a_model_that_drops_outputs():
+    with pytest.raises(ValueError):
+        run_isolated([1, 2], lambda rows: [1], lambda row, exc: None)
