@@ -1,0 +1,183 @@
+"""Workers on real Redis and Postgres: shared batches, cancel, lost messages, SIGKILL."""
+
+import signal
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from sqlalchemy import func, select
+
+from app.client import KilnClient
+from app.orm import Job, JobResult
+from app.services.auth import Caller
+from app.services.jobs import submit_job
+from app.services.models import register_model
+from app.storage import Storage
+from tests import models as test_models
+from tests.support import start_api, start_worker, wait_for
+
+
+def slow_records(n: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    return [{c: float(v) for c, v in zip(test_models.COLUMNS, row)}
+            for row in rng.integers(0, 17, size=(n, 64))]
+
+
+def register_slow_model(stack, name: str, hidden: int = 1024, layers: int = 8) -> None:
+    with stack.sessions.begin() as session:
+        register_model(session, Storage(stack.settings.resolved_storage_url), name=name,
+                       artifact=test_models.slow_classifier(hidden, layers),
+                       signature=test_models.SIGNATURE, processing=test_models.PROCESSING,
+                       metrics={})
+
+
+def result_rows(stack, job_id):
+    with stack.sessions() as session:
+        return session.execute(select(JobResult.index, func.count()).where(
+            JobResult.job_id == uuid.UUID(job_id)).group_by(JobResult.index)).all()
+
+
+def test_small_jobs_share_model_batches_and_keep_their_own_results(client, worker):
+    from workers.demo_models import digits_records, digits_split
+
+    _, x_test, _, y_test = digits_split()
+    records = digits_records(x_test[:120])
+
+    def submit(i):
+        return client.submit("digits", [records[i]], metadata={"i": i})["id"]
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(submit, range(120)))
+    for i, job_id in enumerate(ids):
+        job = client.wait(job_id, timeout_seconds=60)
+        assert job["status"] == "succeeded" and job["metadata"] == {"i": i}
+        lines = b"".join(client.iter_results(job_id)).splitlines()
+        assert len(lines) == 1
+    labels = [int(b"".join(client.iter_results(j)).split(b'"label":')[1].split(b",")[0]) for j in ids]
+    assert np.mean(np.array(labels) == y_test[:120]) >= 0.95
+    shared = [line for line in worker.log.read_text().splitlines()
+              if "scored" in line and "job(s)" in line and " of 1 job(s)" not in line]
+    assert shared, "expected at least one model batch that served several jobs"
+
+
+def test_cancel_a_queued_job_is_immediate(make_stack):
+    iso = make_stack()
+    iso.kiln("models", "add-demo", "digits")
+    api = start_api(iso.env, iso.logdir)
+    try:
+        client = KilnClient(api.url, iso.create_key())
+        job = client.submit("digits", slow_records(2))
+        assert job["status"] == "queued"  # no worker is running on this stack
+        cancelled = client.cancel(job["id"])
+        assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
+        worker = start_worker(iso.env, iso.logdir)
+        try:
+            time.sleep(3)  # longer than the reconciler's grace period
+            assert client.job(job["id"])["status"] == "cancelled"
+            assert result_rows(iso, job["id"]) == []
+        finally:
+            worker.stop()
+        again = client.http.post(f"/v1/jobs/{job['id']}/cancel")
+        assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    finally:
+        api.stop()
+
+
+def test_cancel_a_running_job_stops_at_a_batch_boundary_and_keeps_results(make_stack):
+    iso = make_stack(KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1")
+    name = f"slow-{uuid.uuid4().hex[:6]}"
+    register_slow_model(iso, name)
+    api = start_api(iso.env, iso.logdir)
+    worker = start_worker(iso.env, iso.logdir)
+    try:
+        client = KilnClient(api.url, iso.create_key())
+        job = client.submit(name, slow_records(6000))
+        wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
+                 message="the first batch")
+        assert client.cancel(job["id"])["status"] in ("cancelling", "cancelled")
+        done = client.wait(job["id"], timeout_seconds=60)
+        assert done["status"] == "cancelled"
+        counts = done["request_counts"]
+        assert 0 < counts["completed"] < counts["total"]
+        rows = result_rows(iso, job["id"])
+        assert len(rows) == counts["completed"] + counts["failed"]
+        assert all(n == 1 for _, n in rows)
+        assert [i for i, _ in sorted(rows)] == list(range(len(rows)))
+    finally:
+        worker.stop()
+        api.stop()
+
+
+def test_a_lost_message_is_republished_by_the_reconciler(make_stack):
+    iso = make_stack()
+    iso.kiln("models", "add-demo", "digits")
+    key = iso.create_key("lost-tenant")
+    with iso.sessions.begin() as session:  # recorded in Postgres, never published to Redis
+        from app.services.auth import authenticate
+        caller: Caller = authenticate(session, f"Bearer {key}")
+        job, _ = submit_job(session, caller, model="digits", inputs=slow_records(3))
+        job_id = str(job.id)
+    worker = start_worker(iso.env, iso.logdir)
+    try:
+        def status():
+            with iso.sessions() as session:
+                return session.get(Job, uuid.UUID(job_id)).status
+        wait_for(lambda: status() == "succeeded", timeout=30, message="the republished job")
+        assert len(result_rows(iso, job_id)) == 3
+    finally:
+        worker.stop()
+
+
+def test_sigkilled_worker_child_loses_nothing_and_duplicates_nothing(make_stack):
+    iso = make_stack(KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1")
+    name = f"slow-{uuid.uuid4().hex[:6]}"
+    register_slow_model(iso, name)
+    api = start_api(iso.env, iso.logdir)
+    worker = start_worker(iso.env, iso.logdir)
+    try:
+        client = KilnClient(api.url, iso.create_key())
+        total = 3000
+        job = client.submit(name, slow_records(total))
+        wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
+                 message="the first batch")
+        children = worker.children()
+        assert children, "the worker has a prefork child"
+        for child in children:
+            child.send_signal(signal.SIGKILL)
+        done = client.wait(job["id"], timeout_seconds=120)
+        assert done["status"] == "succeeded", done
+        assert done["attempt"] >= 2
+        assert done["request_counts"] == {"total": total, "completed": total, "failed": 0}
+        rows = result_rows(iso, job["id"])
+        assert sorted(i for i, _ in rows) == list(range(total))
+        assert all(n == 1 for _, n in rows)
+        lines = b"".join(client.iter_results(job["id"])).splitlines()
+        assert len(lines) == total
+    finally:
+        worker.stop()
+        api.stop()
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_with_a_reason(make_stack):
+    iso = make_stack(KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_MAX_ATTEMPTS="2")
+    name = f"slow-{uuid.uuid4().hex[:6]}"
+    register_slow_model(iso, name)
+    api = start_api(iso.env, iso.logdir)
+    worker = start_worker(iso.env, iso.logdir)
+    try:
+        client = KilnClient(api.url, iso.create_key())
+        job = client.submit(name, slow_records(10000))
+        for attempt in (1, 2):
+            wait_for(lambda: client.job(job["id"])["attempt"] == attempt
+                     and client.job(job["id"])["request_counts"]["completed"] > 0,
+                     timeout=60, message=f"attempt {attempt} running")
+            for child in worker.children():
+                child.send_signal(signal.SIGKILL)
+        done = client.wait(job["id"], timeout_seconds=60)
+        assert done["status"] == "failed"
+        assert done["error"]["code"] == "worker_crashed"
+        assert "2 times" in done["error"]["message"]
+    finally:
+        worker.stop()
+        api.stop()
