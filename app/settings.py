@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=0, description="Celery prefork children; 0 = CPU count")
     queue: str = "cpu"
     ort_threads: int = Field(default=0, description="ONNX Runtime intra-op threads; 0 = cores / concurrency")
+    cache_seconds: float = Field(default=5.0, description="API cache of keys and models; 0 = off")
     max_attempts: int = 3
     lease_seconds: float = 30.0
     heartbeat_seconds: float | None = None

@@ -7,10 +7,10 @@ from flask import request
 from flask_openapi3 import Info, OpenAPI
 
 from app.api import health, jobs, models, problems
+from app.api.responses import OrjsonProvider
 from app.api.context import ApiContext, caller, close_session
 from app.db import make_engine, make_sessionmaker
 from app.errors import BadRequest
-from app.queueing import Publisher
 from app.settings import Settings, load_settings
 
 BEARER = {"type": "http", "scheme": "bearer", "description": "An API key from `kiln keys create`."}
@@ -40,10 +40,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
                   security_schemes={"bearer": BEARER},
                   validation_error_callback=problems.from_validation_error,
                   doc_prefix="/openapi")
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.extensions["kiln"] = ApiContext(settings=settings,
-                                        sessions=make_sessionmaker(make_engine(settings)),
-                                        publisher=Publisher(settings))
+    app.extensions["kiln"] = ApiContext.build(settings, make_sessionmaker(make_engine(settings)))
     app.before_request(require_api_key)
     app.before_request(reject_malformed_json)
     app.teardown_appcontext(close_session)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import MutableMapping
+
+from cachetools import TTLCache
 
 from flask import current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +21,31 @@ class ApiContext:
     settings: Settings
     sessions: sessionmaker[Session]
     publisher: Publisher
+    callers: MutableMapping = field(default_factory=dict)
+    models: MutableMapping = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> "ApiContext":
+        ttl = settings.cache_seconds
+        caches = ({"callers": LockedTTLCache(10_000, ttl), "models": LockedTTLCache(1_000, ttl)}
+                  if ttl > 0 else {})
+        return cls(settings=settings, sessions=sessions, publisher=Publisher(settings), **caches)
+
+
+class LockedTTLCache(TTLCache):
+    """cachetools' TTLCache is not thread-safe; gunicorn's gthread workers share it."""
+
+    def __init__(self, maxsize: int, ttl: float):
+        super().__init__(maxsize, ttl)
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            return super().get(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            super().__setitem__(key, value)
 
 
 def context() -> ApiContext:
@@ -32,7 +61,7 @@ def db() -> Session:
 
 def caller() -> Caller:
     if "caller" not in g:
-        g.caller = authenticate(db(), request.headers.get("Authorization"))
+        g.caller = authenticate(db(), request.headers.get("Authorization"), context().callers)
     return g.caller
 
 

@@ -26,7 +26,7 @@ def submit_job(body: SubmitJob) -> Response:
         priority=body.priority, webhook_url=str(body.webhook_url) if body.webhook_url else None,
         idempotency_key=request.headers.get("Idempotency-Key"),
         fingerprint=jobs.request_fingerprint(raw),
-        max_inline_inputs=context().settings.max_inline_inputs)
+        max_inline_inputs=context().settings.max_inline_inputs, model_cache=context().models)
     session.commit()
     if created:
         context().publisher.publish_jobs([job.id])

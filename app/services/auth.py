@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import MutableMapping
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -63,15 +64,25 @@ def revoke_key(session: Session, prefix: str) -> ApiKey:
     return key
 
 
-def authenticate(session: Session, authorization: str | None) -> Caller:
-    """Resolve `Authorization: Bearer KEY` to its tenant, or raise Unauthorized."""
+def authenticate(session: Session, authorization: str | None,
+                 cache: MutableMapping[str, Caller] | None = None) -> Caller:
+    """Resolve `Authorization: Bearer KEY` to its tenant, or raise Unauthorized.
+
+    `cache` (keyed by the key's hash, e.g. a short TTL cache) saves a query per request; a
+    revoked key then stops working when its entry expires.
+    """
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("send the API key as 'Authorization: Bearer KEY'")
-    plain = authorization[len("Bearer "):].strip()
+    key_hash = hash_key(authorization[len("Bearer "):].strip())
+    if cache is not None and (hit := cache.get(key_hash)) is not None:
+        return hit
     row = session.execute(
         select(ApiKey.tenant_id, Tenant.name).join(Tenant)
-        .where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None))
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
         raise Unauthorized("the API key is unknown or revoked")
-    return Caller(tenant_id=row.tenant_id, tenant_name=row.name)
+    caller = Caller(tenant_id=row.tenant_id, tenant_name=row.name)
+    if cache is not None:
+        cache[key_hash] = caller
+    return caller

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import uuid
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Iterator, MutableMapping
 
 import orjson
 from sqlalchemy import and_, or_, select, update
@@ -18,7 +18,7 @@ from app.domain.validation import check_records
 from app.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.orm import Job, JobResult
 from app.services.auth import Caller
-from app.services.models import resolve_model
+from app.services.models import resolve_model_ref
 
 
 def request_fingerprint(body: Any) -> str:
@@ -36,7 +36,8 @@ def parse_job_id(raw: str) -> uuid.UUID:
 def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any],
                metadata: dict[str, Any] | None = None, priority: int = 0,
                webhook_url: str | None = None, idempotency_key: str | None = None,
-               fingerprint: str | None = None, max_inline_inputs: int = 10_000) -> tuple[Job, bool]:
+               fingerprint: str | None = None, max_inline_inputs: int = 10_000,
+               model_cache: MutableMapping | None = None) -> tuple[Job, bool]:
     """Validate and record an inline job. Returns the job and whether it was created now."""
     if idempotency_key:
         existing = _by_idempotency_key(session, caller, idempotency_key)
@@ -47,8 +48,8 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
     if len(inputs) > max_inline_inputs:
         raise PayloadTooLarge(f"{len(inputs)} inline records is more than the limit of "
                               f"{max_inline_inputs}; upload a file instead")
-    found = resolve_model(session, caller.tenant_id, model)
-    errors = check_records(inputs, found.signature.get("columns", []))
+    found = resolve_model_ref(session, caller.tenant_id, model, model_cache)
+    errors = check_records(inputs, found.columns)
     if errors:
         first = errors[0]
         raise InvalidInput(first.message, errors=[e.as_dict() for e in errors])
@@ -57,12 +58,14 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
               inputs=inputs, job_metadata=metadata or {}, webhook_url=webhook_url,
               idempotency_key=idempotency_key, request_hash=fingerprint,
               options={"model_version": found.version})
+    if not idempotency_key:
+        session.add(job)
+        session.flush()
+        return job, True
     try:
         with session.begin_nested():
             session.add(job)
-    except IntegrityError:
-        if not idempotency_key:
-            raise
+    except IntegrityError:  # a concurrent request with the same key won the race
         existing = _by_idempotency_key(session, caller, idempotency_key)
         if existing is None:
             raise

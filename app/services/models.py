@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, MutableMapping
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -47,6 +48,31 @@ def resolve_model(session: Session, tenant_id: uuid.UUID, name: str, version: in
     if model is None:
         raise NotFound(f"no model named {name!r}" + (f" with version {version}" if version else ""))
     return model
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a submit needs to know of a model, safe to cache across sessions."""
+
+    id: uuid.UUID
+    name: str
+    version: int
+    columns: tuple[str, ...]
+
+
+def resolve_model_ref(session: Session, tenant_id: uuid.UUID, name: str,
+                      cache: MutableMapping[tuple, ModelRef] | None = None) -> ModelRef:
+    """`resolve_model`, reduced to a ModelRef and optionally cached (a new version shows up
+    when the cache entry expires)."""
+    key = (tenant_id, name)
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return hit
+    model = resolve_model(session, tenant_id, name)
+    ref = ModelRef(model.id, model.name, model.version,
+                   tuple(model.signature.get("columns", [])))
+    if cache is not None:
+        cache[key] = ref
+    return ref
 
 
 def list_models(session: Session, tenant_id: uuid.UUID) -> list[Model]:

@@ -1,0 +1,204 @@
+"""Kiln against plain Celery, measured in one run on this machine.
+
+    python -m bench.run [--jobs 2000] [--latency-jobs 100] [--clients 16]
+
+Starts its own database, `kiln api` (gunicorn) and `kiln worker`, then the baseline Celery
+worker, on the local Postgres and Redis (or embedded ones), and prints a Markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from tests import support
+from workers.demo_models import build_digits, digits_records, digits_split
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def count(dsn: str, sql: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def wait_count(dsn: str, sql: str, target: int, timeout: float = 600) -> float:
+    deadline = time.monotonic() + timeout
+    while count(dsn, sql) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(sql)
+        time.sleep(0.01)
+    return time.perf_counter()
+
+
+def kiln_bench(env: dict[str, str], logdir: Path, dsn: str, records: list[dict], jobs: int,
+               latency_jobs: int, clients: int) -> dict:
+    support.run_kiln(env, "models", "add-demo", "digits")
+    key = support.run_kiln(env, "keys", "create", "--tenant", "bench").stdout.strip().splitlines()[-1]
+    api = support.start_api(env, logdir)
+    worker = support.start_worker(env, logdir)
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        with httpx.Client(base_url=api.url, headers=headers, timeout=30) as http:
+            for _ in range(20):  # warm up the model session and connection pools
+                job = http.post("/v1/jobs", json={"model": "digits", "inputs": [records[0]]}).json()
+            wait_count(dsn, "SELECT count(*) FROM jobs WHERE status = 'succeeded'", 20)
+
+            latencies = []
+            for i in range(latency_jobs):
+                start = time.perf_counter()
+                job = http.post("/v1/jobs", json={"model": "digits",
+                                                  "inputs": [records[i % len(records)]]}).json()
+                while http.get(f"/v1/jobs/{job['id']}").json()["status"] != "succeeded":
+                    time.sleep(0.002)
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        done_before = count(dsn, "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+        submit_ms: list[float] = []
+        lock = threading.Lock()
+        local = threading.local()
+
+        def submit(i: int) -> None:
+            if not hasattr(local, "http"):
+                local.http = httpx.Client(base_url=api.url, headers=headers, timeout=30)
+            start = time.perf_counter()
+            response = local.http.post("/v1/jobs", json={"model": "digits",
+                                                         "inputs": [records[i % len(records)]]})
+            elapsed = (time.perf_counter() - start) * 1000
+            assert response.status_code == 202, response.text
+            with lock:
+                submit_ms.append(elapsed)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(submit, range(jobs)))
+        submitted = time.perf_counter()
+        end = wait_count(dsn, "SELECT count(*) FROM jobs WHERE status = 'succeeded'",
+                         done_before + jobs)
+        batches = [int(line.split("scored ")[1].split(" rows")[0])
+                   for line in worker.log.read_text().splitlines() if "scored " in line]
+    finally:
+        worker.stop()
+        api.stop()
+    return {"latency_p50_ms": statistics.median(latencies),
+            "latency_p99_ms": percentile(latencies, 99),
+            "jobs_per_s": jobs / (end - start), "submit_seconds": submitted - start,
+            "submit_p50_ms": statistics.median(submit_ms),
+            "submit_p99_ms": percentile(submit_ms, 99),
+            "batch_sizes": batches}
+
+
+def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
+                   records: list[dict], jobs: int, clients: int) -> dict:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE baseline_results (id bigserial PRIMARY KEY, job int, output jsonb)")
+    model = logdir / "digits.onnx"
+    model.write_bytes(build_digits().artifact)
+    queue = f"baseline-{uuid.uuid4().hex[:6]}"
+    benv = dict(env, BASELINE_BROKER_URL=redis_url, BASELINE_DSN=dsn, BASELINE_MODEL=str(model),
+                BASELINE_QUEUE=queue)
+    log = (logdir / "baseline.log").open("wb")
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.baseline", "worker",
+                               "-c", "2", "-P", "prefork", "--prefetch-multiplier", "1",
+                               "--without-gossip", "--without-mingle", "-Q", queue,
+                               "--loglevel", "WARNING"], env=benv, stdout=log, stderr=log)
+    os.environ.update({k: v for k, v in benv.items() if k.startswith("BASELINE_")})
+    from bench.baseline import app, score
+
+    app.conf.broker_url = redis_url
+    columns = [f"p{i}" for i in range(64)]
+    vectors = [[r[c] for c in columns] for r in records]
+    try:
+        for i in range(20):
+            score.apply_async(args=(-1, vectors[0]), queue=queue)
+        wait_count(dsn, "SELECT count(*) FROM baseline_results", 20, timeout=120)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda i: score.apply_async(args=(i, vectors[i % len(vectors)]),
+                                                      queue=queue), range(jobs)))
+        end = wait_count(dsn, "SELECT count(*) FROM baseline_results WHERE job >= 0", jobs)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    return {"jobs_per_s": jobs / (end - start)}
+
+
+def histogram(sizes: list[int]) -> dict[str, int]:
+    buckets = [(1, 1), (2, 8), (9, 64), (65, 256), (257, 1024), (1025, 10**9)]
+    return {f"{lo}-{hi}" if hi < 10**9 else f">{lo - 1}": sum(lo <= s <= hi for s in sizes)
+            for lo, hi in buckets}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--latency-jobs", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=16)
+    args = parser.parse_args()
+
+    admin = support.LOCAL_POSTGRES if support.local_postgres_up() else None
+    embedded = []
+    logdir = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    if admin is None:
+        from app.embedded import EmbeddedPostgres
+        embedded.append(EmbeddedPostgres(logdir))
+        admin = embedded[-1].start()
+    if support.local_redis_up():
+        redis_url = f"{support.LOCAL_REDIS}/14"
+    else:
+        from app.embedded import EmbeddedRedis
+        embedded.append(EmbeddedRedis(logdir))
+        redis_url = embedded[-1].start()
+    name = f"kiln_bench_{uuid.uuid4().hex[:8]}"
+    dsn = support.create_database(admin, name)
+    env = support.test_env({"KILN_DATABASE_URL": dsn, "KILN_REDIS_URL": redis_url,
+                            "KILN_HOME": str(logdir), "KILN_QUEUE": f"bench-{name}",
+                            "KILN_LOG_LEVEL": "INFO", "KILN_WORKER_CONCURRENCY": "2"})
+    from app.migrate import upgrade
+    from app.settings import Settings
+    upgrade(Settings(database_url=dsn))
+    _, x_test, _, _ = digits_split()
+    records = digits_records(x_test)
+    try:
+        kiln = kiln_bench(env, logdir, dsn, records, args.jobs, args.latency_jobs, args.clients)
+        base = baseline_bench(env, logdir, dsn, redis_url, records, args.jobs, args.clients)
+    finally:
+        support.drop_database(admin, name)
+        for server in embedded:
+            server.stop()
+    ratio = kiln["jobs_per_s"] / base["jobs_per_s"]
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "jobs": args.jobs,
+              "clients": args.clients, "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
+              "baseline": base, "ratio": ratio, "batch_size_histogram": histogram(kiln["batch_sizes"])}
+    print(json.dumps(report, indent=2))
+    print(f"""
+| measure | Kiln | plain Celery task per record | ratio |
+| --- | --- | --- | --- |
+| {args.jobs} one-record jobs, {args.clients} clients (jobs/s) | {kiln['jobs_per_s']:.0f} | {base['jobs_per_s']:.0f} | {ratio:.2f}x |
+| submit latency p50 / p99 under that load (ms) | {kiln['submit_p50_ms']:.1f} / {kiln['submit_p99_ms']:.1f} | | |
+| idle latency submit→succeeded p50 / p99 (ms, {args.latency_jobs} jobs) | {kiln['latency_p50_ms']:.1f} / {kiln['latency_p99_ms']:.1f} | | |
+
+Batch sizes (rows per model call) during the throughput run: {report['batch_size_histogram']}
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""`make demo`: start Kiln embedded, score held-out digits as a client would, print, stop.
+
+Everything goes through the `kiln` command line, exactly as a user would type it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from workers.demo_models import digits_records, digits_split
+
+ROOT = Path(__file__).resolve().parent.parent
+KILN = [sys.executable, "-m", "workers.cli"]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def pick_port() -> int:
+    if port_is_free(8000):
+        return 8000
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kiln(env: dict[str, str], *args: str) -> str:
+    return subprocess.run([*KILN, *args], env=env, check=True, stdout=subprocess.PIPE,
+                          text=True).stdout
+
+
+def main() -> int:
+    port = pick_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KILN_DATABASE_URL", "KILN_REDIS_URL")}
+    env.update({"KILN_HOME": str(ROOT / ".kiln"), "KILN_API_PORT": str(port),
+                "KILN_API_URL": f"http://127.0.0.1:{port}", "KILN_WORKER_CONCURRENCY": "1"})
+    print(f"$ kiln up   (embedded Postgres + Redis under {env['KILN_HOME']})", flush=True)
+    up = subprocess.Popen([*KILN, "up"], env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if up.poll() is not None:
+                print("kiln up exited early", file=sys.stderr)
+                return 1
+            try:
+                if httpx.get(f"{env['KILN_API_URL']}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                print("Kiln did not become ready in time", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+
+        print("$ kiln keys create --tenant demo", flush=True)
+        env["KILN_API_KEY"] = kiln(env, "keys", "create", "--tenant", "demo").strip().splitlines()[-1]
+
+        _, x_test, _, y_test = digits_split()
+        x_test, y_test = x_test[:25], y_test[:25]
+        with tempfile.TemporaryDirectory() as tmp:
+            records = Path(tmp) / "digits.jsonl"
+            records.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in digits_records(x_test)))
+            print(f"$ kiln submit --model digits --input {records.name} --wait", flush=True)
+            job = orjson.loads(kiln(env, "submit", "--model", "digits", "--input", str(records),
+                                    "--wait"))
+            print(f"$ kiln results {job['id']}", flush=True)
+            lines = [orjson.loads(line) for line in kiln(env, "results", job["id"]).splitlines()]
+
+        print(f"\njob {job['id']}: {job['status']}, {job['request_counts']}")
+        print(f"{'row':>4}  {'true':>4}  {'predicted':>9}  {'confidence':>10}")
+        correct = 0
+        for line, truth in zip(lines, y_test):
+            output = line["output"]
+            correct += output["label"] == int(truth)
+            mark = "" if output["label"] == int(truth) else "  <- wrong"
+            print(f"{line['index']:>4}  {int(truth):>4}  {output['label']:>9}  "
+                  f"{max(output['probabilities']):>10.3f}{mark}")
+        print(f"\naccuracy {correct}/{len(lines)}")
+        return 0 if job["status"] == "succeeded" and correct >= 0.9 * len(lines) else 1
+    finally:
+        print("stopping Kiln …", flush=True)
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
