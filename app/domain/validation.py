@@ -40,11 +40,34 @@ def check_record(index: int, record: Any, columns: Sequence[str]) -> RecordError
     return None
 
 
-def check_records(records: Sequence[Any], columns: Sequence[str], limit: int = 20) -> list[RecordError]:
+def check_text_record(index: int, record: Any, field: str = "text") -> RecordError | None:
+    """A text model's record: an object whose `field` is a string."""
+    if not isinstance(record, dict):
+        return RecordError(index, None, "not_an_object", f"record {index} must be a JSON object")
+    if field not in record:
+        return RecordError(index, field, "missing_field", f"record {index} is missing field {field!r}")
+    if not isinstance(record[field], str):
+        return RecordError(index, field, "not_a_string",
+                           f"record {index} field {field!r} must be a string")
+    return None
+
+
+def record_checker(signature: dict[str, Any]):
+    """The check for one record of a model with this signature."""
+    if signature.get("kind") == "text":
+        field = signature.get("text_field", "text")
+        return lambda index, record: check_text_record(index, record, field)
+    columns = list(signature.get("columns", []))
+    return lambda index, record: check_record(index, record, columns)
+
+
+def check_records(records: Sequence[Any], signature: dict[str, Any],
+                  limit: int = 20) -> list[RecordError]:
     """The first `limit` record problems, in index order."""
+    check = record_checker(signature)
     errors: list[RecordError] = []
     for index, record in enumerate(records):
-        error = check_record(index, record, columns)
+        error = check(index, record)
         if error is not None:
             errors.append(error)
             if len(errors) >= limit:

@@ -49,7 +49,7 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
         raise PayloadTooLarge(f"{len(inputs)} inline records is more than the limit of "
                               f"{max_inline_inputs}; upload a file instead")
     found = resolve_model_ref(session, caller.tenant_id, model, model_cache)
-    errors = check_records(inputs, found.columns)
+    errors = check_records(inputs, found.signature)
     if errors:
         first = errors[0]
         raise InvalidInput(first.message, errors=[e.as_dict() for e in errors])

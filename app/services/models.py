@@ -57,7 +57,7 @@ class ModelRef:
     id: uuid.UUID
     name: str
     version: int
-    columns: tuple[str, ...]
+    signature: dict[str, Any]
 
 
 def resolve_model_ref(session: Session, tenant_id: uuid.UUID, name: str,
@@ -68,8 +68,7 @@ def resolve_model_ref(session: Session, tenant_id: uuid.UUID, name: str,
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     model = resolve_model(session, tenant_id, name)
-    ref = ModelRef(model.id, model.name, model.version,
-                   tuple(model.signature.get("columns", [])))
+    ref = ModelRef(model.id, model.name, model.version, dict(model.signature))
     if cache is not None:
         cache[key] = ref
     return ref

@@ -49,8 +49,15 @@ def test_good_records_pass_and_extra_fields_are_ignored():
 
 def test_check_records_reports_indexes_in_order_up_to_a_limit():
     records = [{"a": 1, "b": 1}, {"a": 1}, {"b": 1}, {"a": "x", "b": 1}]
-    errors = check_records(records, COLUMNS, limit=2)
+    errors = check_records(records, {"kind": "tabular", "columns": COLUMNS}, limit=2)
     assert [e.index for e in errors] == [1, 2]
+
+
+def test_text_models_need_a_string_field():
+    signature = {"kind": "text", "text_field": "text"}
+    errors = check_records([{"text": "ok"}, {"text": 3}, {}, "x"], signature)
+    assert [(e.index, e.code) for e in errors] == [(1, "not_a_string"), (2, "missing_field"),
+                                                   (3, "not_an_object")]
 
 
 def test_batches_cover_every_item_once_in_order():
