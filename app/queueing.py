@@ -13,7 +13,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 RUN_JOB = "kiln.run_job"
-RECONCILE = "kiln.reconcile"
+RUN_CHUNK = "kiln.run_chunk"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -55,6 +55,17 @@ class Publisher:
                 self.celery.send_task(RUN_JOB, kwargs={"job_id": str(job_id)},
                                       queue=queue or self.queue)
         except Exception as exc:  # noqa: BLE001 - any broker failure; the job is safe in Postgres
+            log.warning("publish failed, the reconciler will re-publish: %s", exc)
+            return False
+        return True
+
+    def publish_chunks(self, chunks: Iterable[tuple[uuid.UUID | str, int]],
+                       queue: str | None = None) -> bool:
+        try:
+            for job_id, index in chunks:
+                self.celery.send_task(RUN_CHUNK, kwargs={"job_id": str(job_id), "index": index},
+                                      queue=queue or self.queue)
+        except Exception as exc:  # noqa: BLE001 - as above
             log.warning("publish failed, the reconciler will re-publish: %s", exc)
             return False
         return True

@@ -7,8 +7,10 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+from typing import Annotated
+
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -52,17 +54,44 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = 5.0
     max_inline_inputs: int = 10_000
     max_request_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 2 * 1024**3
+    chunk_rows: int = Field(default=50_000, description="rows per chunk of a file job")
     batch_size: int = 1024
     max_jobs_per_claim: int = 256
     visibility_timeout_seconds: int = 3600
     soft_shutdown_seconds: float = 10.0
     log_level: str = "INFO"
+    secret_key: str | None = Field(default=None, description="Encrypts stored webhook secrets; "
+                                   "unset: generated once into $KILN_HOME/secret.key")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
+        default=[0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="Delay before each attempt; the first is 0 (at once), the length is the limit")
+    webhook_allow_private: bool = Field(default=False,
+                                        description="Allow http and loopback/private targets")
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Comma-separated hosts or CIDRs trusted as webhook targets")
+    webhook_concurrency: int = Field(default=8, ge=1, description="Deliveries in flight per worker")
 
     @field_validator("max_attempts", "max_inline_inputs", "batch_size", "max_jobs_per_claim")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("webhook_retry_schedule_seconds", "webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule_seconds")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not value or value[0] != 0 or any(delay < 0 for delay in value):
+            raise ValueError("needs at least one delay, the first 0 (the first attempt is at once)")
         return value
 
     @field_validator("database_url")

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.queueing import Publisher
+from workers.chunks import record_events
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,55 @@ SET status = CASE WHEN status = 'cancelling' THEN 'cancelled' ELSE 'failed' END,
     error_code = CASE WHEN status = 'cancelling' THEN error_code ELSE 'worker_crashed' END,
     error_message = CASE WHEN status = 'cancelling' THEN error_message
         ELSE 'the job stopped its worker ' || attempt || ' times (KILN_MAX_ATTEMPTS)' END
-WHERE status IN ('running', 'cancelling', 'finalizing') AND lease_expires_at < now()
-  AND (attempt >= :max_attempts OR status = 'cancelling')
+WHERE lease_expires_at < now() AND (
+      (kind = 'inline' AND status IN ('running', 'cancelling')
+       AND (attempt >= :max_attempts OR status = 'cancelling'))
+   OR (kind = 'file' AND status IN ('validating', 'finalizing') AND attempt >= :max_attempts))
+RETURNING id
+""")
+
+GIVE_UP_CHUNKS = text("""
+WITH poisoned AS (
+    UPDATE job_chunks SET status = 'failed', lease_expires_at = NULL, finished_at = now()
+    WHERE status = 'running' AND lease_expires_at < now() AND attempt >= :max_attempts
+    RETURNING job_id, index, attempt)
+UPDATE jobs SET status = 'failed', finished_at = now(), lease_expires_at = NULL,
+    error_code = 'worker_crashed',
+    error_message = 'chunk ' || poisoned.index || ' stopped its worker ' || poisoned.attempt
+        || ' times (KILN_MAX_ATTEMPTS)'
+FROM poisoned
+WHERE jobs.id = poisoned.job_id AND jobs.status IN ('running', 'cancelling')
+RETURNING jobs.id
+""")
+
+REQUEUE_CHUNKS = text("""
+UPDATE job_chunks c
+SET status = 'queued', lease_expires_at = now() + make_interval(secs => :grace_seconds)
+FROM jobs j
+WHERE j.id = c.job_id AND j.status = 'running' AND c.lease_expires_at < now()
+  AND ((c.status = 'running' AND c.attempt < :max_attempts) OR c.status = 'queued')
+RETURNING c.job_id, c.index
+""")
+
+NUDGE_FILE_JOBS = text("""
+UPDATE jobs SET published_at = now()
+WHERE id IN (
+    SELECT j.id FROM jobs j
+    WHERE j.kind = 'file' AND coalesce(j.published_at, j.created_at)
+          < now() - make_interval(secs => :grace_seconds)
+      AND ((j.status IN ('validating', 'finalizing')
+            AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now()))
+        OR (j.status IN ('running', 'cancelling') AND NOT EXISTS (
+            SELECT 1 FROM job_chunks c WHERE c.job_id = j.id
+            AND c.status IN ('queued', 'running'))))
+    LIMIT :limit FOR UPDATE SKIP LOCKED)
 RETURNING id
 """)
 
 REQUEUE_EXPIRED = text("""
 UPDATE jobs SET status = 'queued', lease_expires_at = NULL, published_at = now()
-WHERE status IN ('running', 'finalizing') AND lease_expires_at < now() AND attempt < :max_attempts
+WHERE kind = 'inline' AND status = 'running' AND lease_expires_at < now()
+  AND attempt < :max_attempts
 RETURNING id
 """)
 
@@ -49,18 +91,25 @@ class Report:
     given_up: list = field(default_factory=list)
     requeued: list = field(default_factory=list)
     republished: list = field(default_factory=list)
+    chunks: list = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.given_up or self.requeued or self.republished)
+        return bool(self.given_up or self.requeued or self.republished or self.chunks)
 
 
 def reconcile_once(session: Session, *, max_attempts: int, grace_seconds: float,
                    limit: int = 5000) -> Report:
     """One pass; the caller commits, then publishes `requeued + republished`."""
     params = {"max_attempts": max_attempts, "grace_seconds": grace_seconds, "limit": limit}
-    return Report(given_up=[r.id for r in session.execute(GIVE_UP, params)],
+    given_up = [r.id for r in session.execute(GIVE_UP, params)]
+    given_up += [r.id for r in session.execute(GIVE_UP_CHUNKS, params)]
+    if given_up:
+        record_events(session, given_up)
+    return Report(given_up=given_up,
                   requeued=[r.id for r in session.execute(REQUEUE_EXPIRED, params)],
-                  republished=[r.id for r in session.execute(REPUBLISH_QUEUED, params)])
+                  republished=[r.id for r in session.execute(REPUBLISH_QUEUED, params)]
+                  + [r.id for r in session.execute(NUDGE_FILE_JOBS, params)],
+                  chunks=[(r.job_id, r.index) for r in session.execute(REQUEUE_CHUNKS, params)])
 
 
 def reconcile_and_publish(sessions: sessionmaker[Session], publisher: Publisher, *,
@@ -69,9 +118,12 @@ def reconcile_and_publish(sessions: sessionmaker[Session], publisher: Publisher,
         report = reconcile_once(session, max_attempts=max_attempts, grace_seconds=grace_seconds)
     if report.requeued or report.republished:
         publisher.publish_jobs(report.requeued + report.republished)
+    if report.chunks:
+        publisher.publish_chunks(report.chunks)
     if report:
-        log.info("reconciler: %d given up, %d requeued, %d republished", len(report.given_up),
-                 len(report.requeued), len(report.republished))
+        log.info("reconciler: %d given up, %d requeued, %d republished, %d chunks",
+                 len(report.given_up), len(report.requeued), len(report.republished),
+                 len(report.chunks))
     return report
 
 

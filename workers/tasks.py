@@ -7,8 +7,12 @@ import uuid
 
 from celery import shared_task
 
-from app.queueing import RUN_JOB
-from workers.context import worker_context
+from sqlalchemy import select
+
+from app.orm import Job
+from app.queueing import RUN_CHUNK, RUN_JOB
+from workers import chunks
+from workers.context import WorkerContext, worker_context
 from workers.executor import claim_jobs, execute_jobs
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,11 @@ def run_job(self, job_id: str) -> dict | None:
     except ValueError:
         log.error("ignoring a message with a malformed job id %r", job_id)
         return None
+    with context.sessions() as session:
+        kind, status = session.execute(select(Job.kind, Job.status).where(Job.id == wanted)).first() \
+            or (None, None)
+    if kind == "file":
+        return advance_file_job(context, wanted, status)
     with context.sessions() as session, session.begin():
         claimed = claim_jobs(session, wanted, max_jobs=settings.max_jobs_per_claim,
                              row_budget=settings.batch_size * 4,
@@ -39,3 +48,27 @@ def run_job(self, job_id: str) -> dict | None:
     log.info("scored %d rows of %d job(s) in %d batch(es)", stats["rows"], len(claimed),
              stats["batches"])
     return stats
+
+
+def advance_file_job(context: WorkerContext, job_id: uuid.UUID, status: str) -> dict | None:
+    """Move a file job on from wherever it stands: plan it, or finalize it."""
+    if status == "validating":
+        indexes = chunks.validate_and_plan(context, job_id)
+        if indexes:
+            context.publisher.publish_chunks((job_id, i) for i in indexes)
+        return {"chunks": len(indexes)}
+    if status == "finalizing":
+        with context.sessions.begin() as session:
+            claimed = session.execute(chunks.CLAIM_PHASE, {
+                "job_id": job_id, "status": "finalizing",
+                "lease_seconds": context.settings.lease_seconds}).first()
+        return {"status": chunks.finalize(context, job_id, claimed.attempt)} if claimed else None
+    return {"status": chunks.finalize_if_done(context, job_id)}
+
+
+@shared_task(name=RUN_CHUNK, bind=True)
+def run_chunk(self, job_id: str, index: int) -> dict | None:
+    """Score one chunk of a file job."""
+    context = worker_context(self.app.kiln_settings,
+                             require_gpu=getattr(self.app, "kiln_require_gpu", False))
+    return chunks.run_chunk(context, uuid.UUID(job_id), int(index))

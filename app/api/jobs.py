@@ -7,8 +7,10 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from app.api.context import caller, context, db
 from app.api.responses import json_response
-from app.api.schemas import JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
-from app.services import jobs
+from app.api.schemas import FormatQuery, JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
+from app.errors import Conflict
+from app.formats import MEDIA_TYPES
+from app.services import jobs, outputs
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -20,13 +22,20 @@ ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 
 def submit_job(body: SubmitJob) -> Response:
     """Submit an inline job. Send `Idempotency-Key` to make retries safe."""
     session, who = db(), caller()
-    raw = request.get_json(silent=True)
-    job, created = jobs.submit_job(
-        session, who, model=body.model, inputs=body.inputs, metadata=body.metadata,
-        priority=body.priority, webhook_url=str(body.webhook_url) if body.webhook_url else None,
-        idempotency_key=request.headers.get("Idempotency-Key"),
-        fingerprint=jobs.request_fingerprint(raw),
-        max_inline_inputs=context().settings.max_inline_inputs, model_cache=context().models)
+    common = dict(model=body.model, metadata=body.metadata, priority=body.priority,
+                  webhook_url=str(body.webhook_url) if body.webhook_url else None,
+                  idempotency_key=request.headers.get("Idempotency-Key"),
+                  fingerprint=jobs.request_fingerprint(request.get_json(silent=True)),
+                  model_cache=context().models)
+    if body.input_file is not None:
+        job, created = jobs.submit_file_job(
+            session, who, input_file=body.input_file, output_format=body.output_format,
+            keep_columns=body.keep_columns, id_column=body.id_column,
+            max_failed_fraction=body.max_failed_fraction, **common)
+    else:
+        job, created = jobs.submit_job(session, who, inputs=body.inputs,
+                                       max_inline_inputs=context().settings.max_inline_inputs,
+                                       **common)
     session.commit()
     if created:
         context().publisher.publish_jobs([job.id])
@@ -58,9 +67,52 @@ def cancel_job(path: JobPath) -> Response:
 
 
 @api.get("/jobs/<job_id>/results", responses={404: Problem, 401: Problem})
-def job_results(path: JobPath) -> Response:
-    """Results as JSONL in input order: `{"index", "output"}` or `{"index", "error"}` per line."""
+def job_results(path: JobPath, query: FormatQuery) -> Response:
+    """Results. Inline jobs: JSONL in input order, `{"index", "output"}` or `{"index", "error"}`.
+    File jobs: rows joined to the input (id, kept columns, outputs) in `format`; while running,
+    the rows of the chunks finished so far."""
     job = jobs.get_job(db(), caller(), path.job_id)
-    lines = jobs.iter_result_lines(context().sessions, job.id)
-    return Response(stream_with_context(lines), mimetype="application/x-ndjson",
-                    headers={"X-Job-Status": job.status})
+    if job.kind == "inline":
+        lines = jobs.iter_result_lines(context().sessions, job.id)
+        return Response(stream_with_context(lines), mimetype="application/x-ndjson",
+                        headers={"X-Job-Status": job.status})
+    return file_job_rows(job, "results", query.format)
+
+
+@api.get("/jobs/<job_id>/errors", responses={404: Problem, 401: Problem})
+def job_errors(path: JobPath, query: FormatQuery) -> Response:
+    """A file job's failed rows: id columns plus `error_code` and `error_message`."""
+    job = jobs.get_job(db(), caller(), path.job_id)
+    if job.kind == "inline":
+        raise Conflict("inline jobs report errors per line in /results")
+    return file_job_rows(job, "errors", query.format)
+
+
+@api.post("/jobs/<job_id>/retry", responses={202: JobOut, **ERRORS})
+def retry_job(path: JobPath) -> Response:
+    """A child job over only the rows this file job failed."""
+    session = db()
+    child = jobs.retry_failed_rows(session, caller(), path.job_id)
+    session.commit()
+    context().publisher.publish_jobs([child.id])
+    return json_response(jobs.job_summary(child), 202, {"Location": f"/v1/jobs/{child.id}"})
+
+
+def file_job_rows(job, kind: str, fmt: str | None) -> Response:
+    sessions = context().sessions
+    session = sessions()
+    try:
+        pieces, out_fmt = outputs.stream_file_job(session, job, kind, fmt)
+    except BaseException:
+        session.close()
+        raise
+
+    def body():
+        try:
+            yield from pieces
+        finally:
+            session.close()
+
+    return Response(stream_with_context(body()), mimetype=MEDIA_TYPES[out_fmt],
+                    headers={"X-Job-Status": job.status,
+                             "Content-Disposition": f'attachment; filename="{job.id}-{kind}.{out_fmt}"'})

@@ -5,21 +5,81 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from flask_openapi3 import FileStorage
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
 from app.domain.states import JobStatus
 
 
+Format = Literal["csv", "jsonl", "parquet"]
+
+
 class SubmitJob(BaseModel):
-    """An inline job: records scored by one model."""
+    """A job: inline `inputs`, or an uploaded `input_file` for bulk scoring."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=200, description="Model name, e.g. `digits`.")
-    inputs: list[Any] = Field(description="Records; for `digits`, objects with numeric p0…p63.")
+    inputs: list[Any] | None = Field(default=None,
+                                     description="Records; for `digits`, objects with numeric p0…p63.")
+    input_file: str | None = Field(default=None, description="A file id from `POST /v1/files`.")
+    output_format: Format | None = Field(default=None, description="Default: the input's format.")
+    keep_columns: list[str] | None = Field(default=None, description="Input columns to copy to the output.")
+    id_column: str | None = Field(default=None, description="Column that identifies a row (default `custom_id` when present, else the row index).")
+    max_failed_fraction: float = Field(default=1.0, ge=0, le=1, description="Fail the job when more rows than this fail.")
     metadata: dict[str, Any] | None = Field(default=None, description="Yours, returned as is.")
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
     webhook_url: AnyHttpUrl | None = Field(default=None, description="Called when the job ends.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SubmitJob":
+        if (self.inputs is None) == (self.input_file is None):
+            raise ValueError("send exactly one of `inputs` and `input_file`")
+        return self
+
+
+class FormatQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Format | None = Field(default=None, description="Convert to this format while streaming.")
+
+
+class UploadForm(BaseModel):
+    file: FileStorage
+    purpose: str = Field(default="input", max_length=32)
+    format: str | None = Field(default=None, description="csv, jsonl or parquet (optionally .gz); default: from the file name")
+
+
+class FilePath(BaseModel):
+    file_id: str
+
+
+class FileQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: str | None = None
+    limit: int = Field(default=20, ge=1, le=200)
+    after: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+
+
+class FileOut(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    purpose: str
+    filename: str
+    format: str
+    compression: str | None
+    bytes: int
+    row_count: int | None
+    sha256: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileOut]
+    next_cursor: str | None
 
 
 class RequestCounts(BaseModel):
@@ -49,6 +109,13 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     error: JobError | None
+    rows_per_second: float | None = None
+    eta_seconds: float | None = None
+    input_file: str | None = None
+    output_file: str | None = None
+    error_file: str | None = None
+    output_format: str | None = None
+    parent_id: str | None = None
 
 
 class JobList(BaseModel):

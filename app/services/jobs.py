@@ -9,14 +9,15 @@ from datetime import datetime
 from typing import Any, Iterator, MutableMapping
 
 import orjson
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.states import JobStatus, cancel_target
 from app.domain.validation import check_records
 from app.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge
-from app.orm import Job, JobResult
+from app.orm import Job, JobChunk, JobResult
+from app.services.files import get_file
 from app.services.auth import Caller
 from app.services.models import resolve_model_ref
 
@@ -58,6 +59,35 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
               inputs=inputs, job_metadata=metadata or {}, webhook_url=webhook_url,
               idempotency_key=idempotency_key, request_hash=fingerprint,
               options={"model_version": found.version})
+    return _insert(session, caller, job, idempotency_key, fingerprint)
+
+
+def submit_file_job(session: Session, caller: Caller, *, model: str, input_file: str,
+                    output_format: str | None = None, keep_columns: list[str] | None = None,
+                    id_column: str | None = None, max_failed_fraction: float = 1.0,
+                    metadata: dict[str, Any] | None = None, priority: int = 0,
+                    webhook_url: str | None = None, idempotency_key: str | None = None,
+                    fingerprint: str | None = None, parent_id: uuid.UUID | None = None,
+                    model_cache: MutableMapping | None = None) -> tuple[Job, bool]:
+    """Record a job over an uploaded file; a worker validates and chunks it."""
+    if idempotency_key:
+        existing = _by_idempotency_key(session, caller, idempotency_key)
+        if existing is not None:
+            return _replay(existing, fingerprint), False
+    source = get_file(session, caller, input_file)
+    found = resolve_model_ref(session, caller.tenant_id, model, model_cache)
+    options = {"model_version": found.version, "output_format": output_format or source.format,
+               "keep_columns": keep_columns or [], "id_column": id_column,
+               "max_failed_fraction": max_failed_fraction, "input_format": source.format}
+    job = Job(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name, kind="file",
+              status=JobStatus.VALIDATING.value, priority=priority, input_file_id=source.id,
+              options=options, job_metadata=metadata or {}, webhook_url=webhook_url,
+              idempotency_key=idempotency_key, request_hash=fingerprint, parent_id=parent_id)
+    return _insert(session, caller, job, idempotency_key, fingerprint)
+
+
+def _insert(session: Session, caller: Caller, job: Job, idempotency_key: str | None,
+            fingerprint: str | None) -> tuple[Job, bool]:
     if not idempotency_key:
         session.add(job)
         session.flush()
@@ -71,6 +101,26 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
             raise
         return _replay(existing, fingerprint), False
     return job, True
+
+
+def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> Job:
+    """A child job over the parent's failed rows (the worker extracts them from the input)."""
+    parent = get_job(session, caller, job_id)
+    if parent.kind != "file" or parent.status not in ("succeeded", "failed"):
+        raise Conflict("only a finished file job's failed rows can be retried")
+    if not parent.failed_count:
+        raise Conflict(f"job {parent.id} has no failed rows")
+    if parent.input_file_id is None:
+        raise Conflict("the job's input file was deleted")
+    options = dict(parent.options)
+    job, _ = submit_file_job(
+        session, caller, model=parent.model_name, input_file=str(parent.input_file_id),
+        output_format=options.get("output_format"), keep_columns=options.get("keep_columns"),
+        id_column=options.get("id_column"),
+        max_failed_fraction=float(options.get("max_failed_fraction", 1.0)),
+        metadata=parent.job_metadata, priority=parent.priority, webhook_url=parent.webhook_url,
+        parent_id=parent.id)
+    return job
 
 
 def _by_idempotency_key(session: Session, caller: Caller, key: str) -> Job | None:
@@ -133,6 +183,12 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
             return job
         raise Conflict(f"job {job.id} is {job.status} and cannot be cancelled")
     values: dict[str, Any] = {"status": target.value}
+    if target is JobStatus.CANCELLING and job.kind == "file" and not _running_chunks(session, job):
+        target = JobStatus.CANCELLED  # nobody is scoring it: end it now
+        values["status"] = target.value
+        session.execute(update(JobChunk).where(JobChunk.job_id == job.id,
+                                               JobChunk.status == "queued")
+                        .values(status="cancelled"))
     if target is JobStatus.CANCELLED:
         values["finished_at"] = datetime.now().astimezone()
     result = session.execute(update(Job).where(Job.id == job.id, Job.status == job.status)
@@ -142,6 +198,23 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
         return cancel_job(session, caller, job_id)
     session.refresh(job)
     return job
+
+
+def _running_chunks(session: Session, job: Job) -> int:
+    return session.scalar(select(func.count()).select_from(JobChunk).where(
+        JobChunk.job_id == job.id, JobChunk.status == "running"))
+
+
+def progress(job: Job) -> dict[str, float | None]:
+    """Rows per second since the job started, and the time left at that rate."""
+    done = job.completed_count + job.failed_count
+    if not job.started_at or not done:
+        return {"rows_per_second": None, "eta_seconds": None}
+    end = job.finished_at or datetime.now().astimezone()
+    rate = done / max((end - job.started_at).total_seconds(), 1e-3)
+    left = job.total_count - done
+    return {"rows_per_second": round(rate, 1),
+            "eta_seconds": round(left / rate, 1) if left > 0 and not job.finished_at else 0.0}
 
 
 def iter_result_lines(factory: sessionmaker[Session], job_id: uuid.UUID,
@@ -186,4 +259,11 @@ def job_summary(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "error": ({"code": job.error_code, "message": job.error_message}
                   if job.error_code else None),
+        **progress(job),
+        **({"input_file": str(job.input_file_id) if job.input_file_id else None,
+            "output_file": str(job.output_file_id) if job.output_file_id else None,
+            "error_file": str(job.error_file_id) if job.error_file_id else None,
+            "output_format": job.options.get("output_format"),
+            "parent_id": str(job.parent_id) if job.parent_id else None}
+           if job.kind == "file" else {}),
     }

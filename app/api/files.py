@@ -1,0 +1,70 @@
+"""HTTP entry points for files: streamed uploads and downloads, tenant-scoped."""
+
+from __future__ import annotations
+
+from flask import Response, request, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+
+from app.api.context import caller, context, db
+from app.api.responses import json_response
+from app.api.schemas import FileList, FileOut, FilePath, FileQuery, Problem, UploadForm
+from app.formats import MEDIA_TYPES
+from app.services import files
+from app.storage import Storage
+
+tag = Tag(name="files", description="Upload input files for bulk scoring; download outputs.")
+api = APIBlueprint("files", __name__, url_prefix="/v1", abp_tags=[tag],
+                   abp_security=[{"bearer": []}])
+ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem}
+
+
+def allow_large_uploads() -> None:
+    """Uploads may be far larger than JSON bodies; the service enforces the exact limit."""
+    if request.path == "/v1/files" and request.method == "POST":
+        request.max_content_length = context().settings.max_upload_bytes + 1024 * 1024
+
+
+@api.post("/files", responses={201: FileOut, **ERRORS})
+def upload_file(form: UploadForm) -> Response:
+    """Upload a CSV, JSONL or Parquet file (gzip for CSV and JSONL) as multipart field `file`."""
+    session = db()
+    record = files.upload_file(session, caller(), Storage(context().settings.resolved_storage_url),
+                               form.file.stream, filename=form.file.filename or "upload",
+                               purpose=form.purpose, fmt=form.format,
+                               max_bytes=context().settings.max_upload_bytes)
+    session.commit()
+    return json_response(files.file_summary(record), 201, {"Location": f"/v1/files/{record.id}"})
+
+
+@api.get("/files", responses={200: FileList, 401: Problem})
+def list_files(query: FileQuery) -> Response:
+    """Files, newest first."""
+    page, cursor = files.list_files(db(), caller(), purpose=query.purpose, limit=query.limit,
+                                    after=query.after)
+    return json_response({"object": "list", "data": [files.file_summary(f) for f in page],
+                          "next_cursor": cursor})
+
+
+@api.get("/files/<file_id>", responses={200: FileOut, 401: Problem, 404: Problem})
+def get_file(path: FilePath) -> Response:
+    return json_response(files.file_summary(files.get_file(db(), caller(), path.file_id)))
+
+
+@api.get("/files/<file_id>/content", responses={401: Problem, 404: Problem})
+def file_content(path: FilePath) -> Response:
+    """The file's bytes, streamed."""
+    record = files.get_file(db(), caller(), path.file_id)
+    media = MEDIA_TYPES.get(record.format, "application/octet-stream")
+    if record.compression == "gzip":
+        media = "application/gzip"
+    return Response(stream_with_context(files.iter_content(record.uri)), mimetype=media,
+                    headers={"Content-Length": str(record.bytes),
+                             "Content-Disposition": f'attachment; filename="{record.filename}"'})
+
+
+@api.delete("/files/<file_id>", responses={401: Problem, 404: Problem, 409: Problem})
+def delete_file(path: FilePath) -> Response:
+    session = db()
+    files.delete_file(session, caller(), path.file_id)
+    session.commit()
+    return Response(status=204)

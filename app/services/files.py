@@ -1,0 +1,119 @@
+"""Uploaded input files and produced output files, tenant-scoped and streamed to storage."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import BinaryIO, Iterator
+
+import fsspec
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, NotFound, PayloadTooLarge
+from app.formats import detect_format
+from app.orm import File, Job
+from app.services.auth import Caller
+from app.storage import Storage
+
+COPY_BYTES = 1024 * 1024
+
+
+def parse_file_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise NotFound(f"no file {raw!r}") from None
+
+
+def upload_file(session: Session, caller: Caller, storage: Storage, stream: BinaryIO, *,
+                filename: str, purpose: str = "input", fmt: str | None = None,
+                max_bytes: int) -> File:
+    """Copy an upload to storage in 1 MiB pieces, hashing as it goes; nothing partial survives."""
+    file_format, compression = detect_format(filename, fmt)
+    file_id = uuid.uuid4()
+    uri = storage.uri(f"files/{caller.tenant_id}/{file_id}")
+    digest, size = hashlib.sha256(), 0
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    try:
+        with fs.open(path, "wb") as out:
+            while piece := stream.read(COPY_BYTES):
+                size += len(piece)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"the file is larger than {max_bytes} bytes "
+                                          "(KILN_MAX_UPLOAD_BYTES)")
+                digest.update(piece)
+                out.write(piece)
+    except BaseException:
+        fs.rm(path) if fs.exists(path) else None
+        raise
+    record = File(id=file_id, tenant_id=caller.tenant_id, purpose=purpose, filename=filename,
+                  format=file_format, compression=compression, bytes=size,
+                  sha256=digest.hexdigest(), uri=uri)
+    session.add(record)
+    session.flush()
+    return record
+
+
+def record_output_file(session: Session, tenant_id: uuid.UUID, *, uri: str, filename: str,
+                       fmt: str, purpose: str, size: int, sha256: str, rows: int) -> File:
+    record = File(tenant_id=tenant_id, purpose=purpose, filename=filename, format=fmt,
+                  bytes=size, sha256=sha256, uri=uri, row_count=rows)
+    session.add(record)
+    session.flush()
+    return record
+
+
+def get_file(session: Session, caller: Caller, file_id: str) -> File:
+    found = session.scalar(select(File).where(File.id == parse_file_id(file_id),
+                                              File.tenant_id == caller.tenant_id))
+    if found is None:
+        raise NotFound(f"no file {file_id!r}")
+    return found
+
+
+def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: int,
+               after: str | None) -> tuple[list[File], str | None]:
+    query = select(File).where(File.tenant_id == caller.tenant_id)
+    if purpose:
+        query = query.where(File.purpose == purpose)
+    if after:
+        anchor = get_file(session, caller, after)
+        query = query.where((File.created_at, File.id) < (anchor.created_at, anchor.id))
+    rows = list(session.scalars(query.order_by(File.created_at.desc(), File.id.desc())
+                                .limit(limit + 1)))
+    return rows[:limit], (str(rows[limit - 1].id) if len(rows) > limit else None)
+
+
+def delete_file(session: Session, caller: Caller, file_id: str) -> None:
+    found = get_file(session, caller, file_id)
+    in_use = session.scalar(select(Job.id).where(
+        Job.tenant_id == caller.tenant_id, Job.input_file_id == found.id,
+        Job.status.in_(("validating", "queued", "running", "finalizing", "cancelling"))).limit(1))
+    if in_use is not None:
+        raise Conflict(f"file {file_id} is the input of unfinished job {in_use}")
+    uri = found.uri
+    session.execute(Job.__table__.update().where(Job.input_file_id == found.id)
+                    .values(input_file_id=None))
+    for column in (Job.output_file_id, Job.error_file_id):
+        session.execute(Job.__table__.update().where(column == found.id).values({column.key: None}))
+    session.delete(found)
+    session.flush()
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def iter_content(uri: str, piece_bytes: int = COPY_BYTES) -> Iterator[bytes]:
+    with fsspec.open(uri, "rb") as handle:
+        while piece := handle.read(piece_bytes):
+            yield piece
+
+
+def file_summary(record: File) -> dict:
+    return {"id": str(record.id), "object": "file", "purpose": record.purpose,
+            "filename": record.filename, "format": record.format,
+            "compression": record.compression, "bytes": record.bytes,
+            "row_count": record.row_count, "sha256": record.sha256,
+            "created_at": record.created_at, "expires_at": record.expires_at}

@@ -1,0 +1,115 @@
+"""Result and error rows of file jobs: chunk parts while running, one file per kind at the end.
+
+Workers write each finished chunk's rows as JSONL parts in storage; the finalizer joins them in
+chunk order into the job's output and error files in the output format; downloads convert to
+any format on the fly. Every row carries `row_index`, the id column's value and kept columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from typing import Any, Iterable, Iterator
+
+import fsspec
+import orjson
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.formats import open_writer
+from app.orm import File, Job, JobChunk
+
+ROWS_PER_PIECE = 4096
+
+
+def flatten_output(row: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """JSONL keeps `output` nested; tabular formats lift its fields to columns."""
+    if fmt == "jsonl" or "output" not in row:
+        return row
+    flat = {k: v for k, v in row.items() if k != "output"}
+    flat.update(row["output"])
+    return flat
+
+
+def part_rows(uris: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
+    """Rows of JSONL parts, a piece at a time."""
+    for uri in uris:
+        with fsspec.open(uri, "rb") as handle:
+            piece = []
+            for line in handle:
+                piece.append(orjson.loads(line))
+                if len(piece) == ROWS_PER_PIECE:
+                    yield piece
+                    piece = []
+            if piece:
+                yield piece
+
+
+def encode(fmt: str, pieces: Iterable[list[dict[str, Any]]]) -> Iterator[bytes]:
+    """Stream rows in a format, flushing the encoder's buffer after every piece."""
+    sink = io.BytesIO()
+    writer = open_writer(fmt, sink)
+    for piece in pieces:
+        writer.write([flatten_output(row, fmt) for row in piece])
+        if sink.tell():
+            yield sink.getvalue()
+            sink.seek(0)
+            sink.truncate()
+    writer.close()
+    if sink.tell():
+        yield sink.getvalue()
+
+
+def finished_parts(session: Session, job: Job, kind: str,
+                   input_order: bool | None = None) -> list[str]:
+    """URIs of finished chunks' parts: in input order once the job is done, else as finished."""
+    column = JobChunk.output_uri if kind == "results" else JobChunk.error_uri
+    if input_order is None:
+        input_order = job.status in ("succeeded", "failed", "finalizing")
+    order = (JobChunk.index,) if input_order else (JobChunk.finished_at, JobChunk.index)
+    return [uri for uri in session.scalars(
+        select(column).where(JobChunk.job_id == job.id, JobChunk.status == "succeeded",
+                             column.is_not(None)).order_by(*order))]
+
+
+def stream_file_job(session: Session, job: Job, kind: str, fmt: str | None) -> tuple[Iterator[bytes], str]:
+    """The bytes of a file job's results or errors in `fmt` (default: the job's output format)."""
+    out_fmt = fmt or job.options.get("output_format", "jsonl")
+    file_id = job.output_file_id if kind == "results" else job.error_file_id
+    if file_id is not None:
+        stored = session.get(File, file_id)
+        if stored is not None and stored.format == out_fmt:
+            return _read(stored.uri), out_fmt
+    parts = finished_parts(session, job, kind)
+    return encode(out_fmt, part_rows(parts)), out_fmt
+
+
+def _read(uri: str) -> Iterator[bytes]:
+    with fsspec.open(uri, "rb") as handle:
+        while piece := handle.read(1024 * 1024):
+            yield piece
+
+
+def write_joined(uri: str, fmt: str, parts: list[str]) -> tuple[int, str, int]:
+    """Join parts into one stored file; returns (bytes, sha256, rows)."""
+    digest, size, rows = hashlib.sha256(), 0, 0
+
+    def counted(pieces):
+        nonlocal rows
+        for piece in pieces:
+            rows += len(piece)
+            yield piece
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    with fs.open(path, "wb") as out:
+        for data in encode(fmt, counted(part_rows(parts))):
+            digest.update(data)
+            size += len(data)
+            out.write(data)
+    return size, digest.hexdigest(), rows
+
+
+def part_uri(base: str, job_id: uuid.UUID, index: int, attempt: int, kind: str) -> str:
+    return f"{base.rstrip('/')}/jobs/{job_id}/parts/{index:06d}.a{attempt}.{kind}.jsonl"

@@ -1,0 +1,356 @@
+"""File jobs: validate and plan into chunks, score chunks in parallel, finalize.
+
+Each phase claims its unit with a conditional UPDATE that bumps `attempt` and sets a lease, and
+fences every later write with that attempt, exactly like inline jobs. A chunk's rows become
+JSONL part files named by attempt, so a re-run writes new parts and only the committed attempt's
+parts are ever read: one output row per input row however often a chunk runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import fsspec
+import orjson
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidInput
+from app.formats import ChunkPlan, open_reader
+from app.orm import File, Job, Model
+from app.services.files import record_output_file
+from app.services.outputs import finished_parts, part_uri, write_joined
+from workers.context import WorkerContext
+from workers.scoring import RowContext, score_batch
+
+log = logging.getLogger(__name__)
+
+CLAIM_PHASE = text("""
+UPDATE jobs SET attempt = attempt + 1,
+    lease_expires_at = now() + make_interval(secs => :lease_seconds),
+    started_at = coalesce(started_at, now())
+WHERE id = :job_id AND kind = 'file' AND status = :status
+  AND (lease_expires_at IS NULL OR lease_expires_at < now())
+RETURNING attempt
+""")
+
+CLAIM_CHUNK = text("""
+UPDATE job_chunks c SET status = 'running', attempt = c.attempt + 1,
+    lease_expires_at = now() + make_interval(secs => :lease_seconds)
+FROM jobs j
+WHERE c.job_id = :job_id AND c.index = :index AND j.id = c.job_id AND j.status = 'running'
+  AND (c.status = 'queued' OR (c.status = 'running' AND c.lease_expires_at < now()))
+RETURNING c.attempt, c.start_row, c.end_row
+""")
+
+RENEW_CHUNK = text("""
+UPDATE job_chunks c SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+FROM jobs j
+WHERE c.job_id = :job_id AND c.index = :index AND c.attempt = :attempt AND c.status = 'running'
+  AND j.id = c.job_id
+RETURNING j.status
+""")
+
+FINISH_CHUNK = text("""
+WITH done AS (
+    UPDATE job_chunks SET status = 'succeeded', lease_expires_at = NULL, finished_at = now(),
+        completed_count = :completed, failed_count = :failed,
+        output_uri = :output_uri, error_uri = :error_uri
+    WHERE job_id = :job_id AND index = :index AND attempt = :attempt AND status = 'running'
+    RETURNING job_id)
+UPDATE jobs SET completed_count = completed_count + :completed,
+    failed_count = failed_count + :failed
+FROM done WHERE jobs.id = done.job_id
+RETURNING jobs.id
+""")
+
+
+def job_row(session: Session, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def required_columns(signature: dict[str, Any]) -> list[str]:
+    if signature.get("kind") == "text":
+        return [signature.get("text_field", "text")]
+    return list(signature.get("columns", []))
+
+
+def fail_job(session: Session, job_id: uuid.UUID, attempt: int, code: str, message: str) -> None:
+    session.execute(text("""
+        UPDATE jobs SET status = 'failed', error_code = :code, error_message = :message,
+            finished_at = now(), lease_expires_at = NULL
+        WHERE id = :job_id AND attempt = :attempt AND status IN ('validating', 'running', 'finalizing')
+    """), {"job_id": job_id, "attempt": attempt, "code": code, "message": message[:2000]})
+    record_events(session, [job_id])
+
+
+def record_events(session: Session, job_ids) -> None:
+    """Write webhook outbox rows in the transaction that ended the jobs (when webhooks exist)."""
+    try:
+        from app.services.webhooks import record_job_events
+    except ImportError:
+        return
+    record_job_events(session, list(job_ids))
+
+
+def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[int]:
+    """Check the input file against the model and split it into chunks; returns chunk indexes."""
+    settings = context.settings
+    with context.sessions.begin() as session:
+        claimed = session.execute(CLAIM_PHASE, {"job_id": job_id, "status": "validating",
+                                                "lease_seconds": settings.lease_seconds}).first()
+    if claimed is None:
+        return []
+    attempt = claimed.attempt
+    with context.sessions() as session:
+        job = job_row(session, job_id)
+        source = session.get(File, job.input_file_id) if job.input_file_id else None
+        model = session.get(Model, job.model_id)
+        options, signature = dict(job.options), dict(model.signature)
+    try:
+        if source is None:
+            raise InvalidInput("the input file was deleted")
+        if job.parent_id is not None and not options.get("retry_input_ready"):
+            source = extract_failed_rows(context, job.id, job.parent_id, source)
+            options["retry_input_ready"] = True
+        reader = open_reader(source.format, source.uri, source.compression)
+        columns = reader.columns()
+        id_column = options.get("id_column") or ("custom_id" if "custom_id" in columns else None)
+        wanted = required_columns(signature) + ([id_column] if id_column else []) + \
+            list(options.get("keep_columns") or [])
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise InvalidInput(f"the input file lacks column(s) {missing}; it has {columns[:20]}")
+        plans = reader.plan(settings.chunk_rows)
+    except (InvalidInput, OSError, ValueError) as exc:
+        detail = getattr(exc, "detail", None) or f"{exc.__class__.__name__}: {exc}"
+        with context.sessions.begin() as session:
+            fail_job(session, job_id, attempt, "invalid_file", detail)
+        return []
+    total = plans[-1].end_row if plans else 0
+    with context.sessions.begin() as session:
+        if plans:
+            session.execute(text("""
+                INSERT INTO job_chunks (job_id, index, tenant_id, start_row, end_row, status,
+                    attempt, completed_count, failed_count, lease_expires_at)
+                SELECT :job_id, i, :tenant_id, s, e, 'queued', 0, 0, 0,
+                       now() + make_interval(secs => :grace_seconds)
+                FROM unnest(CAST(:indexes AS int[]), CAST(:starts AS bigint[]),
+                            CAST(:ends AS bigint[])) AS v(i, s, e)
+                ON CONFLICT (job_id, index) DO NOTHING
+            """), {"job_id": job_id, "tenant_id": job.tenant_id,
+                   "indexes": list(range(len(plans))), "starts": [p.start_row for p in plans],
+                   "ends": [p.end_row for p in plans],
+                   "grace_seconds": settings.queued_grace_seconds})
+        options.update(id_column=id_column, chunk_offsets=[[p.start_offset, p.end_offset]
+                                                           for p in plans])
+        moved = session.execute(text("""
+            UPDATE jobs SET status = 'running', total_count = :total, lease_expires_at = NULL,
+                options = CAST(:options AS jsonb), input_file_id = :input_file_id
+            WHERE id = :job_id AND attempt = :attempt AND status = 'validating'
+            RETURNING id
+        """), {"job_id": job_id, "attempt": attempt, "total": total,
+               "options": orjson.dumps(options).decode(), "input_file_id": source.id}).first()
+    if moved is None:
+        return []
+    if not plans:
+        finalize_if_done(context, job_id)
+    return list(range(len(plans)))
+
+
+def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uuid.UUID,
+                        source: File) -> File:
+    """Copy the rows the parent job failed into a new input file of the same format."""
+    from app.formats import CsvReader, LineReader
+    from app.services.outputs import part_rows
+
+    with context.sessions() as session:
+        parent = session.get(Job, parent_id)
+        error_parts = finished_parts(session, parent, "errors", input_order=True)
+    wanted = {row["row_index"] for piece in part_rows(error_parts) for row in piece}
+    reader = open_reader(source.format, source.uri, source.compression)
+    uri = f"{context.settings.resolved_storage_url.rstrip('/')}/files/{source.tenant_id}/retry-{job_id}"
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    rows = 0
+    with fs.open(path, "wb") as out:
+        if isinstance(reader, LineReader):
+            if isinstance(reader, CsvReader):
+                out.write(reader.header())
+            for plan in reader.plan(context.settings.chunk_rows):
+                for first, lines in reader.lines(plan, 4096):
+                    picked = [line for i, line in enumerate(lines) if first + i in wanted]
+                    out.write(b"".join(picked))
+                    rows += len(picked)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            writer = None
+            for plan in reader.plan(context.settings.chunk_rows):
+                for batch in reader.read(plan, 4096):
+                    keep = [i for i, row in enumerate(batch.rows) if row in wanted]
+                    if not keep:
+                        continue
+                    table = batch.table.take(pa.array(keep))
+                    writer = writer or pq.ParquetWriter(out, table.schema)
+                    writer.write_table(table)
+                    rows += len(keep)
+            if writer is not None:
+                writer.close()
+    size = fs.size(path)
+    with context.sessions.begin() as session:
+        record = File(tenant_id=source.tenant_id, purpose="retry_input",
+                      filename=f"retry-of-{parent_id}.{source.format}", format=source.format,
+                      compression=None, bytes=size, sha256="", uri=uri, row_count=rows)
+        session.add(record)
+        session.flush()
+        session.expunge(record)
+    return record
+
+
+def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str, int] | None:
+    """Score one chunk in batches into attempt-named parts; commit counts and parts at the end."""
+    settings = context.settings
+    with context.sessions.begin() as session:
+        claimed = session.execute(CLAIM_CHUNK, {"job_id": job_id, "index": index,
+                                                "lease_seconds": settings.lease_seconds}).first()
+    if claimed is None:
+        return None
+    attempt = claimed.attempt
+    with context.sessions() as session:
+        job = job_row(session, job_id)
+        source = session.get(File, job.input_file_id)
+        model_row = session.get(Model, job.model_id)
+        signature, processing = dict(model_row.signature), dict(model_row.processing)
+        options = dict(job.options)
+        model = context.model(session, job.model_id)
+    offsets = options.get("chunk_offsets") or []
+    start_offset, end_offset = offsets[index] if index < len(offsets) else (0, 0)
+    plan = ChunkPlan(claimed.start_row, claimed.end_row, start_offset, end_offset)
+    row_context = RowContext(options.get("id_column"), tuple(options.get("keep_columns") or ()))
+    base = settings.resolved_storage_url
+    uris = {kind: part_uri(base, job_id, index, attempt, kind) for kind in ("results", "errors")}
+    reader = open_reader(source.format, source.uri, source.compression)
+    batch_rows = int(processing.get("batch_size") or settings.batch_size)
+    strings = tuple(filter(None, [row_context.id_column, *row_context.keep_columns]))
+    completed = failed = 0
+    handles = {}
+    for kind, uri in uris.items():
+        fs, path = fsspec.core.url_to_fs(uri)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        handles[kind] = fs.open(path, "wb")
+    try:
+        for batch in reader.read(plan, batch_rows, string_columns=strings):
+            results, errors = score_batch(batch, model, signature, row_context)
+            handles["results"].write(b"".join(orjson.dumps(r) + b"\n" for r in results))
+            handles["errors"].write(b"".join(orjson.dumps(e) + b"\n" for e in errors))
+            completed, failed = completed + len(results), failed + len(errors)
+            with context.sessions.begin() as session:
+                renewed = session.execute(RENEW_CHUNK, {
+                    "job_id": job_id, "index": index, "attempt": attempt,
+                    "lease_seconds": settings.lease_seconds}).first()
+            if renewed is None:
+                log.info("chunk %s/%d lost its lease; another attempt owns it", job_id, index)
+                return None
+            if renewed.status not in ("running", "cancelling"):
+                return None  # the job ended elsewhere (failed, expired)
+            if renewed.status == "cancelling":
+                with context.sessions.begin() as session:
+                    session.execute(text("""
+                        UPDATE job_chunks SET status = 'cancelled', lease_expires_at = NULL
+                        WHERE job_id = :job_id AND index = :index AND attempt = :attempt
+                          AND status = 'running'"""),
+                        {"job_id": job_id, "index": index, "attempt": attempt})
+                finalize_if_done(context, job_id)
+                return None
+    finally:
+        for handle in handles.values():
+            handle.close()
+    with context.sessions.begin() as session:
+        done = session.execute(FINISH_CHUNK, {
+            "job_id": job_id, "index": index, "attempt": attempt, "completed": completed,
+            "failed": failed, "output_uri": uris["results"] if completed else None,
+            "error_uri": uris["errors"] if failed else None}).first()
+    if done is None:
+        return None
+    finalize_if_done(context, job_id)
+    return {"rows": completed + failed, "completed": completed, "failed": failed}
+
+
+def finalize_if_done(context: WorkerContext, job_id: uuid.UUID) -> str | None:
+    """When no chunk is left to run: cancel, or join the parts into the job's files and end it."""
+    settings = context.settings
+    with context.sessions.begin() as session:
+        state = session.execute(text("""
+            SELECT j.status,
+                   count(*) FILTER (WHERE c.status IN ('queued', 'running')) AS open_chunks,
+                   count(*) FILTER (WHERE c.status = 'running') AS running_chunks
+            FROM jobs j LEFT JOIN job_chunks c ON c.job_id = j.id
+            WHERE j.id = :job_id GROUP BY j.status"""), {"job_id": job_id}).first()
+        if state is None:
+            return None
+        if state.status == "cancelling" and state.running_chunks == 0:
+            session.execute(text("""UPDATE job_chunks SET status = 'cancelled'
+                                    WHERE job_id = :job_id AND status = 'queued'"""),
+                            {"job_id": job_id})
+            ended = session.execute(text("""
+                UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL
+                WHERE id = :job_id AND status = 'cancelling' RETURNING id"""),
+                {"job_id": job_id}).first()
+            if ended:
+                record_events(session, [job_id])
+            return "cancelled"
+        if state.status != "running" or state.open_chunks:
+            return None
+        claimed = session.execute(text("""
+            UPDATE jobs SET status = 'finalizing', attempt = attempt + 1,
+                lease_expires_at = now() + make_interval(secs => :lease_seconds)
+            WHERE id = :job_id AND status = 'running' RETURNING attempt"""),
+            {"job_id": job_id, "lease_seconds": settings.lease_seconds}).first()
+    if claimed is None:
+        return None
+    return finalize(context, job_id, claimed.attempt)
+
+
+def finalize(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> str | None:
+    """Join the parts in input order into output and error files; decide success by failures."""
+    base = context.settings.resolved_storage_url
+    with context.sessions() as session:
+        job = job_row(session, job_id)
+        fmt = job.options.get("output_format", "jsonl")
+        parts = {kind: finished_parts(session, job, kind, input_order=True)
+                 for kind in ("results", "errors")}
+    written = {}
+    for kind, uris in parts.items():
+        uri = f"{base.rstrip('/')}/jobs/{job_id}/{kind}.a{attempt}.{fmt}"
+        size, sha256, rows = write_joined(uri, fmt, uris)
+        written[kind] = (uri, size, sha256, rows)
+    with context.sessions.begin() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.attempt != attempt or job.status != "finalizing":
+            return None
+        files = {kind: record_output_file(session, job.tenant_id, uri=uri,
+                                          filename=f"{job_id}-{kind}.{fmt}", fmt=fmt,
+                                          purpose="output" if kind == "results" else "errors",
+                                          size=size, sha256=sha256, rows=rows)
+                 for kind, (uri, size, sha256, rows) in written.items()}
+        job.output_file_id, job.error_file_id = files["results"].id, files["errors"].id
+        limit = float(job.options.get("max_failed_fraction", 1.0))
+        fraction = job.failed_count / job.total_count if job.total_count else 0.0
+        if fraction > limit:
+            job.status, job.error_code = "failed", "too_many_failed_rows"
+            job.error_message = (f"{job.failed_count} of {job.total_count} rows failed, more "
+                                 f"than max_failed_fraction={limit}")
+        else:
+            job.status = "succeeded"
+        job.finished_at, job.lease_expires_at = _now(session), None
+        session.flush()
+        record_events(session, [job_id])
+        return job.status
+
+
+def _now(session: Session):
+    return session.execute(text("SELECT now()")).scalar_one()

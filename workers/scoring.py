@@ -1,0 +1,120 @@
+"""Turn one parsed batch of a file into output rows and error rows.
+
+Bad rows fail alone: a missing or non-numeric value, or an unparsable line, becomes an error row;
+a row that makes the model raise is isolated by bisection; the rest of the batch is scored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from app.domain.batching import run_isolated
+from app.domain.validation import record_checker
+from app.formats import Batch, RowError
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """How output rows are tagged: the id column (if any) and the kept input columns."""
+
+    id_column: str | None
+    keep_columns: tuple[str, ...]
+
+
+def float_column(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    """A float64 array (NaN where missing or not a number) and, per row, why it is bad."""
+    try:
+        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        values = np.where(pc.is_null(column).to_numpy(zero_copy_only=False), np.nan, values)
+        reasons = [None if math.isfinite(v) else "missing or not finite" for v in values]
+        return values.astype(np.float64), reasons
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values, reasons = [], []
+        for raw in column.to_pylist():
+            try:
+                number = float(raw)
+                ok = math.isfinite(number) and not isinstance(raw, bool)
+            except (TypeError, ValueError):
+                number, ok = math.nan, False
+            values.append(number)
+            reasons.append(None if ok else f"not a number: {raw!r}")
+        return np.array(values, dtype=np.float64), reasons
+
+
+def tabular_features(batch: Batch, columns: Sequence[str]) -> tuple[np.ndarray, list[RowError]]:
+    """The feature matrix of a table batch, and the rows whose values cannot be used."""
+    matrix = np.empty((len(batch.rows), len(columns)), dtype=np.float32)
+    first_problem: dict[int, str] = {}
+    for j, name in enumerate(columns):
+        if name not in batch.table.column_names:
+            raise KeyError(name)
+        values, reasons = float_column(batch.table.column(name))
+        matrix[:, j] = values
+        for i, reason in enumerate(reasons):
+            if reason is not None and i not in first_problem:
+                first_problem[i] = f"row {batch.rows[i]} field {name!r}: {reason}"
+    errors = [RowError(batch.rows[i], "invalid_value", message)
+              for i, message in sorted(first_problem.items())]
+    return matrix, errors
+
+
+def score_batch(batch: Batch, model: Any, signature: dict[str, Any],
+                context: RowContext) -> tuple[list[dict], list[dict]]:
+    """Output rows and error rows for one batch, each tagged with its row index and id."""
+    tags = row_tags(batch, context)
+    errors = [error_row(tags.get(e.row, {"row_index": e.row}), e.code, e.message)
+              for e in batch.errors]
+    positions = list(range(len(batch.rows)))
+    if batch.table is not None and hasattr(model, "run_features"):
+        matrix, bad = tabular_features(batch, signature["columns"])
+        bad_rows = {e.row for e in bad}
+        errors += [error_row(tags[e.row], e.code, e.message) for e in bad]
+        good = [i for i in positions if batch.rows[i] not in bad_rows]
+        outputs = run_isolated(good, lambda items: model.run_features(matrix[list(items)]),
+                               model_error)
+    else:
+        records = batch.records if batch.records is not None else batch.table.to_pylist()
+        check = record_checker(signature)
+        good = []
+        for i in positions:
+            problem = check(batch.rows[i], records[i])
+            if problem is None:
+                good.append(i)
+            else:
+                errors.append(error_row(tags[batch.rows[i]], problem.code, problem.message))
+        outputs = run_isolated(good, lambda items: model.run([records[i] for i in items]),
+                               model_error)
+    results = []
+    for i, output in zip(good, outputs):
+        tag = tags[batch.rows[i]]
+        if "__error__" in output:
+            errors.append(error_row(tag, "inference_error", output["__error__"]))
+        else:
+            results.append({**tag, "output": output})
+    results.sort(key=lambda r: r["row_index"])
+    errors.sort(key=lambda r: r["row_index"])
+    return results, errors
+
+
+def model_error(_item: Any, exc: Exception) -> dict[str, str]:
+    return {"__error__": f"{exc.__class__.__name__}: {exc}"[:500]}
+
+
+def row_tags(batch: Batch, context: RowContext) -> dict[int, dict[str, Any]]:
+    """Per row index: the row index, the id column's value and the kept columns."""
+    tags = {row: {"row_index": row} for row in batch.rows}
+    names = ([context.id_column] if context.id_column else []) + list(context.keep_columns)
+    for name in names:
+        for row, value in zip(batch.rows, batch.column(name)):
+            tags[row][name] = value
+    return tags
+
+
+def error_row(tag: dict[str, Any], code: str, message: str) -> dict[str, Any]:
+    return {**tag, "error_code": code, "error_message": message}
