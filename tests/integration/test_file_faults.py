@@ -1,0 +1,84 @@
+"""File jobs under stress: partial results while running, cancel mid-file, SIGKILL mid-chunk."""
+
+import signal
+import uuid
+
+import orjson
+import pytest
+
+from app.client import KilnClient
+from tests.integration.test_files import download, parse, to_csv, to_jsonl, upload
+from tests.integration.test_workers import register_slow_model, slow_records
+from tests.support import start_api, start_worker, wait_for
+
+
+@pytest.fixture
+def slow_stack(make_stack):
+    iso = make_stack(KILN_CHUNK_ROWS="500", KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="2")
+    name = f"slow-{uuid.uuid4().hex[:6]}"
+    register_slow_model(iso, name)
+    api = start_api(iso.env, iso.logdir)
+    worker = start_worker(iso.env, iso.logdir)
+    client = KilnClient(api.url, iso.create_key())
+    yield iso, name, client, worker
+    client.close()
+    worker.stop()
+    api.stop()
+
+
+def rows_with_ids(n: int):
+    return [{"custom_id": f"r{i}", **record} for i, record in enumerate(slow_records(n))]
+
+
+def submit(client, model, file_id, **options):
+    response = client.http.post("/v1/jobs", json={"model": model, "input_file": file_id, **options})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_partial_results_while_running_then_cancel_mid_file(slow_stack):
+    iso, model, client, _ = slow_stack
+    meta = upload(client, "slow.jsonl", to_jsonl(rows_with_ids(8000)))
+    job = submit(client, model, meta["id"])
+    running = wait_for(lambda: (j := client.job(job["id"]))["request_counts"]["completed"] >= 500 and j,
+                       timeout=90, message="the first finished chunk")
+    assert running["status"] == "running"
+    assert running["rows_per_second"] > 0 and running["eta_seconds"] > 0
+    partial = parse("jsonl", download(client, job["id"]))
+    assert 500 <= len(partial) < 8000
+    assert len({r["custom_id"] for r in partial}) == len(partial)
+    assert all(r["custom_id"] == f"r{r['row_index']}" for r in partial)
+
+    cancelled = client.cancel(job["id"])
+    assert cancelled["status"] in ("cancelling", "cancelled")
+    done = client.wait(job["id"], timeout_seconds=90)
+    assert done["status"] == "cancelled"
+    counts = done["request_counts"]
+    assert 0 < counts["completed"] < 8000
+    kept = parse("jsonl", download(client, job["id"]))
+    assert len(kept) == counts["completed"] + counts["failed"]
+    assert len({r["row_index"] for r in kept}) == len(kept)
+
+
+def test_sigkilled_worker_mid_chunk_gives_exactly_one_row_per_input(slow_stack):
+    iso, model, client, worker = slow_stack
+    total = 4000
+    meta = upload(client, "slow.csv", to_csv(rows_with_ids(total)))
+    job = submit(client, model, meta["id"], output_format="jsonl")
+    wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] >= 500, timeout=90,
+             message="the first finished chunk")
+    for _ in range(2):
+        for child in worker.children():
+            child.send_signal(signal.SIGKILL)
+        wait_for(lambda: worker.children(), timeout=30, message="replacement children")
+    done = client.wait(job["id"], timeout_seconds=180)
+    assert done["status"] == "succeeded", done
+    assert done["request_counts"] == {"total": total, "completed": total, "failed": 0}
+    out = parse("jsonl", download(client, job["id"]))
+    assert [r["row_index"] for r in out] == list(range(total))
+    assert [r["custom_id"] for r in out] == [f"r{i}" for i in range(total)]
+    with iso.sessions() as session:
+        from sqlalchemy import text
+        attempts = session.execute(text("SELECT max(attempt) FROM job_chunks WHERE job_id = :j"),
+                                   {"j": job["id"]}).scalar_one()
+    assert attempts >= 2, "a chunk was re-run after the kill"
