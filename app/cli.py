@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
 from app.settings import Settings, load_settings
 
@@ -144,15 +145,18 @@ def api_call(fn, *args, **kwargs):
 
 def wait_with_progress(kiln, job_id: str) -> dict:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("rows"), TimeElapsedColumn())
+               TextColumn("rows"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+               TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(job_id[:8], total=None)
+        task = progress.add_task(job_id[:8], total=None, rate="")
 
         def update(job: dict) -> None:
             counts = job["request_counts"]
-            progress.update(task, total=counts["total"],
+            rate = job.get("rows_per_second")
+            progress.update(task, total=counts["total"] or None,
                             completed=counts["completed"] + counts["failed"],
-                            description=f"{job_id[:8]} {job['status']}")
+                            description=f"{job_id[:8]} {job['status']}",
+                            rate=f"{rate:,.0f} rows/s" if rate else "")
 
         return api_call(kiln.wait, job_id, on_update=update)
 
@@ -207,31 +211,91 @@ def cancel(ctx: click.Context, job_id: str) -> None:
     click.echo(orjson.dumps(api_call(client(ctx).cancel, job_id), option=orjson.OPT_INDENT_2).decode())
 
 
+def download(ctx: click.Context, job_id: str, output: Path | None, kind: str,
+             fmt: str | None) -> None:
+    """Stream a job's results or errors to stdout, or to a file with a progress bar."""
+    from app.client import ApiError
+
+    kiln = client(ctx)
+    if fmt is None and output is not None and output.suffix.lstrip(".") in ("csv", "jsonl", "parquet"):
+        fmt = output.suffix.lstrip(".")
+    try:
+        if output is None:
+            for chunk in kiln.iter_results(job_id, kind, fmt):
+                sys.stdout.buffer.write(chunk)
+            return
+        counts = kiln.job(job_id)["request_counts"]
+        total = counts["completed"] if kind == "results" else counts["failed"]
+        columns = (TextColumn(kind), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, console=err) as progress, output.open("wb") as handle:
+            task = progress.add_task("download", total=None)
+            for chunk in kiln.iter_results(job_id, kind, fmt):
+                handle.write(chunk)
+                progress.advance(task, len(chunk))
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    err.print(f"wrote {output} ({total} {kind} rows)")
+
+
+FORMAT = click.Choice(["csv", "jsonl", "parquet"])
+
+
 @cli.command()
 @click.argument("job_id")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Write to this file (with a progress bar) instead of stdout.")
+@click.option("--format", "fmt", type=FORMAT, default=None, help="Convert while streaming.")
 @click.pass_context
-def results(ctx: click.Context, job_id: str, output: Path | None) -> None:
-    """Stream a job's results (JSONL, input order)."""
-    from app.client import ApiError
+def results(ctx: click.Context, job_id: str, output: Path | None, fmt: str | None) -> None:
+    """Stream a job's results (input order)."""
+    download(ctx, job_id, output, "results", fmt)
 
+
+@cli.command()
+@click.argument("job_id")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None)
+@click.option("--format", "fmt", type=FORMAT, default=None)
+@click.pass_context
+def errors(ctx: click.Context, job_id: str, output: Path | None, fmt: str | None) -> None:
+    """Stream a file job's failed rows (id columns, error_code, error_message)."""
+    download(ctx, job_id, output, "errors", fmt)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", required=True)
+@click.option("--keep-columns", default=None, help="Comma-separated input columns to copy.")
+@click.option("--id-column", default=None, help="Column identifying each row.")
+@click.option("--output-format", type=FORMAT, default=None)
+@click.option("--format", "fmt", default=None, help="Input format when the name does not say.")
+@click.option("--max-failed-fraction", type=float, default=None)
+@click.option("--wait", "wait_", is_flag=True, help="Wait with a progress bar.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="With --wait: download the results here.")
+@click.pass_context
+def upload(ctx: click.Context, path: Path, model: str, keep_columns: str | None,
+           id_column: str | None, output_format: str | None, fmt: str | None,
+           max_failed_fraction: float | None, wait_: bool, output: Path | None) -> None:
+    """Upload a CSV/JSONL/Parquet file for bulk scoring and create the job."""
     kiln = client(ctx)
-    try:
-        if output is None:
-            for chunk in kiln.iter_results(job_id):
-                sys.stdout.buffer.write(chunk)
-            return
-        total = kiln.job(job_id)["request_counts"]["total"]
-        columns = (TextColumn("results"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"))
-        with Progress(*columns, console=err) as progress, output.open("wb") as handle:
-            task = progress.add_task("download", total=total)
-            for chunk in kiln.iter_results(job_id):
-                handle.write(chunk)
-                progress.advance(task, chunk.count(b"\n"))
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    err.print(f"wrote {output}")
+    columns = (TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("upload", total=path.stat().st_size)
+        meta = api_call(kiln.upload, path, fmt=fmt,
+                        on_bytes=lambda n: progress.advance(task, n))
+    job = api_call(kiln.submit_file, model, meta["id"], output_format=output_format,
+                   keep_columns=keep_columns.split(",") if keep_columns else None,
+                   id_column=id_column, max_failed_fraction=max_failed_fraction)
+    err.print(f"uploaded {meta['filename']} as {meta['id']}; job {job['id']}")
+    if not wait_:
+        click.echo(job["id"])
+        return
+    job = wait_with_progress(kiln, job["id"])
+    click.echo(orjson.dumps(job, option=orjson.OPT_INDENT_2).decode())
+    if output is not None:
+        download(ctx, job["id"], output, "results", output_format)
+    if job["status"] != "succeeded":
+        sys.exit(1)
 
 
 @cli.group()

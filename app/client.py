@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -71,9 +72,41 @@ class KilnClient:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_seconds}s")
             time.sleep(poll_seconds)
 
-    def iter_results(self, job_id: str) -> Iterator[bytes]:
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/results") as response:
+    def iter_results(self, job_id: str, kind: str = "results",
+                     fmt: str | None = None) -> Iterator[bytes]:
+        params = {"format": fmt} if fmt else {}
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/{kind}", params=params) as response:
             if response.status_code >= 400:
                 response.read()
                 raise ApiError(response)
             yield from response.iter_bytes()
+
+    def upload(self, path, *, purpose: str = "input", fmt: str | None = None,
+               on_bytes: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Upload a file as multipart, reporting bytes sent to `on_bytes`."""
+        with open(path, "rb") as handle:
+            source = _Counting(handle, on_bytes) if on_bytes else handle
+            data = {"purpose": purpose} | ({"format": fmt} if fmt else {})
+            response = self.http.post("/v1/files", files={"file": (Path(path).name, source)},
+                                      data=data, timeout=None)
+        return self._check(response).json()
+
+    def submit_file(self, model: str, file_id: str, **options: Any) -> dict[str, Any]:
+        body = {"model": model, "input_file": file_id,
+                **{k: v for k, v in options.items() if v is not None}}
+        return self._check(self.http.post("/v1/jobs", json=body)).json()
+
+
+class _Counting:
+    """A file wrapper that reports how many bytes were read."""
+
+    def __init__(self, handle, on_bytes: Callable[[int], None]):
+        self.handle, self.on_bytes = handle, on_bytes
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.on_bytes(len(data))
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.handle, name)

@@ -235,7 +235,7 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
     uris = {kind: part_uri(base, job_id, index, attempt, kind) for kind in ("results", "errors")}
     reader = open_reader(source.format, source.uri, source.compression)
     batch_rows = int(processing.get("batch_size") or settings.batch_size)
-    strings = tuple(filter(None, [row_context.id_column, *row_context.keep_columns]))
+    strings = (row_context.id_column,) if row_context.id_column else ()
     completed = failed = 0
     handles = {}
     for kind, uri in uris.items():

@@ -39,7 +39,7 @@ def add_demo_model(settings: Settings, name: str, *, only_if_missing: bool = Fal
 
 
 @models_group.command("add-demo")
-@click.argument("name", type=click.Choice(["digits"]))
+@click.argument("name", type=click.Choice(["digits", "minilm"]))
 @click.pass_context
 def models_add_demo(ctx: click.Context, name: str) -> None:
     """Build a built-in demo model offline and register it."""

@@ -48,3 +48,42 @@ def test_cli_reports_api_errors_without_a_traceback(stack, api, tmp_path):
     env.pop("KILN_API_KEY")
     result = run_kiln(env, "status", "x", check=False)
     assert result.returncode != 0 and "KILN_API_KEY" in result.stderr
+
+
+def test_upload_wait_and_download_through_the_cli(stack, api, worker, tmp_path):
+    import csv
+    import io
+
+    from tests.integration.test_files import digits_rows, to_csv
+    from tests.support import run_kiln
+
+    env = dict(stack.env, KILN_API_URL=api.url, KILN_API_KEY=stack.create_key())
+    rows = digits_rows(600)
+    rows[7]["p3"] = "bad"
+    source = tmp_path / "digits.csv"
+    source.write_bytes(to_csv(rows))
+    out = tmp_path / "scored.parquet"
+    result = run_kiln(env, "upload", str(source), "--model", "digits", "--keep-columns", "truth",
+                      "--output-format", "parquet", "--wait", "-o", str(out))
+    job = orjson.loads(result.stdout)
+    assert job["status"] == "succeeded"
+    assert job["request_counts"] == {"total": 600, "completed": 599, "failed": 1}
+    assert "upload" in result.stderr and "rows" in result.stderr  # both progress bars
+
+    import pyarrow.parquet as pq
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 599 and table[0]["custom_id"] == "img-00000"
+    assert sum(r["label"] == r["truth"] for r in table) / len(table) >= 0.95
+
+    errors = tmp_path / "errors.csv"
+    run_kiln(env, "errors", job["id"], "-o", str(errors))
+    failed = list(csv.DictReader(io.StringIO(errors.read_text())))
+    assert [r["custom_id"] for r in failed] == ["img-00007"]
+    assert "p3" in failed[0]["error_message"]
+
+    as_csv = run_kiln(env, "results", job["id"], "--format", "csv").stdout
+    assert as_csv.splitlines()[0].startswith('"row_index"') or "row_index" in as_csv.splitlines()[0]
+    assert len(as_csv.splitlines()) == 600  # header + 599 rows
+
+    job_id = run_kiln(env, "upload", str(source), "--model", "digits").stdout.strip()
+    assert len(job_id) == 36

@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions: providers CUDA then CPU, threads from the worker's share of cores."""
+"""ONNX Runtime sessions (providers CUDA then CPU, threads from the worker's share of cores)
+and the runtimes over them: a tabular classifier and a text embedder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnxruntime as ort
+from tokenizers import Tokenizer
 
 GPU_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -54,21 +56,102 @@ class TabularClassifier:
         return labels, probabilities
 
     def run(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        labels, probabilities = self.predict(self.to_array(records))
+        return self.run_features(self.to_array(records))
+
+    def run_features(self, features: np.ndarray) -> list[dict[str, Any]]:
+        """Score a float32 matrix whose columns are `self.columns`, in that order."""
+        labels, probabilities = self.predict(features)
         return [{"label": int(label), "probabilities": [round(float(p), 6) for p in row]}
                 for label, row in zip(labels, probabilities)]
 
 
-def load_model(artifact: bytes, signature: dict[str, Any], processing: dict[str, Any],
-               threads: int, require_gpu: bool = False) -> TabularClassifier:
-    """Build the runtime a model row describes."""
-    kind = processing.get("kind", "tabular_classifier")
-    if kind != "tabular_classifier":
-        raise ValueError(f"unsupported processing kind {kind!r}")
-    providers = choose_providers(require_gpu)
-    session = make_session(artifact, threads, providers)
+@dataclass
+class TextEmbedder:
+    """A sentence encoder whose ONNX graph pools and normalises; the tokenizer travels inside
+    the artifact (ONNX metadata), so one file is the whole model."""
+
+    session: ort.InferenceSession
+    tokenizer: Tokenizer
+    text_field: str = "text"
+    input_ids: str = "input_ids"
+    attention_mask: str = "attention_mask"
+    output: str = "sentence_embedding"
+    pad_id: int = 0
+    batch_size: int = 32
+    providers: list[str] = field(default_factory=list)
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids padded to the longest of them, and the mask that hides the padding."""
+        width = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, :len(row)] = row
+            mask[i, :len(row)] = 1
+        return input_ids, mask
+
+    def embed(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """One model call on unpadded token ids."""
+        input_ids, mask = self.pad(ids)
+        (embeddings,) = self.session.run([self.output], {self.input_ids: input_ids,
+                                                         self.attention_mask: mask})
+        return embeddings
+
+    def run(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        encodings = self.tokenizer.encode_batch([record[self.text_field] for record in records])
+        # Length-sorted micro-batches: little padding, and bounded memory whatever the batch size.
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        embeddings: list[Any] = [None] * len(encodings)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            rows = np.round(self.embed([encodings[i].ids for i in chunk]), 6).tolist()
+            for i, row in zip(chunk, rows):
+                embeddings[i] = row
+        return [{"embedding": embedding, "truncated": bool(encoding.overflowing)}
+                for embedding, encoding in zip(embeddings, encodings)]
+
+
+def load_tokenizer(session: ort.InferenceSession, processing: dict[str, Any]) -> Tokenizer:
+    """The tokenizer stored in the artifact's metadata, truncating at the model's limit."""
+    key = processing.get("tokenizer_metadata_key", "tokenizer.json")
+    stored = session.get_modelmeta().custom_metadata_map.get(key)
+    if stored is None:
+        raise ValueError(f"the ONNX artifact has no {key!r} metadata entry")
+    tokenizer = Tokenizer.from_str(stored)
+    tokenizer.enable_truncation(int(processing["max_tokens"]))
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def load_text_embedder(session: ort.InferenceSession, signature: dict[str, Any],
+                       processing: dict[str, Any]) -> TextEmbedder:
+    input_ids, attention_mask = signature.get("input_names", ["input_ids", "attention_mask"])
+    return TextEmbedder(session=session, tokenizer=load_tokenizer(session, processing),
+                        text_field=signature.get("text_field", "text"), input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        output=processing.get("output", "sentence_embedding"),
+                        pad_id=int(processing.get("pad_id", 0)),
+                        batch_size=int(processing.get("batch_size", 32)),
+                        providers=session.get_providers())
+
+
+def load_tabular_classifier(session: ort.InferenceSession, signature: dict[str, Any],
+                            processing: dict[str, Any]) -> TabularClassifier:
     return TabularClassifier(session=session, columns=list(signature["columns"]),
                              input_name=signature.get("input_name", "input"),
                              label_output=processing.get("label_output", "label"),
                              probability_output=processing.get("probability_output", "probabilities"),
                              providers=session.get_providers())
+
+
+RUNTIMES = {"tabular_classifier": load_tabular_classifier, "text_embedding": load_text_embedder}
+
+
+def load_model(artifact: bytes, signature: dict[str, Any], processing: dict[str, Any],
+               threads: int, require_gpu: bool = False) -> TabularClassifier | TextEmbedder:
+    """Build the runtime a model row describes."""
+    kind = processing.get("kind", "tabular_classifier")
+    if kind not in RUNTIMES:
+        raise ValueError(f"unsupported processing kind {kind!r}")
+    session = make_session(artifact, threads, choose_providers(require_gpu))
+    return RUNTIMES[kind](session, signature, processing)

@@ -1,0 +1,86 @@
+"""The minilm demo model end to end: built and registered by the real CLI, served by a real worker."""
+
+import numpy as np
+import orjson
+import pytest
+
+from app.client import KilnClient
+from tests import support
+from tests.conftest import build_stack
+
+PROBLEM = "application/problem+json"
+LONG_TEXT = " ".join(["the quick brown fox jumps over the lazy dog"] * 40)  # ~360 word pieces
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The stock market fell sharply on Monday.",
+    LONG_TEXT,
+    "Ein Mann isst Brot. ☃",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm(services, tmp_path_factory):
+    """An isolated stack with minilm registered through `kiln models add-demo`, an API and a worker."""
+    stack, name = build_stack(services, tmp_path_factory.mktemp("minilm"))
+    added = stack.kiln("models", "add-demo", "minilm", timeout=300)
+    api = support.start_api(stack.env, stack.logdir)
+    worker = support.start_worker(stack.env, stack.logdir, "-c", "1")
+    client = KilnClient(api.url, stack.create_key())
+    yield client, added.stdout
+    client.close()
+    worker.stop()
+    api.stop()
+    support.drop_database(services.admin_url, name)
+
+
+def embed(client, texts):
+    job = client.submit("minilm", [{"text": t} for t in texts])
+    finished = client.wait(job["id"], timeout_seconds=60)
+    assert finished["status"] == "succeeded", finished
+    lines = [orjson.loads(line) for line in b"".join(client.iter_results(job["id"])).splitlines()]
+    assert [line["index"] for line in lines] == list(range(len(texts)))
+    return [line["output"] for line in lines]
+
+
+def cosine(a, b):
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_embeddings_are_unit_384_vectors_with_truncation_flagged(minilm):
+    client, _ = minilm
+    outputs = embed(client, SENTENCES)
+    vectors = np.array([o["embedding"] for o in outputs])
+    assert vectors.shape == (len(SENTENCES), 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert [o["truncated"] for o in outputs] == [False, False, False, True, False]
+
+
+def test_similar_sentences_are_closer_than_unrelated_ones(minilm):
+    client, _ = minilm
+    eating, bread, stocks = (np.array(o["embedding"]) for o in embed(client, SENTENCES[:3]))
+    assert cosine(eating, bread) > cosine(eating, stocks) + 0.3
+    assert cosine(eating, bread) > cosine(bread, stocks) + 0.3
+
+
+def test_models_list_minilm_with_its_export_check(minilm):
+    client, added = minilm
+    assert "minilm v1 registered" in added
+    found = {m["name"]: m for m in client.models()}
+    model = found["minilm"]
+    assert model["signature"]["kind"] == "text" and model["signature"]["dim"] == 384
+    assert model["metrics"]["onnx_max_abs_diff"] < 1e-5
+    assert model["metrics"]["reference_max_abs_diff"] < 1e-5
+    assert model["metrics"]["max_tokens"] == 256
+
+
+def test_a_record_without_text_is_a_422_problem(minilm):
+    client, _ = minilm
+    response = client.http.post("/v1/jobs", json={"model": "minilm",
+                                                  "inputs": [{"text": "fine"}, {"body": "no"},
+                                                             {"text": 7}]})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith(PROBLEM)
+    errors = response.json()["errors"]
+    assert [(e["index"], e["field"], e["code"]) for e in errors] == [
+        (1, "text", "missing_field"), (2, "text", "not_a_string")]
