@@ -41,6 +41,38 @@ def kiln(env: dict[str, str], *args: str) -> str:
                           text=True).stdout
 
 
+def bulk_scoring(env: dict[str, str], rows: int = 3000) -> bool:
+    """Journey 2: a CSV with an id column, uploaded, scored, downloaded and checked."""
+    import csv
+
+    import numpy as np
+
+    x_train, x_test, y_train, y_test = digits_split()
+    features = np.resize(np.concatenate([x_test, x_train]), (rows, 64))  # 1,797 images, repeated
+    truth = np.resize(np.concatenate([y_test, y_train]), rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        source, scored = Path(tmp) / "digits.csv", Path(tmp) / "scored.csv"
+        with source.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image_id", *[f"p{i}" for i in range(64)]])
+            for i, row in enumerate(features):
+                writer.writerow([f"img-{i:05d}", *[int(v) for v in row]])
+        print(f"\n$ kiln upload {source.name} --model digits --id-column image_id --wait "
+              f"-o {scored.name}", flush=True)
+        job = orjson.loads(kiln(env, "upload", str(source), "--model", "digits", "--id-column",
+                                "image_id", "--wait", "-o", str(scored)))
+        with scored.open() as handle:
+            results = list(csv.DictReader(handle))
+    expected = {f"img-{i:05d}": int(t) for i, t in enumerate(truth)}
+    correct = sum(int(r["label"]) == expected[r["image_id"]] for r in results)
+    print(f"bulk job {job['id']}: {job['status']}, {job['request_counts']}, "
+          f"{job.get('rows_per_second') or 0:,.0f} rows/s")
+    print(f"first rows of {scored.name}: " + ", ".join(
+        f"{r['image_id']}→{r['label']}" for r in results[:5]))
+    print(f"bulk accuracy {correct}/{len(results)} = {correct / max(len(results), 1):.3f}")
+    return job["status"] == "succeeded" and len(results) == rows and correct >= 0.9 * rows
+
+
 def main() -> int:
     port = pick_port()
     env = {k: v for k, v in os.environ.items()
@@ -89,7 +121,8 @@ def main() -> int:
             print(f"{line['index']:>4}  {int(truth):>4}  {output['label']:>9}  "
                   f"{max(output['probabilities']):>10.3f}{mark}")
         print(f"\naccuracy {correct}/{len(lines)}")
-        return 0 if job["status"] == "succeeded" and correct >= 0.9 * len(lines) else 1
+        journey_one = job["status"] == "succeeded" and correct >= 0.9 * len(lines)
+        return 0 if journey_one and bulk_scoring(env) else 1
     finally:
         print("stopping Kiln …", flush=True)
         up.send_signal(signal.SIGINT)
