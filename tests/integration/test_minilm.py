@@ -84,3 +84,34 @@ def test_a_record_without_text_is_a_422_problem(minilm):
     errors = response.json()["errors"]
     assert [(e["index"], e["field"], e["code"]) for e in errors] == [
         (1, "text", "missing_field"), (2, "text", "not_a_string")]
+
+
+def test_a_small_text_file_is_embedded_with_json_encoded_vectors_in_csv(minilm):
+    import csv
+    import io
+
+    client, _ = minilm
+    rows = [{"doc": f"d{i}", "text": text} for i, text in enumerate(SENTENCES)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["doc", "text"])
+    writer.writeheader()
+    writer.writerows(rows)
+    uploaded = client.http.post("/v1/files", files={"file": ("texts.csv", buffer.getvalue())})
+    assert uploaded.status_code == 201, uploaded.text
+    job = client.http.post("/v1/jobs", json={"model": "minilm", "input_file": uploaded.json()["id"],
+                                             "id_column": "doc"}).json()
+    done = client.wait(job["id"], timeout_seconds=120)
+    assert done["status"] == "succeeded", done
+    assert done["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+    out = list(csv.DictReader(io.StringIO(b"".join(client.iter_results(job["id"])).decode())))
+    assert [r["doc"] for r in out] == [f"d{i}" for i in range(5)]
+    vectors = np.array([orjson.loads(r["embedding"]) for r in out])
+    assert vectors.shape == (5, 384)
+    assert [r["truncated"] for r in out] == ["false", "false", "false", "true", "false"]
+    inline = np.array([o["embedding"] for o in embed(client, SENTENCES)])
+    assert np.allclose(vectors, inline, atol=1e-5)  # same answer inline or from a file
+
+    missing = client.http.post("/v1/files", files={"file": ("t.jsonl", b'{"body": "no text"}\n')})
+    job = client.http.post("/v1/jobs", json={"model": "minilm", "input_file": missing.json()["id"]})
+    failed = client.wait(job.json()["id"], timeout_seconds=60)
+    assert failed["status"] == "failed" and "text" in failed["error"]["message"]
