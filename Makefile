@@ -23,6 +23,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
 
+chaos: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest tests/chaos -m chaos -s
+
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run
 

@@ -310,3 +310,10 @@ def models_list(ctx: click.Context) -> None:
     for model in api_call(client(ctx).models):
         click.echo(f"{model['name']}\tv{model['version']}\t{model['variant']}\t"
                    f"{orjson.dumps(model['metrics']).decode()}")
+
+
+from app.cli_webhooks import webhooks  # noqa: E402 - the group lives in its own module
+
+cli.add_command(webhooks)
+
+import app.cli_models  # noqa: E402,F401 - adds `models add` and `models alias` to the group

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from typing import Any, Iterable
 
@@ -69,3 +71,58 @@ class Publisher:
             log.warning("publish failed, the reconciler will re-publish: %s", exc)
             return False
         return True
+
+
+class Coalescer:
+    """At most one message per model per `window_seconds`, plus a trailing one.
+
+    Any message for a model makes a worker claim every queued job of that model, so a burst of
+    small jobs needs one message, not one each. The trailing message, sent at the end of the
+    window with the newest job's id, guarantees every committed job is followed by a message
+    published after its commit: no job waits for the reconciler.
+    """
+
+    def __init__(self, publisher: Publisher, window_seconds: float):
+        self.publisher, self.window = publisher, window_seconds
+        self.last_sent: dict[Any, float] = {}
+        self.pending: dict[Any, uuid.UUID | str] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def notify(self, model_key: Any, job_id: uuid.UUID | str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self.last_sent.get(model_key, -1e9) >= self.window:
+                self.last_sent[model_key] = now
+                send = True
+            else:
+                self.pending[model_key] = job_id
+                send = False
+                self._ensure_thread()
+        if send:
+            self.publisher.publish_jobs([job_id])
+        else:
+            self._wake.set()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._flush_loop, name="kiln-coalescer",
+                                            daemon=True)
+            self._thread.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait(timeout=1.0)
+            time.sleep(self.window)
+            now, due = time.monotonic(), []
+            with self._lock:
+                for key, job_id in list(self.pending.items()):
+                    if now - self.last_sent.get(key, -1e9) >= self.window:
+                        due.append(job_id)
+                        self.last_sent[key] = now
+                        del self.pending[key]
+                if not self.pending:
+                    self._wake.clear()
+            if due:
+                self.publisher.publish_jobs(due)

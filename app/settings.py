@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = 32 * 1024 * 1024
     max_upload_bytes: int = 2 * 1024**3
     chunk_rows: int = Field(default=50_000, description="rows per chunk of a file job")
+    max_running_chunks_per_job: int = Field(
+        default=4, description="chunks of one file job queued or running at once (fair share)")
+    max_batch_wait_ms: float = Field(
+        default=5.0, description="the API sends at most one message per model per this window")
     batch_size: int = 1024
     max_jobs_per_claim: int = 256
     visibility_timeout_seconds: int = 3600

@@ -112,8 +112,9 @@ def start_process(name: str, env: dict[str, str], logdir: Path, *args: str) -> K
     return KilnProcess(name, process, log)
 
 
-def start_api(env: dict[str, str], logdir: Path, timeout: float = 30) -> KilnProcess:
-    port = free_port()
+def start_api(env: dict[str, str], logdir: Path, timeout: float = 30,
+              port: int | None = None) -> KilnProcess:
+    port = port or free_port()
     api = start_process("api", env, logdir, "api", "--port", str(port))
     api.url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

@@ -135,15 +135,13 @@ def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[int]:
             session.execute(text("""
                 INSERT INTO job_chunks (job_id, index, tenant_id, start_row, end_row, status,
                     attempt, completed_count, failed_count, lease_expires_at)
-                SELECT :job_id, i, :tenant_id, s, e, 'queued', 0, 0, 0,
-                       now() + make_interval(secs => :grace_seconds)
+                SELECT :job_id, i, :tenant_id, s, e, 'queued', 0, 0, 0, NULL
                 FROM unnest(CAST(:indexes AS int[]), CAST(:starts AS bigint[]),
                             CAST(:ends AS bigint[])) AS v(i, s, e)
                 ON CONFLICT (job_id, index) DO NOTHING
             """), {"job_id": job_id, "tenant_id": job.tenant_id,
                    "indexes": list(range(len(plans))), "starts": [p.start_row for p in plans],
-                   "ends": [p.end_row for p in plans],
-                   "grace_seconds": settings.queued_grace_seconds})
+                   "ends": [p.end_row for p in plans]})
         options.update(id_column=id_column, chunk_offsets=[[p.start_offset, p.end_offset]
                                                            for p in plans])
         moved = session.execute(text("""
@@ -157,7 +155,40 @@ def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[int]:
         return []
     if not plans:
         finalize_if_done(context, job_id)
-    return list(range(len(plans)))
+        return []
+    with context.sessions.begin() as session:
+        return dispatch_chunks(session, job_id, settings.max_running_chunks_per_job,
+                               settings.queued_grace_seconds)
+
+
+DISPATCH = text("""
+WITH in_flight AS (
+    SELECT count(*) AS n FROM job_chunks
+    WHERE job_id = :job_id AND (status = 'running'
+                                OR (status = 'queued' AND lease_expires_at IS NOT NULL))),
+picked AS (
+    SELECT index FROM job_chunks
+    WHERE job_id = :job_id AND status = 'queued' AND lease_expires_at IS NULL
+    ORDER BY index
+    LIMIT greatest(:window - (SELECT n FROM in_flight), 0)
+    FOR UPDATE SKIP LOCKED)
+UPDATE job_chunks c SET lease_expires_at = now() + make_interval(secs => :grace_seconds)
+FROM picked WHERE c.job_id = :job_id AND c.index = picked.index
+RETURNING c.index
+""")
+
+
+def dispatch_chunks(session: Session, job_id: uuid.UUID, window: int,
+                    grace_seconds: float) -> list[int]:
+    """Mark the next chunks to publish, keeping at most `window` of the job's chunks in flight.
+
+    Publishing a job's chunks a few at a time, instead of all at once, keeps one tenant's huge
+    file from filling the queue ahead of everybody else's work: other jobs' messages wait
+    behind at most `window` chunks of it. The caller publishes the returned chunks after commit.
+    """
+    rows = session.execute(DISPATCH, {"job_id": job_id, "window": window,
+                                      "grace_seconds": grace_seconds})
+    return sorted(r.index for r in rows)
 
 
 def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uuid.UUID,
@@ -276,6 +307,11 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
             "error_uri": uris["errors"] if failed else None}).first()
     if done is None:
         return None
+    with context.sessions.begin() as session:
+        following = dispatch_chunks(session, job_id, settings.max_running_chunks_per_job,
+                                    settings.queued_grace_seconds)
+    if following:
+        context.publisher.publish_chunks((job_id, i) for i in following)
     finalize_if_done(context, job_id)
     return {"rows": completed + failed, "completed": completed, "failed": failed}
 
@@ -326,17 +362,19 @@ def finalize(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> str | N
     written = {}
     for kind, uris in parts.items():
         uri = f"{base.rstrip('/')}/jobs/{job_id}/{kind}.a{attempt}.{fmt}"
-        size, sha256, rows = write_joined(uri, fmt, uris)
-        written[kind] = (uri, size, sha256, rows)
+        size, sha256 = write_joined(uri, fmt, uris)
+        written[kind] = (uri, size, sha256)
     with context.sessions.begin() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.attempt != attempt or job.status != "finalizing":
             return None
+        counts = {"results": job.completed_count, "errors": job.failed_count}
         files = {kind: record_output_file(session, job.tenant_id, uri=uri,
                                           filename=f"{job_id}-{kind}.{fmt}", fmt=fmt,
                                           purpose="output" if kind == "results" else "errors",
-                                          size=size, sha256=sha256, rows=rows)
-                 for kind, (uri, size, sha256, rows) in written.items()}
+                                          size=size, sha256=sha256,
+                                          rows=counts[kind])
+                 for kind, (uri, size, sha256) in written.items()}
         job.output_file_id, job.error_file_id = files["results"].id, files["errors"].id
         limit = float(job.options.get("max_failed_fraction", 1.0))
         fraction = job.failed_count / job.total_count if job.total_count else 0.0

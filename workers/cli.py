@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
+import orjson
 from celery import signals
 
 from app.cli import cli, err, sessions, settings_from
@@ -46,6 +48,39 @@ def models_add_demo(ctx: click.Context, name: str) -> None:
     click.echo(add_demo_model(settings_from(ctx), name))
 
 
+@models_group.command("optimize")
+@click.argument("name")
+@click.option("--variant", "variants", type=click.Choice(["int8", "fp16", "graph"]),
+              multiple=True, required=True, help="Repeat to build several.")
+@click.option("--version", type=int, default=None, help="Default: the newest version.")
+@click.option("--tenant", default=None, help="Whose model (tenant name); default: the built-in one.")
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="JSONL or JSON array of records to compare fp32 and the variant on.")
+@click.option("--label-field", default=None, help="Field of --sample holding the true class.")
+@click.option("--make-default", is_flag=True, help="Jobs that name no variant get this one.")
+@click.pass_context
+def models_optimize(ctx: click.Context, name: str, variants: tuple[str, ...], version: int | None,
+                    tenant: str | None, sample: Path | None, label_field: str | None,
+                    make_default: bool) -> None:
+    """Build optimised variants (ORT graph optimisation, int8, fp16), measure them against
+    fp32 and register them as rows of the same name and version."""
+    from app.errors import KilnError
+    from app.storage import Storage
+    from workers.optimize import optimize_model, read_sample
+
+    settings = settings_from(ctx)
+    try:
+        records = read_sample(sample, label_field) if sample else None
+        for variant in variants:
+            built = optimize_model(sessions(settings), Storage(settings.resolved_storage_url),
+                                   name, variant, tenant=tenant, version=version, sample=records,
+                                   threads=settings.ort_threads, make_default=make_default)
+            click.echo(f"{built['name']} v{built['version']} {built['variant']} registered "
+                       f"{orjson.dumps(built['metrics']).decode()}")
+    except KilnError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -53,7 +88,8 @@ def configure_logging(level: str) -> None:
 @cli.command()
 @click.option("--queues", "-Q", default=None, help="Queues to consume (default $KILN_QUEUE).")
 @click.option("--concurrency", "-c", type=int, default=None, help="Prefork children.")
-@click.option("--no-reconciler", is_flag=True, help="Do not run the reconciler loop here.")
+@click.option("--no-reconciler", is_flag=True,
+              help="Do not run the reconciler loop and the webhook dispatcher here.")
 @click.pass_context
 def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
            no_reconciler: bool) -> None:
@@ -82,12 +118,15 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
         def start_reconciler(**_kwargs) -> None:
             from workers.context import worker_context
             from workers.reconciler import ReconcilerThread
+            from workers.webhooks import WebhookDispatcher
 
             context = worker_context(settings)
             ReconcilerThread(context.sessions, context.publisher,
                              interval_seconds=settings.reconcile_interval_seconds,
                              max_attempts=settings.max_attempts,
-                             grace_seconds=settings.queued_grace_seconds).start()
+                             grace_seconds=settings.queued_grace_seconds,
+                             chunk_window=settings.max_running_chunks_per_job).start()
+            WebhookDispatcher(settings).start()
 
     celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
                         "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
@@ -105,7 +144,8 @@ def reconcile(ctx: click.Context) -> None:
     context = worker_context(settings)
     report = reconcile_and_publish(context.sessions, context.publisher,
                                    max_attempts=settings.max_attempts,
-                                   grace_seconds=settings.queued_grace_seconds)
+                                   grace_seconds=settings.queued_grace_seconds,
+                                   chunk_window=settings.max_running_chunks_per_job)
     click.echo(f"given up {len(report.given_up)}, requeued {len(report.requeued)}, "
                f"republished {len(report.republished)}")
 

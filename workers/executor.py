@@ -19,24 +19,29 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.batching import batches, run_isolated
 from app.orm import JobResult
+from app.services.webhooks import record_job_events
 
 log = logging.getLogger(__name__)
 
 CLAIM = text("""
 WITH target AS (SELECT model_id FROM jobs WHERE id = :job_id),
 candidates AS (
-    SELECT j.id, j.total_count, j.priority, j.created_at, (j.id = :job_id) AS wanted
+    SELECT j.id, j.total_count, j.priority, j.created_at, (j.id = :job_id) AS wanted,
+           coalesce(j.expires_at < now() + make_interval(secs => :urgent_seconds), false) AS urgent
     FROM jobs j, target t
     WHERE j.model_id = t.model_id AND j.kind = 'inline'
       AND (j.status = 'queued'
            OR (j.status = 'running' AND j.lease_expires_at < now() AND j.attempt < :max_attempts))
-    ORDER BY (j.id = :job_id) DESC, j.priority DESC, j.created_at, j.id
+    ORDER BY (j.id = :job_id) DESC,
+             coalesce(j.expires_at < now() + make_interval(secs => :urgent_seconds), false) DESC,
+             j.priority DESC, j.created_at, j.id
     LIMIT :max_jobs
     FOR UPDATE OF j SKIP LOCKED
 ),
 budgeted AS (
     SELECT id FROM (
-        SELECT id, sum(total_count) OVER (ORDER BY wanted DESC, priority DESC, created_at, id)
+        SELECT id, sum(total_count) OVER (ORDER BY wanted DESC, urgent DESC, priority DESC,
+                                                created_at, id)
                - total_count AS rows_before
         FROM candidates) c
     WHERE rows_before < :row_budget
@@ -77,6 +82,9 @@ WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancell
 """)
 
 
+URGENT_SECONDS = 600  # jobs this close to their completion_window's end go first
+
+
 @dataclass
 class ClaimedJob:
     id: uuid.UUID
@@ -98,7 +106,8 @@ def claim_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget
                lease_seconds: float, max_attempts: int) -> list[ClaimedJob]:
     """Claim `job_id` (if still claimable) and other waiting inline jobs of the same model."""
     rows = session.execute(CLAIM, {"job_id": job_id, "max_jobs": max_jobs, "row_budget": row_budget,
-                                   "lease_seconds": lease_seconds, "max_attempts": max_attempts})
+                                   "lease_seconds": lease_seconds, "max_attempts": max_attempts,
+                                   "urgent_seconds": URGENT_SECONDS})
     claimed = [ClaimedJob(r.id, r.tenant_id, r.attempt, r.model_id, r.inputs or [], r.total_count)
                for r in rows]
     claimed.sort(key=lambda j: (j.id != job_id,))
@@ -187,8 +196,10 @@ def write_batch(session: Session, rows: Sequence[Row], outputs: Sequence[dict[st
 def finish_jobs(session: Session, jobs: Sequence[ClaimedJob]) -> list[Any]:
     if not jobs:
         return []
-    return session.execute(FINISH, {"ids": [j.id for j in jobs],
-                                    "attempts": [j.attempt for j in jobs]}).all()
+    finished = session.execute(FINISH, {"ids": [j.id for j in jobs],
+                                        "attempts": [j.attempt for j in jobs]}).all()
+    record_job_events(session, [row.id for row in finished])
+    return finished
 
 
 def execute_jobs(sessions: sessionmaker[Session], claimed: list[ClaimedJob], model, *,

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.queueing import Publisher
-from workers.chunks import record_events
+from workers.chunks import dispatch_chunks, record_events
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,17 @@ WHERE j.id = c.job_id AND j.status = 'running' AND c.lease_expires_at < now()
 RETURNING c.job_id, c.index
 """)
 
+UNDERFULL_FILE_JOBS = text("""
+SELECT j.id FROM jobs j
+WHERE j.kind = 'file' AND j.status = 'running'
+  AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = j.id AND c.status = 'queued'
+              AND c.lease_expires_at IS NULL)
+  AND (SELECT count(*) FROM job_chunks c WHERE c.job_id = j.id
+       AND (c.status = 'running' OR (c.status = 'queued' AND c.lease_expires_at IS NOT NULL)))
+      < :window
+LIMIT :limit
+""")
+
 NUDGE_FILE_JOBS = text("""
 UPDATE jobs SET published_at = now()
 WHERE id IN (
@@ -67,6 +78,14 @@ WHERE id IN (
             SELECT 1 FROM job_chunks c WHERE c.job_id = j.id
             AND c.status IN ('queued', 'running'))))
     LIMIT :limit FOR UPDATE SKIP LOCKED)
+RETURNING id
+""")
+
+EXPIRE = text("""
+UPDATE jobs SET status = 'expired', finished_at = now(), lease_expires_at = NULL,
+    error_code = 'expired', error_message = 'the job did not finish within its completion_window'
+WHERE expires_at < now()
+  AND status IN ('validating', 'queued', 'running', 'cancelling', 'finalizing')
 RETURNING id
 """)
 
@@ -98,10 +117,12 @@ class Report:
 
 
 def reconcile_once(session: Session, *, max_attempts: int, grace_seconds: float,
-                   limit: int = 5000) -> Report:
-    """One pass; the caller commits, then publishes `requeued + republished`."""
-    params = {"max_attempts": max_attempts, "grace_seconds": grace_seconds, "limit": limit}
-    given_up = [r.id for r in session.execute(GIVE_UP, params)]
+                   limit: int = 5000, chunk_window: int = 4) -> Report:
+    """One pass; the caller commits, then publishes `requeued + republished` and `chunks`."""
+    params = {"max_attempts": max_attempts, "grace_seconds": grace_seconds, "limit": limit,
+              "window": chunk_window}
+    given_up = [r.id for r in session.execute(EXPIRE, params)]
+    given_up += [r.id for r in session.execute(GIVE_UP, params)]
     given_up += [r.id for r in session.execute(GIVE_UP_CHUNKS, params)]
     if given_up:
         record_events(session, given_up)
@@ -109,13 +130,16 @@ def reconcile_once(session: Session, *, max_attempts: int, grace_seconds: float,
                   requeued=[r.id for r in session.execute(REQUEUE_EXPIRED, params)],
                   republished=[r.id for r in session.execute(REPUBLISH_QUEUED, params)]
                   + [r.id for r in session.execute(NUDGE_FILE_JOBS, params)],
-                  chunks=[(r.job_id, r.index) for r in session.execute(REQUEUE_CHUNKS, params)])
+                  chunks=[(r.job_id, r.index) for r in session.execute(REQUEUE_CHUNKS, params)]
+                  + [(job_id, index) for (job_id,) in session.execute(UNDERFULL_FILE_JOBS, params)
+                     for index in dispatch_chunks(session, job_id, chunk_window, grace_seconds)])
 
 
 def reconcile_and_publish(sessions: sessionmaker[Session], publisher: Publisher, *,
-                          max_attempts: int, grace_seconds: float) -> Report:
+                          max_attempts: int, grace_seconds: float, chunk_window: int = 4) -> Report:
     with sessions() as session, session.begin():
-        report = reconcile_once(session, max_attempts=max_attempts, grace_seconds=grace_seconds)
+        report = reconcile_once(session, max_attempts=max_attempts, grace_seconds=grace_seconds,
+                                chunk_window=chunk_window)
     if report.requeued or report.republished:
         publisher.publish_jobs(report.requeued + report.republished)
     if report.chunks:
@@ -131,16 +155,19 @@ class ReconcilerThread(threading.Thread):
     """Runs the reconciler every `interval_seconds` inside a long-lived process."""
 
     def __init__(self, sessions: sessionmaker[Session], publisher: Publisher, *,
-                 interval_seconds: float, max_attempts: int, grace_seconds: float):
+                 interval_seconds: float, max_attempts: int, grace_seconds: float,
+                 chunk_window: int = 4):
         super().__init__(name="kiln-reconciler", daemon=True)
         self.sessions, self.publisher = sessions, publisher
         self.interval, self.max_attempts, self.grace = interval_seconds, max_attempts, grace_seconds
+        self.chunk_window = chunk_window
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
             try:
                 reconcile_and_publish(self.sessions, self.publisher,
-                                      max_attempts=self.max_attempts, grace_seconds=self.grace)
+                                      max_attempts=self.max_attempts, grace_seconds=self.grace,
+                                      chunk_window=self.chunk_window)
             except Exception as exc:  # noqa: BLE001 - Postgres may be down; try next period
                 log.warning("reconciler pass failed: %s", exc)

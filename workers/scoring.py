@@ -27,23 +27,24 @@ class RowContext:
     keep_columns: tuple[str, ...]
 
 
-def float_column(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
-    """A float64 array (NaN where missing or not a number) and, per row, why it is bad."""
+def float_column(column: pa.ChunkedArray) -> tuple[np.ndarray, dict[int, str]]:
+    """A float64 array and, for the rows that are missing or not a finite number, why."""
     try:
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        values = np.where(pc.is_null(column).to_numpy(zero_copy_only=False), np.nan, values)
-        reasons = [None if math.isfinite(v) else "missing or not finite" for v in values]
-        return values.astype(np.float64), reasons
+        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        values[pc.is_null(column).to_numpy(zero_copy_only=False)] = np.nan
+        bad = np.flatnonzero(~np.isfinite(values))
+        return values, {int(i): "missing or not finite" for i in bad}
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values, reasons = [], []
-        for raw in column.to_pylist():
+        values, reasons = [], {}
+        for i, raw in enumerate(column.to_pylist()):
             try:
                 number = float(raw)
                 ok = math.isfinite(number) and not isinstance(raw, bool)
             except (TypeError, ValueError):
                 number, ok = math.nan, False
             values.append(number)
-            reasons.append(None if ok else f"not a number: {raw!r}")
+            if not ok:
+                reasons[i] = f"not a number: {raw!r}"
         return np.array(values, dtype=np.float64), reasons
 
 
@@ -56,9 +57,8 @@ def tabular_features(batch: Batch, columns: Sequence[str]) -> tuple[np.ndarray, 
             raise KeyError(name)
         values, reasons = float_column(batch.table.column(name))
         matrix[:, j] = values
-        for i, reason in enumerate(reasons):
-            if reason is not None and i not in first_problem:
-                first_problem[i] = f"row {batch.rows[i]} field {name!r}: {reason}"
+        for i, reason in reasons.items():
+            first_problem.setdefault(i, f"row {batch.rows[i]} field {name!r}: {reason}")
     errors = [RowError(batch.rows[i], "invalid_value", message)
               for i, message in sorted(first_problem.items())]
     return matrix, errors

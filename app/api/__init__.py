@@ -6,7 +6,7 @@ import orjson
 from flask import request
 from flask_openapi3 import Info, OpenAPI
 
-from app.api import files, health, jobs, models, problems
+from app.api import files, health, jobs, models, problems, webhooks
 from app.api.responses import OrjsonProvider
 from app.api.context import ApiContext, caller, close_session
 from app.db import make_engine, make_sessionmaker
@@ -51,5 +51,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(jobs.api)
     app.register_api(models.api)
     app.register_api(files.api)
+    app.register_api(webhooks.api)
     app.register_blueprint(health.bp)
     return app

@@ -11,7 +11,7 @@ from cachetools import TTLCache
 from flask import current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.queueing import Publisher
+from app.queueing import Coalescer, Publisher
 from app.services.auth import Caller, authenticate
 from app.settings import Settings
 
@@ -21,6 +21,7 @@ class ApiContext:
     settings: Settings
     sessions: sessionmaker[Session]
     publisher: Publisher
+    coalescer: Coalescer | None = None
     callers: MutableMapping = field(default_factory=dict)
     models: MutableMapping = field(default_factory=dict)
 
@@ -29,7 +30,17 @@ class ApiContext:
         ttl = settings.cache_seconds
         caches = ({"callers": LockedTTLCache(10_000, ttl), "models": LockedTTLCache(1_000, ttl)}
                   if ttl > 0 else {})
-        return cls(settings=settings, sessions=sessions, publisher=Publisher(settings), **caches)
+        publisher = Publisher(settings)
+        window = settings.max_batch_wait_ms / 1000
+        return cls(settings=settings, sessions=sessions, publisher=publisher,
+                   coalescer=Coalescer(publisher, window) if window > 0 else None, **caches)
+
+    def announce(self, job) -> None:
+        """Tell workers about a committed job: coalesced per model for inline jobs."""
+        if self.coalescer is not None and job.kind == "inline":
+            self.coalescer.notify(job.model_id, job.id)
+        else:
+            self.publisher.publish_jobs([job.id])
 
 
 class LockedTTLCache(TTLCache):

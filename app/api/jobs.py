@@ -10,7 +10,7 @@ from app.api.responses import json_response
 from app.api.schemas import FormatQuery, JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
 from app.errors import Conflict
 from app.formats import MEDIA_TYPES
-from app.services import jobs, outputs
+from app.services import jobs, outputs, webhooks
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -22,11 +22,14 @@ ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 
 def submit_job(body: SubmitJob) -> Response:
     """Submit an inline job. Send `Idempotency-Key` to make retries safe."""
     session, who = db(), caller()
+    if body.webhook_url:  # the SSRF guard; checked again each time it is sent
+        webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(context().settings))
     common = dict(model=body.model, metadata=body.metadata, priority=body.priority,
                   webhook_url=str(body.webhook_url) if body.webhook_url else None,
                   idempotency_key=request.headers.get("Idempotency-Key"),
                   fingerprint=jobs.request_fingerprint(request.get_json(silent=True)),
-                  model_cache=context().models)
+                  model_cache=context().models, variant=body.variant,
+                  completion_window_seconds=body.completion_window_seconds)
     if body.input_file is not None:
         job, created = jobs.submit_file_job(
             session, who, input_file=body.input_file, output_format=body.output_format,
@@ -38,7 +41,7 @@ def submit_job(body: SubmitJob) -> Response:
                                        **common)
     session.commit()
     if created:
-        context().publisher.publish_jobs([job.id])
+        context().announce(job)
     return json_response(jobs.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
 
 

@@ -30,6 +30,16 @@ class SubmitJob(BaseModel):
     metadata: dict[str, Any] | None = Field(default=None, description="Yours, returned as is.")
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
     webhook_url: AnyHttpUrl | None = Field(default=None, description="Called when the job ends.")
+    variant: str | None = Field(default=None, min_length=1, max_length=32,
+                                description="`fp32`, `int8`, `fp16` or `graph`; default: the model version's default.")
+    completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]*[smhd]$",
+                                   description="Finish within this (e.g. `90s`, `30m`, `24h`, `7d`), "
+                                               "else the job ends `expired`, keeping finished rows.")
+
+    @property
+    def completion_window_seconds(self) -> float:
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        return float(self.completion_window[:-1]) * units[self.completion_window[-1]]
 
     @model_validator(mode="after")
     def _one_source(self) -> "SubmitJob":
@@ -100,6 +110,7 @@ class JobOut(BaseModel):
     status: JobStatus
     model: str
     model_version: int | None
+    variant: str | None = None
     priority: int
     request_counts: RequestCounts
     metadata: dict[str, Any]
@@ -108,6 +119,7 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    expires_at: datetime | None = None
     error: JobError | None
     rows_per_second: float | None = None
     eta_seconds: float | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterator, MutableMapping
 
 import orjson
@@ -19,7 +19,15 @@ from app.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooL
 from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller
+from app.services import webhooks
 from app.services.models import resolve_model_ref
+
+
+DEFAULT_WINDOW_SECONDS = 24 * 3600.0
+
+
+def deadline(window_seconds: float) -> datetime:
+    return datetime.now().astimezone() + timedelta(seconds=window_seconds)
 
 
 def request_fingerprint(body: Any) -> str:
@@ -38,7 +46,9 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
                metadata: dict[str, Any] | None = None, priority: int = 0,
                webhook_url: str | None = None, idempotency_key: str | None = None,
                fingerprint: str | None = None, max_inline_inputs: int = 10_000,
-               model_cache: MutableMapping | None = None) -> tuple[Job, bool]:
+               variant: str | None = None,
+               model_cache: MutableMapping | None = None,
+               completion_window_seconds: float = DEFAULT_WINDOW_SECONDS) -> tuple[Job, bool]:
     """Validate and record an inline job. Returns the job and whether it was created now."""
     if idempotency_key:
         existing = _by_idempotency_key(session, caller, idempotency_key)
@@ -49,7 +59,7 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
     if len(inputs) > max_inline_inputs:
         raise PayloadTooLarge(f"{len(inputs)} inline records is more than the limit of "
                               f"{max_inline_inputs}; upload a file instead")
-    found = resolve_model_ref(session, caller.tenant_id, model, model_cache)
+    found = resolve_model_ref(session, caller.tenant_id, model, model_cache, variant)
     errors = check_records(inputs, found.signature)
     if errors:
         first = errors[0]
@@ -58,7 +68,8 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
               status=JobStatus.QUEUED.value, priority=priority, total_count=len(inputs),
               inputs=inputs, job_metadata=metadata or {}, webhook_url=webhook_url,
               idempotency_key=idempotency_key, request_hash=fingerprint,
-              options={"model_version": found.version})
+              options={"model_version": found.version, "variant": found.variant},
+              expires_at=deadline(completion_window_seconds))
     return _insert(session, caller, job, idempotency_key, fingerprint)
 
 
@@ -68,21 +79,25 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
                     metadata: dict[str, Any] | None = None, priority: int = 0,
                     webhook_url: str | None = None, idempotency_key: str | None = None,
                     fingerprint: str | None = None, parent_id: uuid.UUID | None = None,
-                    model_cache: MutableMapping | None = None) -> tuple[Job, bool]:
+                    variant: str | None = None,
+                    model_cache: MutableMapping | None = None,
+                    completion_window_seconds: float = DEFAULT_WINDOW_SECONDS) -> tuple[Job, bool]:
     """Record a job over an uploaded file; a worker validates and chunks it."""
     if idempotency_key:
         existing = _by_idempotency_key(session, caller, idempotency_key)
         if existing is not None:
             return _replay(existing, fingerprint), False
     source = get_file(session, caller, input_file)
-    found = resolve_model_ref(session, caller.tenant_id, model, model_cache)
-    options = {"model_version": found.version, "output_format": output_format or source.format,
+    found = resolve_model_ref(session, caller.tenant_id, model, model_cache, variant)
+    options = {"model_version": found.version, "variant": found.variant,
+               "output_format": output_format or source.format,
                "keep_columns": keep_columns or [], "id_column": id_column,
                "max_failed_fraction": max_failed_fraction, "input_format": source.format}
     job = Job(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name, kind="file",
               status=JobStatus.VALIDATING.value, priority=priority, input_file_id=source.id,
               options=options, job_metadata=metadata or {}, webhook_url=webhook_url,
-              idempotency_key=idempotency_key, request_hash=fingerprint, parent_id=parent_id)
+              idempotency_key=idempotency_key, request_hash=fingerprint, parent_id=parent_id,
+              expires_at=deadline(completion_window_seconds))
     return _insert(session, caller, job, idempotency_key, fingerprint)
 
 
@@ -114,7 +129,8 @@ def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> Job:
         raise Conflict("the job's input file was deleted")
     options = dict(parent.options)
     job, _ = submit_file_job(
-        session, caller, model=parent.model_name, input_file=str(parent.input_file_id),
+        session, caller, model=f"{parent.model_name}@{options['model_version']}",
+        variant=options.get("variant"), input_file=str(parent.input_file_id),
         output_format=options.get("output_format"), keep_columns=options.get("keep_columns"),
         id_column=options.get("id_column"),
         max_failed_fraction=float(options.get("max_failed_fraction", 1.0)),
@@ -196,6 +212,7 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
     if result.first() is None:  # the job moved on between the read and the update
         session.refresh(job)
         return cancel_job(session, caller, job_id)
+    webhooks.record_job_events(session, [job.id])
     session.refresh(job)
     return job
 
@@ -248,6 +265,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "status": job.status,
         "model": job.model_name,
         "model_version": (job.options or {}).get("model_version"),
+        "variant": (job.options or {}).get("variant", "fp32"),
         "priority": job.priority,
         "request_counts": {"total": job.total_count, "completed": job.completed_count,
                            "failed": job.failed_count},
@@ -257,6 +275,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "expires_at": job.expires_at,
         "error": ({"code": job.error_code, "message": job.error_message}
                   if job.error_code else None),
         **progress(job),

@@ -61,12 +61,21 @@ def encode(fmt: str, pieces: Iterable[list[dict[str, Any]]]) -> Iterator[bytes]:
         yield sink.getvalue()
 
 
+def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
+    """Parts already are JSONL in the output's row shape: copy them; convert for other formats."""
+    if fmt == "jsonl":
+        for uri in uris:
+            yield from _read(uri)
+        return
+    yield from encode(fmt, part_rows(uris))
+
+
 def finished_parts(session: Session, job: Job, kind: str,
                    input_order: bool | None = None) -> list[str]:
     """URIs of finished chunks' parts: in input order once the job is done, else as finished."""
     column = JobChunk.output_uri if kind == "results" else JobChunk.error_uri
     if input_order is None:
-        input_order = job.status in ("succeeded", "failed", "finalizing")
+        input_order = job.status != "running"
     order = (JobChunk.index,) if input_order else (JobChunk.finished_at, JobChunk.index)
     return [uri for uri in session.scalars(
         select(column).where(JobChunk.job_id == job.id, JobChunk.status == "succeeded",
@@ -81,8 +90,7 @@ def stream_file_job(session: Session, job: Job, kind: str, fmt: str | None) -> t
         stored = session.get(File, file_id)
         if stored is not None and stored.format == out_fmt:
             return _read(stored.uri), out_fmt
-    parts = finished_parts(session, job, kind)
-    return encode(out_fmt, part_rows(parts)), out_fmt
+    return encode_parts(out_fmt, finished_parts(session, job, kind)), out_fmt
 
 
 def _read(uri: str) -> Iterator[bytes]:
@@ -91,24 +99,17 @@ def _read(uri: str) -> Iterator[bytes]:
             yield piece
 
 
-def write_joined(uri: str, fmt: str, parts: list[str]) -> tuple[int, str, int]:
-    """Join parts into one stored file; returns (bytes, sha256, rows)."""
-    digest, size, rows = hashlib.sha256(), 0, 0
-
-    def counted(pieces):
-        nonlocal rows
-        for piece in pieces:
-            rows += len(piece)
-            yield piece
-
+def write_joined(uri: str, fmt: str, parts: list[str]) -> tuple[int, str]:
+    """Join parts into one stored file; returns (bytes, sha256)."""
+    digest, size = hashlib.sha256(), 0
     fs, path = fsspec.core.url_to_fs(uri)
     fs.makedirs(fs._parent(path), exist_ok=True)
     with fs.open(path, "wb") as out:
-        for data in encode(fmt, counted(part_rows(parts))):
+        for data in encode_parts(fmt, parts):
             digest.update(data)
             size += len(data)
             out.write(data)
-    return size, digest.hexdigest(), rows
+    return size, digest.hexdigest()
 
 
 def part_uri(base: str, job_id: uuid.UUID, index: int, attempt: int, kind: str) -> str:

@@ -82,3 +82,38 @@ def test_sigkilled_worker_mid_chunk_gives_exactly_one_row_per_input(slow_stack):
         attempts = session.execute(text("SELECT max(attempt) FROM job_chunks WHERE job_id = :j"),
                                    {"j": job["id"]}).scalar_one()
     assert attempts >= 2, "a chunk was re-run after the kill"
+
+
+def test_a_huge_file_does_not_starve_another_tenants_small_job(slow_stack, make_stack):
+    iso, model, client, _ = slow_stack
+    other = KilnClient(str(client.http.base_url), iso.create_key())
+    meta = upload(client, "big.jsonl", to_jsonl(rows_with_ids(20000)))
+    big = submit(client, model, meta["id"])
+    wait_for(lambda: client.job(big["id"])["request_counts"]["completed"] > 0, timeout=90,
+             message="the big job to start scoring")
+    before = client.job(big["id"])["request_counts"]["completed"]
+    small = other.submit(model, rows_with_ids(1))
+    done = other.wait(small["id"], timeout_seconds=60, poll_seconds=0.05)
+    assert done["status"] == "succeeded"
+    big_now = client.job(big["id"])
+    assert big_now["status"] == "running"
+    # it waited behind at most the job's window of 4 chunks (2,000 rows), not the 40-chunk file
+    assert big_now["request_counts"]["completed"] - before <= 3000
+    client.cancel(big["id"])
+
+
+def test_expired_jobs_end_expired_and_keep_their_finished_rows(slow_stack):
+    iso, model, client, _ = slow_stack
+    job = client.http.post("/v1/jobs", json={"model": model, "inputs": slow_records(10000),
+                                             "completion_window": "3s"}).json()
+    assert job["expires_at"]
+    done = client.wait(job["id"], timeout_seconds=60)
+    assert done["status"] == "expired"
+    assert done["error"]["code"] == "expired"
+    counts = done["request_counts"]
+    assert 0 < counts["completed"] < 10000
+    lines = b"".join(client.iter_results(job["id"])).splitlines()
+    assert len(lines) >= counts["completed"]
+    bad = client.http.post("/v1/jobs", json={"model": model, "inputs": slow_records(1),
+                                             "completion_window": "soon"})
+    assert bad.status_code == 422

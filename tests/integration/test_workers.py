@@ -181,3 +181,34 @@ def test_a_job_that_keeps_killing_its_worker_fails_with_a_reason(make_stack):
     finally:
         worker.stop()
         api.stop()
+
+
+def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stack):
+    iso = make_stack(KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1",
+                     KILN_SOFT_SHUTDOWN_SECONDS="3")
+    name = f"slow-{uuid.uuid4().hex[:6]}"
+    register_slow_model(iso, name)
+    api = start_api(iso.env, iso.logdir)
+    worker = start_worker(iso.env, iso.logdir)
+    try:
+        client = KilnClient(api.url, iso.create_key())
+        total = 6000
+        job = client.submit(name, slow_records(total))
+        wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
+                 message="the first batch")
+        started = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        worker.process.wait(timeout=30)
+        assert time.monotonic() - started < 20, "the worker outlived its soft shutdown limit"
+        replacement = start_worker(iso.env, iso.logdir)
+        try:
+            done = client.wait(job["id"], timeout_seconds=120)
+        finally:
+            replacement.stop()
+        assert done["status"] == "succeeded"
+        assert done["request_counts"] == {"total": total, "completed": total, "failed": 0}
+        rows = result_rows(iso, job["id"])
+        assert sorted(i for i, _ in rows) == list(range(total)) and all(n == 1 for _, n in rows)
+    finally:
+        worker.stop()
+        api.stop()

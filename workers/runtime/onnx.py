@@ -61,8 +61,8 @@ class TabularClassifier:
     def run_features(self, features: np.ndarray) -> list[dict[str, Any]]:
         """Score a float32 matrix whose columns are `self.columns`, in that order."""
         labels, probabilities = self.predict(features)
-        return [{"label": int(label), "probabilities": [round(float(p), 6) for p in row]}
-                for label, row in zip(labels, probabilities)]
+        return [{"label": label, "probabilities": row}
+                for label, row in zip(labels.tolist(), np.round(probabilities, 6).tolist())]
 
 
 @dataclass

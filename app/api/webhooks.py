@@ -1,0 +1,193 @@
+"""HTTP entry points for webhooks: endpoints, signing secrets (shown once), delivery records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from flask import Response, current_app
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from app.api.context import caller, context, db
+from app.api.responses import json_response
+from app.api.schemas import JobPath, Problem
+from app.secretbox import SecretBox
+from app.services import webhooks
+
+tag = Tag(name="webhooks", description="Signed notifications when jobs end (Standard Webhooks).")
+api = APIBlueprint("webhooks", __name__, url_prefix="/v1", abp_tags=[tag],
+                   abp_security=[{"bearer": []}])
+ERRORS = {401: Problem, 404: Problem, 409: Problem, 422: Problem}
+EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "job.expired"]
+
+
+class CreateWebhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl = Field(description="Where to POST events; https unless the operator allows.")
+    events: list[EventType] | None = Field(default=None, description="Omitted: every event.")
+    description: str | None = Field(default=None, max_length=500)
+
+
+class WebhookOut(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: bool
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    created_at: datetime
+    secret_rotated_at: datetime | None
+    secret: str | None = Field(default=None, description="Only when created or rotated.")
+
+
+class WebhookList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[WebhookOut]
+
+
+class JobSecretOut(BaseModel):
+    object: Literal["webhook_job_secret"] = "webhook_job_secret"
+    exists: bool
+    created_at: datetime | None
+    rotated_at: datetime | None
+    secret: str | None = Field(default=None, description="Only in the answer to a rotation.")
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    event: str
+    webhook_id: str = Field(description="The `webhook-id` header: the same on every retry.")
+    job_id: str | None
+    endpoint_id: str | None
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    response_ms: int | None
+    created_at: datetime
+    delivered_at: datetime | None
+    failed_at: datetime | None
+    history: list[dict[str, Any]]
+
+
+class DeliveryList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DeliveryOut]
+
+
+class WebhookPath(BaseModel):
+    webhook_id: str = Field(description="The endpoint's id.")
+
+
+class DeliveryPath(BaseModel):
+    delivery_id: str = Field(description="The delivery's id.")
+
+
+def secret_box() -> SecretBox:
+    """Built on first use per app, so that importing or creating the app reads no key file."""
+    box = current_app.extensions.get("kiln_secret_box")
+    if box is None:
+        box = SecretBox.from_settings(context().settings)
+        current_app.extensions["kiln_secret_box"] = box
+    return box
+
+
+@api.post("/webhooks", responses={201: WebhookOut, **ERRORS})
+def create_webhook(body: CreateWebhook) -> Response:
+    """Register an endpoint for your job events. The signing secret is in this answer only."""
+    session = db()
+    endpoint, secret = webhooks.create_endpoint(
+        session, caller(), secret_box(), webhooks.url_policy(context().settings),
+        url=str(body.url), events=body.events, description=body.description)
+    session.commit()
+    return json_response(webhooks.endpoint_summary(endpoint, secret), 201,
+                         {"Location": f"/v1/webhooks/{endpoint.id}"})
+
+
+@api.get("/webhooks", responses={200: WebhookList, **ERRORS})
+def list_webhooks() -> Response:
+    """Your endpoints (never their secrets)."""
+    found = webhooks.list_endpoints(db(), caller())
+    return json_response({"object": "list", "data": [webhooks.endpoint_summary(e) for e in found]})
+
+
+@api.get("/webhooks/job-secret", responses={200: JobSecretOut, **ERRORS})
+def job_secret() -> Response:
+    """Whether the secret signing deliveries to jobs' own `webhook_url`s exists (not its value)."""
+    return json_response(webhooks.job_secret_info(db(), caller()))
+
+
+@api.post("/webhooks/job-secret/rotate", responses={200: JobSecretOut, **ERRORS})
+def rotate_job_secret() -> Response:
+    """Create or replace the job-URL signing secret; the new value is in this answer only."""
+    session = db()
+    answer = webhooks.rotate_job_secret(session, caller(), secret_box())
+    session.commit()
+    return json_response(answer)
+
+
+@api.get("/webhooks/<webhook_id>", responses={200: WebhookOut, **ERRORS})
+def get_webhook(path: WebhookPath) -> Response:
+    """One endpoint (never its secret)."""
+    return json_response(webhooks.endpoint_summary(
+        webhooks.get_endpoint(db(), caller(), path.webhook_id)))
+
+
+@api.delete("/webhooks/<webhook_id>", responses={204: None, **ERRORS})
+def delete_webhook(path: WebhookPath) -> Response:
+    """Delete an endpoint and its deliveries; nothing more is sent to it."""
+    session = db()
+    webhooks.delete_endpoint(session, caller(), path.webhook_id)
+    session.commit()
+    return Response(status=204)
+
+
+@api.post("/webhooks/<webhook_id>/rotate-secret", responses={200: WebhookOut, **ERRORS})
+def rotate_webhook_secret(path: WebhookPath) -> Response:
+    """Replace an endpoint's secret; the new value is in this answer only."""
+    session = db()
+    endpoint, secret = webhooks.rotate_endpoint_secret(session, caller(), secret_box(),
+                                                       path.webhook_id)
+    session.commit()
+    return json_response(webhooks.endpoint_summary(endpoint, secret))
+
+
+@api.post("/webhooks/<webhook_id>/enable", responses={200: WebhookOut, **ERRORS})
+def enable_webhook(path: WebhookPath) -> Response:
+    """Send to an endpoint again after it was disabled (it answered 410 Gone)."""
+    session = db()
+    endpoint = webhooks.enable_endpoint(session, caller(), path.webhook_id)
+    session.commit()
+    return json_response(webhooks.endpoint_summary(endpoint))
+
+
+@api.get("/jobs/<job_id>/webhooks", responses={200: DeliveryList, **ERRORS})
+def job_webhooks(path: JobPath) -> Response:
+    """A job's webhook deliveries with their attempts, response codes and times."""
+    found = webhooks.list_job_deliveries(db(), caller(), path.job_id)
+    return json_response({"object": "list",
+                          "data": [webhooks.delivery_summary(d) for d in found]})
+
+
+@api.get("/webhook-deliveries/<delivery_id>", responses={200: DeliveryOut, **ERRORS})
+def get_delivery(path: DeliveryPath) -> Response:
+    """One delivery."""
+    return json_response(webhooks.delivery_summary(
+        webhooks.get_delivery(db(), caller(), path.delivery_id)))
+
+
+@api.post("/webhook-deliveries/<delivery_id>/redeliver", responses={202: DeliveryOut, **ERRORS})
+def redeliver(path: DeliveryPath) -> Response:
+    """Send an event again: a new delivery with the same `webhook-id` and body."""
+    session = db()
+    copy = webhooks.redeliver(session, caller(), path.delivery_id)
+    session.commit()
+    return json_response(webhooks.delivery_summary(copy), 202,
+                         {"Location": f"/v1/webhook-deliveries/{copy.id}"})

@@ -1,0 +1,1 @@
+"""Chaos: Kiln on its own Postgres and Redis, with processes killed and servers restarted."""
