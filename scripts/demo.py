@@ -28,9 +28,9 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def pick_port() -> int:
-    if port_is_free(8000):
-        return 8000
+def pick_port(preferred: int) -> int:
+    if port_is_free(preferred):
+        return preferred
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -73,8 +73,39 @@ def bulk_scoring(env: dict[str, str], rows: int = 3000) -> bool:
     return job["status"] == "succeeded" and len(results) == rows and correct >= 0.9 * rows
 
 
+def webhook(env: dict[str, str]) -> bool:
+    """Journey 3: a local receiver verifies the signed callback when a job ends."""
+    headers = {"Authorization": f"Bearer {env['KILN_API_KEY']}"}
+    print("\n$ curl -X POST $KILN_API_URL/v1/webhooks/job-secret/rotate   # the signing secret",
+          flush=True)
+    secret = httpx.post(f"{env['KILN_API_URL']}/v1/webhooks/job-secret/rotate",
+                        headers=headers).json()["secret"]
+    port = pick_port(8787)
+    print(f"$ kiln webhooks listen --port {port} --secret whsec_…", flush=True)
+    listener = subprocess.Popen([*KILN, "webhooks", "listen", "--port", str(port), "--secret",
+                                 secret], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        _, x_test, _, _ = digits_split()
+        response = httpx.post(f"{env['KILN_API_URL']}/v1/jobs", headers=headers, json={
+            "model": "digits", "inputs": digits_records(x_test[:3]),
+            "webhook_url": f"http://127.0.0.1:{port}/"})
+        print(f"submitted job {response.json()['id']} with webhook_url http://127.0.0.1:{port}/")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = listener.stdout.readline()
+            if line.startswith("job."):
+                print(f"receiver: {line.strip()}")
+                return "signature ok" in line and line.startswith("job.succeeded")
+        print("no webhook arrived in 30 s", file=sys.stderr)
+        return False
+    finally:
+        listener.terminate()
+        listener.wait(timeout=10)
+
+
 def main() -> int:
-    port = pick_port()
+    port = pick_port(8000)
     env = {k: v for k, v in os.environ.items()
            if k not in ("KILN_DATABASE_URL", "KILN_REDIS_URL")}
     env.update({"KILN_HOME": str(ROOT / ".kiln"), "KILN_API_PORT": str(port),
@@ -122,7 +153,7 @@ def main() -> int:
                   f"{max(output['probabilities']):>10.3f}{mark}")
         print(f"\naccuracy {correct}/{len(lines)}")
         journey_one = job["status"] == "succeeded" and correct >= 0.9 * len(lines)
-        return 0 if journey_one and bulk_scoring(env) else 1
+        return 0 if journey_one and bulk_scoring(env) and webhook(env) else 1
     finally:
         print("stopping Kiln …", flush=True)
         up.send_signal(signal.SIGINT)
