@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     queue: str = "cpu"
     ort_threads: int = Field(default=0, description="ONNX Runtime intra-op threads; 0 = cores / concurrency")
     cache_seconds: float = Field(default=5.0, description="API cache of keys and models; 0 = off")
+    progress_event_seconds: float = Field(
+        default=60.0, description="at most one job.progress webhook per job per this many seconds")
     max_attempts: int = 3
     lease_seconds: float = 30.0
     heartbeat_seconds: float | None = None

@@ -22,6 +22,7 @@ from app.formats import ChunkPlan, open_reader
 from app.orm import File, Job, Model
 from app.services.files import record_output_file
 from app.services.outputs import finished_parts, part_uri, write_joined
+from app.services.webhooks import record_job_events, record_progress_event
 from workers.context import WorkerContext
 from workers.scoring import RowContext, score_batch
 
@@ -87,11 +88,7 @@ def fail_job(session: Session, job_id: uuid.UUID, attempt: int, code: str, messa
 
 
 def record_events(session: Session, job_ids) -> None:
-    """Write webhook outbox rows in the transaction that ended the jobs (when webhooks exist)."""
-    try:
-        from app.services.webhooks import record_job_events
-    except ImportError:
-        return
+    """Write webhook outbox rows in the transaction that ended the jobs."""
     record_job_events(session, list(job_ids))
 
 
@@ -305,6 +302,8 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
             "job_id": job_id, "index": index, "attempt": attempt, "completed": completed,
             "failed": failed, "output_uri": uris["results"] if completed else None,
             "error_uri": uris["errors"] if failed else None}).first()
+        if done is not None:
+            record_progress_event(session, job_id, settings.progress_event_seconds)
     if done is None:
         return None
     with context.sessions.begin() as session:

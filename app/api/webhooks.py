@@ -19,14 +19,15 @@ tag = Tag(name="webhooks", description="Signed notifications when jobs end (Stan
 api = APIBlueprint("webhooks", __name__, url_prefix="/v1", abp_tags=[tag],
                    abp_security=[{"bearer": []}])
 ERRORS = {401: Problem, 404: Problem, 409: Problem, 422: Problem}
-EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "job.expired"]
+EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "job.expired", "job.progress"]
 
 
 class CreateWebhook(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: AnyHttpUrl = Field(description="Where to POST events; https unless the operator allows.")
-    events: list[EventType] | None = Field(default=None, description="Omitted: every event.")
+    events: list[EventType] | None = Field(default=None, description="Omitted: every terminal event. `job.progress` (file jobs, at most one per "
+                            "KILN_PROGRESS_EVENT_SECONDS) is sent only when listed.")
     description: str | None = Field(default=None, max_length=500)
 
 

@@ -28,6 +28,7 @@ from app.settings import Settings
 EVENT_BY_STATUS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed",
                    JobStatus.CANCELLED: "job.cancelled", JobStatus.EXPIRED: "job.expired"}
 EVENT_TYPES = tuple(EVENT_BY_STATUS.values())
+PROGRESS = "job.progress"  # opt-in: only endpoints that list it get it
 NOTIFY_CHANNEL = "kiln_webhooks"
 
 
@@ -211,6 +212,37 @@ def record_job_events(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
         session.execute(insert(WebhookDelivery), rows)
         notify_dispatchers(session)
     return len(rows)
+
+
+def record_progress_event(session: Session, job_id: uuid.UUID, min_interval_seconds: float) -> int:
+    """An opt-in `job.progress` event for a running job, at most one per interval.
+
+    Call it in a transaction that already updated the job's row (a chunk's commit): that row
+    lock serialises concurrent callers, so the interval check cannot race.
+    """
+    job = session.scalar(select(Job).options(defer(Job.inputs)).where(Job.id == job_id)
+                         .execution_options(populate_existing=True))
+    if job is None or job.status != JobStatus.RUNNING:
+        return 0
+    targets = [e for e in _endpoints_by_tenant(session, {job.tenant_id}).get(job.tenant_id, ())
+               if e.events and PROGRESS in e.events]
+    if not targets:
+        return 0
+    recent = session.scalar(select(WebhookDelivery.id).where(
+        WebhookDelivery.job_id == job.id, WebhookDelivery.event == PROGRESS,
+        WebhookDelivery.created_at > text("now() - make_interval(secs => :interval)"))
+        .params(interval=min_interval_seconds).limit(1))
+    if recent is not None:
+        return 0
+    payload = {"type": PROGRESS, "timestamp": datetime.now(timezone.utc).isoformat(),
+               "data": {**job_service.job_summary(job), "links": job_links(job)}}
+    message_id = new_message_id()
+    session.execute(insert(WebhookDelivery), [
+        {"id": uuid.uuid4(), "tenant_id": job.tenant_id, "job_id": job.id, "endpoint_id": e.id,
+         "event_id": message_id, "url": e.url, "event": PROGRESS, "payload": payload}
+        for e in targets])
+    notify_dispatchers(session)
+    return len(targets)
 
 
 def _endpoints_by_tenant(session: Session, tenant_ids: set[uuid.UUID]) -> dict:

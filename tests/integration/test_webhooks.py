@@ -351,3 +351,36 @@ def test_kiln_webhooks_listen_verifies_and_prints(hooks, tmp_path):
         process.terminate()
         process.wait(10)
         output.close()
+
+
+def test_progress_events_are_opt_in_and_rate_limited(services, tmp_path_factory):
+    stack, name = build_stack(services, tmp_path_factory.mktemp("progress"),
+                              KILN_WEBHOOK_ALLOW_PRIVATE="true", KILN_CHUNK_ROWS="100",
+                              KILN_PROGRESS_EVENT_SECONDS="0.05",
+                              KILN_MAX_RUNNING_CHUNKS_PER_JOB="1")
+    stack.kiln("models", "add-demo", "digits")
+    api, worker = start_api(stack.env, stack.logdir), start_worker(stack.env, stack.logdir)
+    try:
+        kiln = KilnClient(api.url, stack.create_key())
+        with Receiver() as progress, Receiver() as terminal_only:
+            kiln.http.post("/v1/webhooks", json={"url": progress.url,
+                                                  "events": ["job.progress", "job.succeeded"]})
+            kiln.http.post("/v1/webhooks", json={"url": terminal_only.url})
+            data = b"".join(orjson.dumps(RECORD) + b"\n" for _ in range(1000))
+            file_id = kiln.http.post("/v1/files", files={"file": ("r.jsonl", data)}).json()["id"]
+            job = kiln.http.post("/v1/jobs", json={"model": "digits", "input_file": file_id}).json()
+            assert kiln.wait(job["id"], timeout_seconds=60)["status"] == "succeeded"
+            got = progress.wait(2)
+            wait_for(lambda: any(r.payload["type"] == "job.succeeded" for r in progress.requests),
+                     timeout=30, message="job.succeeded")
+            types = [r.payload["type"] for r in progress.requests]
+            assert types.count("job.progress") >= 1 and types[-1] == "job.succeeded"
+            completed = [r.payload["data"]["request_counts"]["completed"]
+                         for r in progress.requests if r.payload["type"] == "job.progress"]
+            assert completed == sorted(completed) and all(0 < c <= 1000 for c in completed)
+            assert len({r.headers["webhook-id"] for r in got}) == len(got)
+            assert [r.payload["type"] for r in terminal_only.wait(1)] == ["job.succeeded"]
+    finally:
+        worker.stop()
+        api.stop()
+        drop_database(services.admin_url, name)
