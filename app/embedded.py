@@ -54,9 +54,12 @@ class EmbeddedRedis:
 
     def ping(self) -> bool:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        try:
-            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping())
+        try:  # no retries: redis-py's default backoff makes each failed ping take seconds
+            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1,
+                                    retry=Retry(NoBackoff(), 0)).ping())
         except Exception:  # noqa: BLE001 - any failure means "not up"
             return False
 

@@ -36,6 +36,8 @@ def make_mlp(hidden: int = 256):
     the exported graph takes the same records as `digits`."""
     import torch
 
+    torch.manual_seed(0)  # the same initial weights every run
+
     class DigitsMLP(torch.nn.Module):
         def __init__(self):
             super().__init__()

@@ -22,8 +22,8 @@ class ApiContext:
     sessions: sessionmaker[Session]
     publisher: Publisher
     coalescer: Coalescer | None = None
-    callers: MutableMapping = field(default_factory=dict)
-    models: MutableMapping = field(default_factory=dict)
+    callers: MutableMapping | None = None  # None: no caching (KILN_CACHE_SECONDS=0)
+    models: MutableMapping | None = None
 
     @classmethod
     def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> "ApiContext":

@@ -79,6 +79,15 @@ def list_models() -> Response:
         model_summary(m, facts.get((m.tenant_id, m.name, m.version))) for m in found]})
 
 
+@api.get("/models/<name>", responses={200: ModelList, 401: Problem, 404: Problem})
+def get_model(path: ModelPath) -> Response:
+    """The versions and variants a job naming `name` chooses from (yours, else the built-in)."""
+    found = models.model_versions(db(), caller().tenant_id, path.name)
+    facts = models.version_facts(found)
+    return json_response({"object": "list", "data": [
+        model_summary(m, facts.get((m.tenant_id, m.name, m.version))) for m in found]})
+
+
 @api.post("/models", responses={201: ModelOut, **ERRORS})
 def register_model(form: RegisterModelForm) -> Response:
     """Register an ONNX model as the next version of `name`; checked against its signature

@@ -218,6 +218,13 @@ def list_models(session: Session, tenant_id: uuid.UUID) -> list[Model]:
                                 .order_by(Model.name, Model.version.desc(), Model.variant)))
 
 
+def model_versions(session: Session, tenant_id: uuid.UUID, name: str) -> list[Model]:
+    """Every version and variant of `name` that the tenant's jobs would choose from."""
+    owner = model_owner(session, tenant_id, name)
+    return list(session.scalars(select(Model).where(owned_by(owner), Model.name == name)
+                                .order_by(Model.version.desc(), Model.variant)))
+
+
 def builtin_exists(session: Session, name: str) -> bool:
     return session.scalar(select(func.count()).select_from(Model)
                           .where(Model.tenant_id.is_(None), Model.name == name)) > 0

@@ -65,7 +65,7 @@ class LeaseWatch(threading.Thread):
                 overdue = float(overdue)
                 if postgres is not None and postgres.up_at is not None:
                     overdue = min(overdue, sampled - postgres.up_at)
-                self.worst = max(self.worst, (overdue, what))
+                self.worst = max(self.worst, (overdue, f"{what} at {sampled - self.stack.t0:.1f}s"))
                 self.late[what] = max(self.late.get(what, 0.0), overdue)
 
     def over(self, bound_seconds: float) -> dict[str, float]:

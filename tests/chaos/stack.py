@@ -112,7 +112,8 @@ class ChaosStack:
     def kill_worker_child(self) -> bool:
         """SIGKILL the busiest prefork child (the one that used the most CPU in the last 0.3 s),
         as the OOM killer would. Returns whether it was busy; Celery forks a replacement."""
-        children = [child for worker in self.live_workers() for child in worker.children()]
+        children = [child for worker in self.live_workers() for child in worker.children()
+                    if _alive(child)]
         before = {child.pid: _cpu(child) for child in children}
         time.sleep(0.3)
         used = sorted(((_cpu(child) - before[child.pid], child.pid, child) for child in children),
@@ -169,6 +170,7 @@ class ChaosStack:
         self.redis.stop()
         self.note("redis stopped")
         time.sleep(down_seconds)
+        self.note("redis starting")
         self.redis.start()
         outage.up_at = time.monotonic()
         self.note("redis started")
@@ -179,12 +181,21 @@ class ChaosStack:
         self.postgres.stop()
         self.note("postgres stopped (pg_ctl -m fast)")
         time.sleep(down_seconds)
+        self.note("postgres starting")
         self.postgres.start()
         outage.up_at = time.monotonic()
         self.note("postgres started")
 
     def outage(self, what: str) -> Outage | None:
         return next((o for o in self.outages if o.what == what), None)
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running, not a zombie: a child killed a moment ago stays listed until Celery reaps it."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _cpu(process: psutil.Process) -> float:

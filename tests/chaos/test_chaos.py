@@ -213,6 +213,8 @@ def test_every_accepted_job_ends_with_exactly_one_result_per_input(chaos_stack, 
     five_in = [c for c in in_window if c.status and c.status >= 500]
     five_out = [c for c in calls if c.status and c.status >= 500 and c not in five_in]
     no_answer = [c for c in calls if c.status is None]
+    orphans_left = sum(1 for orphan in stack.orphans if orphan.is_running()
+                       and orphan.status() != "zombie")
     # Celery reconnects by itself after Redis comes back: each worker alive then took a task
     marks = getattr(stack, "redis_marks", {})
     recovered = [pid for pid, (w, offset) in marks.items()
@@ -238,6 +240,7 @@ def test_every_accepted_job_ends_with_exactly_one_result_per_input(chaos_stack, 
         ("2 rows", "duplicated", f"{rows.duplicates}", rows.duplicates == 0),
         ("faults", "SIGKILL worker child (busy)", f"{stack.kills['worker child']} ({stack.busy_kills})", None),
         ("faults", "SIGKILL worker parent", f"{stack.kills['worker parent']}", None),
+        ("faults", "orphaned children (of killed parents) left", f"{orphans_left}", None),
         ("faults", "SIGKILL api", f"{stack.kills['api']}", None),
         ("faults", "restart redis / postgres",
          f"{sum(o.what == 'redis' for o in stack.outages)} / "
@@ -252,6 +255,8 @@ def test_every_accepted_job_ends_with_exactly_one_result_per_input(chaos_stack, 
         ("3 webhooks", "events not matching the job", f"{len(unexpected_events)}", not unexpected_events),
         ("4 leases", f"worst overdue running lease (bound {lease_bound:.1f}s)",
          f"{watch.worst[0]:.2f}s", not overdue),
+        ("4 leases", "worst was", watch.worst[1].split(" ", 1)[0] + " " + watch.worst[1].rsplit(" ", 2)[-1]
+         if watch.worst[1] else "-", None),
         ("4 leases", "samples / jobs not ended at the end", f"{watch.samples} / {stale_at_end}",
          stale_at_end == 0),
         ("5 http", "requests / without an answer", f"{len(calls)} / {len(no_answer)}", None),

@@ -75,6 +75,9 @@ def test_register_a_user_model_and_score_a_job_with_it(client):
         (name, 1, "fp32", False)
     assert model["provenance"]["graph"]["inputs"] == {"X": "float32[?,64]"}
     assert [m["aliases"] for m in listed(client, name)] == [["latest"]]
+    one = client.http.get(response.headers["Location"])
+    assert one.status_code == 200 and [m["id"] for m in one.json()["data"]] == [model["id"]]
+    assert client.http.get("/v1/models/no-such-model").status_code == 404
 
     records, _ = heldout(20)
     job, outputs = run_job(client, name, records)
@@ -161,6 +164,7 @@ def test_another_tenant_can_neither_see_nor_use_your_model(kiln, client):
     other = KilnClient(kiln.env["KILN_API_URL"], kiln.create_key())
     try:
         assert listed(other, name) == []
+        assert other.http.get(f"/v1/models/{name}").status_code == 404
         records, _ = heldout(2)
         for model in (name, f"{name}@1"):
             response = other.http.post("/v1/jobs", json={"model": model, "inputs": records})
