@@ -3,7 +3,6 @@
 import signal
 import uuid
 
-import orjson
 import pytest
 
 from app.client import KilnClient

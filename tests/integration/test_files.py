@@ -3,7 +3,6 @@
 import csv
 import gzip
 import io
-import signal
 import uuid
 
 import httpx
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.client import KilnClient
-from tests.support import start_api, start_worker, wait_for
+from tests.support import start_api, start_worker
 from workers.demo_models import DIGITS_COLUMNS, digits_split
 
 PROBLEM = "application/problem+json"

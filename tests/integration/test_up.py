@@ -1,6 +1,5 @@
 """`kiln up` on a fresh KILN_HOME: embedded Postgres and Redis, API, worker; Ctrl-C stops it all."""
 
-import os
 import signal
 import subprocess
 import time
