@@ -102,9 +102,11 @@ def test_a_huge_file_does_not_starve_another_tenants_small_job(slow_stack, make_
 
 
 def test_expired_jobs_end_expired_and_keep_their_finished_rows(slow_stack):
-    iso, model, client, _ = slow_stack
+    iso, _, client, _ = slow_stack
+    model = f"slower-{uuid.uuid4().hex[:6]}"
+    register_slow_model(iso, model, hidden=2048, layers=8)  # ~4x slower: 10,000 rows take >10 s
     job = client.http.post("/v1/jobs", json={"model": model, "inputs": slow_records(10000),
-                                             "completion_window": "3s"}).json()
+                                             "completion_window": "2s"}).json()
     assert job["expires_at"]
     done = client.wait(job["id"], timeout_seconds=60)
     assert done["status"] == "expired"
