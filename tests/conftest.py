@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +27,22 @@ class Services:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory):
-    home = tmp_path_factory.mktemp("kiln-services")
+def services():
+    """Local Postgres and Redis when reachable; otherwise embedded ones (or when
+    KILN_TEST_EMBEDDED=1). Their home is outside pytest's 0700 temp root, because pgserver runs
+    Postgres as an unprivileged user when the tests run as root."""
+    home = Path(tempfile.mkdtemp(prefix="kiln-services-"))
+    home.chmod(0o755)
+    force = os.environ.get("KILN_TEST_EMBEDDED") == "1"
     embedded = None
-    if support.local_postgres_up():
+    if support.local_postgres_up() and not force:
         admin_url = support.LOCAL_POSTGRES
     else:
         from app.embedded import EmbeddedPostgres
         embedded_pg = EmbeddedPostgres(home)
         admin_url = embedded_pg.start()
         embedded = [embedded_pg]
-    if support.local_redis_up():
+    if support.local_redis_up() and not force:
         redis_url = f"{support.LOCAL_REDIS}/{random.randint(1, 15)}"
     else:
         from app.embedded import EmbeddedRedis
@@ -44,6 +52,7 @@ def services(tmp_path_factory):
     yield Services(admin_url, redis_url, home)
     for server in embedded or []:
         server.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @dataclass

@@ -42,7 +42,7 @@ class WebhookReceiver:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _seen: set[str] = field(default_factory=set)
 
-    def start(self) -> "WebhookReceiver":
+    def start(self) -> WebhookReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, name="chaos-receiver",
@@ -102,7 +102,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:  # http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 status = receiver.receive(self.path, headers, body)

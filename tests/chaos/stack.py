@@ -51,13 +51,15 @@ class ChaosStack:
         self.orphans: list[psutil.Process] = []
         self.kills: Counter[str] = Counter()
         self.busy_kills = 0
+        self.killed_parents: set[int] = set()
+        self.logs_at_redis_restart: list[tuple[support.KilnProcess, int]] = []
         self.outages: list[Outage] = []
         self.timeline: list[tuple[float, str]] = []
         self.t0 = time.monotonic()
 
     # ------------------------------------------------------------ start and stop
 
-    def start(self) -> "ChaosStack":
+    def start(self) -> ChaosStack:
         admin_url = self.postgres.start()
         redis_url = self.redis.start()
         database_url = support.create_database(admin_url, "kiln_chaos")
@@ -106,6 +108,16 @@ class ChaosStack:
     def note(self, text: str) -> None:
         self.timeline.append((time.monotonic() - self.t0, text))
 
+    def exited_on_their_own(self) -> list[int]:
+        """Worker parents that died although nobody killed them."""
+        return [w.process.pid for w in [*self.workers, *self.retired]
+                if w.name == "worker" and w.process.poll() is not None
+                and w.process.pid not in self.killed_parents]
+
+    def orphans_left(self) -> list[int]:
+        """Children of killed worker parents that are still running."""
+        return [orphan.pid for orphan in self.orphans if _alive(orphan)]
+
     def live_workers(self) -> list[support.KilnProcess]:
         return [w for w in self.workers if w.process.poll() is None]
 
@@ -135,13 +147,18 @@ class ChaosStack:
         """SIGKILL a worker's parent process (its children are orphaned and find out by
         themselves), then start a replacement worker, as a supervisor would."""
         worker = self.workers[index]
-        orphans = worker.children()
-        worker.process.send_signal(signal.SIGKILL)
-        worker.process.wait()
-        self.kills["worker parent"] += 1
-        self.note(f"SIGKILL worker parent {worker.process.pid} ({len(orphans)} children orphaned)")
+        if worker.process.poll() is not None:  # counted by exited_on_their_own()
+            self.note(f"worker {worker.process.pid} had already exited ({worker.process.returncode})")
+        else:
+            orphans = [child for child in worker.children() if _alive(child)]
+            worker.process.send_signal(signal.SIGKILL)
+            worker.process.wait()
+            self.kills["worker parent"] += 1
+            self.killed_parents.add(worker.process.pid)
+            self.orphans += orphans
+            self.note(f"SIGKILL worker parent {worker.process.pid} "
+                      f"({len(orphans)} children orphaned)")
         self.retired.append(worker)
-        self.orphans += orphans
         self.workers[index] = self._start_worker()
         self.note(f"replacement worker {self.workers[index].process.pid} ready")
 
@@ -167,6 +184,7 @@ class ChaosStack:
     def restart_redis(self, down_seconds: float) -> None:
         outage = Outage("redis", time.monotonic())
         self.outages.append(outage)
+        self.logs_at_redis_restart = [(w, w.log.stat().st_size) for w in self.live_workers()]
         self.redis.stop()
         self.note("redis stopped")
         time.sleep(down_seconds)
@@ -185,6 +203,11 @@ class ChaosStack:
         self.postgres.start()
         outage.up_at = time.monotonic()
         self.note("postgres started")
+
+    def took_tasks_since_redis_restart(self) -> list[int]:
+        """Workers (alive when Redis went down) that received a task after it came back."""
+        return [w.process.pid for w, offset in self.logs_at_redis_restart
+                if b"] received" in w.log.read_bytes()[offset:]]
 
     def outage(self, what: str) -> Outage | None:
         return next((o for o in self.outages if o.what == what), None)

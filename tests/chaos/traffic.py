@@ -10,8 +10,9 @@ import csv
 import io
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import numpy as np
@@ -92,7 +93,7 @@ class Submission:
 def plan_jobs(tenants: list[str], webhook_url: Callable[[str], str], *, inline: int, files: int,
               spread_seconds: float, seed: int = 7) -> list[PlannedJob]:
     """A shuffled mix of inline jobs (1-120 records, a few of 400) and CSV/JSONL/Parquet file jobs
-    (300-1200 rows, 1% of the CSV and JSONL rows malformed), spread evenly over the run."""
+    (600-2400 rows, 1% of the CSV and JSONL rows malformed), spread evenly over the run."""
     rng = np.random.default_rng(seed)
     kinds = ["inline"] * inline + ["file"] * files
     rng.shuffle(kinds)
@@ -110,7 +111,7 @@ def plan_jobs(tenants: list[str], webhook_url: Callable[[str], str], *, inline: 
                                       {**common, "inputs": inputs}, at))
             continue
         fmt = ("csv", "jsonl", "parquet")[number % 3]
-        rows = int(rng.integers(300, 1201))
+        rows = int(rng.integers(600, 2401))
         bad = frozenset() if fmt == "parquet" else frozenset(
             int(i) for i in rng.choice(rows, size=rows // 100, replace=False))
         data = encode_file(fmt, number, rng.integers(0, 17, size=(rows, 64)), bad)
