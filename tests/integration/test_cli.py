@@ -87,3 +87,16 @@ def test_upload_wait_and_download_through_the_cli(stack, api, worker, tmp_path):
 
     job_id = run_kiln(env, "upload", str(source), "--model", "digits").stdout.strip()
     assert len(job_id) == 36
+
+
+def test_a_gpu_worker_refuses_to_start_without_cuda(stack):
+    import onnxruntime
+
+    from tests.support import run_kiln, start_worker
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        start_worker(stack.env, stack.logdir, "-Q", "gpu").stop()  # with CUDA it does start
+        return
+    result = run_kiln(stack.env, "worker", "-Q", "gpu", check=False, timeout=60)
+    assert result.returncode != 0
+    assert "CUDAExecutionProvider" in result.stderr and "Traceback" not in result.stderr
