@@ -51,6 +51,13 @@ class Publisher:
         self.celery.conf.update(celery_config(settings))
         self.queue = settings.queue
 
+    def publish_routed(self, jobs: Iterable[tuple[uuid.UUID | str, str | None]]) -> bool:
+        """Publish (job id, queue) pairs, each to its own queue."""
+        by_queue: dict[str | None, list] = {}
+        for job_id, queue in jobs:
+            by_queue.setdefault(queue, []).append(job_id)
+        return all([self.publish_jobs(ids, queue) for queue, ids in by_queue.items()])
+
     def publish_jobs(self, job_ids: Iterable[uuid.UUID | str], queue: str | None = None) -> bool:
         try:
             for job_id in job_ids:
@@ -61,12 +68,13 @@ class Publisher:
             return False
         return True
 
-    def publish_chunks(self, chunks: Iterable[tuple[uuid.UUID | str, int]],
-                       queue: str | None = None) -> bool:
+    def publish_chunks(self, chunks: Iterable[tuple], queue: str | None = None) -> bool:
+        """Chunks as (job id, index) to `queue`, or (job id, index, queue) each to its own."""
         try:
-            for job_id, index in chunks:
+            for job_id, index, *routed in chunks:
+                target = (routed[0] if routed else None) or queue or self.queue
                 self.celery.send_task(RUN_CHUNK, kwargs={"job_id": str(job_id), "index": index},
-                                      queue=queue or self.queue)
+                                      queue=target)
         except Exception as exc:  # noqa: BLE001 - as above
             log.warning("publish failed, the reconciler will re-publish: %s", exc)
             return False
@@ -85,23 +93,23 @@ class Coalescer:
     def __init__(self, publisher: Publisher, window_seconds: float):
         self.publisher, self.window = publisher, window_seconds
         self.last_sent: dict[Any, float] = {}
-        self.pending: dict[Any, uuid.UUID | str] = {}
+        self.pending: dict[Any, tuple[uuid.UUID | str, str | None]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def notify(self, model_key: Any, job_id: uuid.UUID | str) -> None:
+    def notify(self, model_key: Any, job_id: uuid.UUID | str, queue: str | None = None) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self.last_sent.get(model_key, -1e9) >= self.window:
                 self.last_sent[model_key] = now
                 send = True
             else:
-                self.pending[model_key] = job_id
+                self.pending[model_key] = (job_id, queue)
                 send = False
                 self._ensure_thread()
         if send:
-            self.publisher.publish_jobs([job_id])
+            self.publisher.publish_jobs([job_id], queue)
         else:
             self._wake.set()
 
@@ -117,12 +125,12 @@ class Coalescer:
             time.sleep(self.window)
             now, due = time.monotonic(), []
             with self._lock:
-                for key, job_id in list(self.pending.items()):
+                for key, pending in list(self.pending.items()):
                     if now - self.last_sent.get(key, -1e9) >= self.window:
-                        due.append(job_id)
+                        due.append(pending)
                         self.last_sent[key] = now
                         del self.pending[key]
                 if not self.pending:
                     self._wake.clear()
-            if due:
-                self.publisher.publish_jobs(due)
+            for job_id, queue in due:
+                self.publisher.publish_jobs([job_id], queue)

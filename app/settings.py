@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     api_threads: int = 4
     worker_concurrency: int = Field(default=0, description="Celery prefork children; 0 = CPU count")
     queue: str = "cpu"
+    gpu_queue: str = Field(default="gpu", description="queue of jobs that need a GPU")
     ort_threads: int = Field(default=0, description="ONNX Runtime intra-op threads; 0 = cores / concurrency")
     cache_seconds: float = Field(default=5.0, description="API cache of keys and models; 0 = off")
     progress_event_seconds: float = Field(

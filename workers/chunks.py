@@ -310,7 +310,7 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
         following = dispatch_chunks(session, job_id, settings.max_running_chunks_per_job,
                                     settings.queued_grace_seconds)
     if following:
-        context.publisher.publish_chunks((job_id, i) for i in following)
+        context.publisher.publish_chunks((job_id, i, options.get("queue")) for i in following)
     finalize_if_done(context, job_id)
     return {"rows": completed + failed, "completed": completed, "failed": failed}
 

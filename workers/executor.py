@@ -24,12 +24,14 @@ from app.services.webhooks import record_job_events
 log = logging.getLogger(__name__)
 
 CLAIM = text("""
-WITH target AS (SELECT model_id FROM jobs WHERE id = :job_id),
+WITH target AS (SELECT model_id, coalesce(options->>'queue', '') AS queue
+                FROM jobs WHERE id = :job_id),
 candidates AS (
     SELECT j.id, j.total_count, j.priority, j.created_at, (j.id = :job_id) AS wanted,
            coalesce(j.expires_at < now() + make_interval(secs => :urgent_seconds), false) AS urgent
     FROM jobs j, target t
     WHERE j.model_id = t.model_id AND j.kind = 'inline'
+      AND coalesce(j.options->>'queue', '') = t.queue
       AND (j.status = 'queued'
            OR (j.status = 'running' AND j.lease_expires_at < now() AND j.attempt < :max_attempts))
     ORDER BY (j.id = :job_id) DESC,

@@ -52,11 +52,11 @@ SET status = 'queued', lease_expires_at = now() + make_interval(secs => :grace_s
 FROM jobs j
 WHERE j.id = c.job_id AND j.status = 'running' AND c.lease_expires_at < now()
   AND ((c.status = 'running' AND c.attempt < :max_attempts) OR c.status = 'queued')
-RETURNING c.job_id, c.index
+RETURNING c.job_id, c.index, j.options->>'queue' AS queue
 """)
 
 UNDERFULL_FILE_JOBS = text("""
-SELECT j.id FROM jobs j
+SELECT j.id, j.options->>'queue' AS queue FROM jobs j
 WHERE j.kind = 'file' AND j.status = 'running'
   AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = j.id AND c.status = 'queued'
               AND c.lease_expires_at IS NULL)
@@ -78,7 +78,7 @@ WHERE id IN (
             SELECT 1 FROM job_chunks c WHERE c.job_id = j.id
             AND c.status IN ('queued', 'running'))))
     LIMIT :limit FOR UPDATE SKIP LOCKED)
-RETURNING id
+RETURNING id, options->>'queue' AS queue
 """)
 
 EXPIRE = text("""
@@ -93,7 +93,7 @@ REQUEUE_EXPIRED = text("""
 UPDATE jobs SET status = 'queued', lease_expires_at = NULL, published_at = now()
 WHERE kind = 'inline' AND status = 'running' AND lease_expires_at < now()
   AND attempt < :max_attempts
-RETURNING id
+RETURNING id, options->>'queue' AS queue
 """)
 
 REPUBLISH_QUEUED = text("""
@@ -101,7 +101,7 @@ UPDATE jobs SET published_at = now()
 WHERE id IN (SELECT id FROM jobs WHERE status = 'queued'
              AND coalesce(published_at, created_at) < now() - make_interval(secs => :grace_seconds)
              ORDER BY priority DESC, created_at LIMIT :limit FOR UPDATE SKIP LOCKED)
-RETURNING id
+RETURNING id, options->>'queue' AS queue
 """)
 
 
@@ -127,11 +127,13 @@ def reconcile_once(session: Session, *, max_attempts: int, grace_seconds: float,
     if given_up:
         record_events(session, given_up)
     return Report(given_up=given_up,
-                  requeued=[r.id for r in session.execute(REQUEUE_EXPIRED, params)],
-                  republished=[r.id for r in session.execute(REPUBLISH_QUEUED, params)]
-                  + [r.id for r in session.execute(NUDGE_FILE_JOBS, params)],
-                  chunks=[(r.job_id, r.index) for r in session.execute(REQUEUE_CHUNKS, params)]
-                  + [(job_id, index) for (job_id,) in session.execute(UNDERFULL_FILE_JOBS, params)
+                  requeued=[(r.id, r.queue) for r in session.execute(REQUEUE_EXPIRED, params)],
+                  republished=[(r.id, r.queue) for r in session.execute(REPUBLISH_QUEUED, params)]
+                  + [(r.id, r.queue) for r in session.execute(NUDGE_FILE_JOBS, params)],
+                  chunks=[(r.job_id, r.index, r.queue)
+                          for r in session.execute(REQUEUE_CHUNKS, params)]
+                  + [(job_id, index, queue)
+                     for job_id, queue in session.execute(UNDERFULL_FILE_JOBS, params).all()
                      for index in dispatch_chunks(session, job_id, chunk_window, grace_seconds)])
 
 
@@ -141,7 +143,7 @@ def reconcile_and_publish(sessions: sessionmaker[Session], publisher: Publisher,
         report = reconcile_once(session, max_attempts=max_attempts, grace_seconds=grace_seconds,
                                 chunk_window=chunk_window)
     if report.requeued or report.republished:
-        publisher.publish_jobs(report.requeued + report.republished)
+        publisher.publish_routed(report.requeued + report.republished)
     if report.chunks:
         publisher.publish_chunks(report.chunks)
     if report:

@@ -54,7 +54,7 @@ def run_job(self, job_id: str) -> dict | None:
                  stats["batches"])
         totals = {k: totals[k] + stats[k] for k in totals}
         if time.monotonic() > deadline:  # let other models' messages have this process
-            context.publisher.publish_jobs([wanted])
+            context.publisher.publish_jobs([wanted], self.request.delivery_info.get("routing_key"))
             return totals
 
 
@@ -63,7 +63,9 @@ def advance_file_job(context: WorkerContext, job_id: uuid.UUID, status: str) -> 
     if status == "validating":
         indexes = chunks.validate_and_plan(context, job_id)
         if indexes:
-            context.publisher.publish_chunks((job_id, i) for i in indexes)
+            with context.sessions() as session:
+                queue = session.get(Job, job_id).options.get("queue")
+            context.publisher.publish_chunks(((job_id, i) for i in indexes), queue)
         return {"chunks": len(indexes)}
     if status == "finalizing":
         with context.sessions.begin() as session:

@@ -37,10 +37,11 @@ class ApiContext:
 
     def announce(self, job) -> None:
         """Tell workers about a committed job: coalesced per model for inline jobs."""
+        queue = job.options.get("queue")
         if self.coalescer is not None and job.kind == "inline":
-            self.coalescer.notify(job.model_id, job.id)
+            self.coalescer.notify((job.model_id, queue), job.id, queue)
         else:
-            self.publisher.publish_jobs([job.id])
+            self.publisher.publish_jobs([job.id], queue)
 
 
 class LockedTTLCache(TTLCache):

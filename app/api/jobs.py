@@ -29,7 +29,9 @@ def submit_job(body: SubmitJob) -> Response:
                   idempotency_key=request.headers.get("Idempotency-Key"),
                   fingerprint=jobs.request_fingerprint(request.get_json(silent=True)),
                   model_cache=context().models, variant=body.variant,
-                  completion_window_seconds=body.completion_window_seconds)
+                  completion_window_seconds=body.completion_window_seconds,
+                  queues=(context().settings.queue, context().settings.gpu_queue),
+                  require_gpu=body.require_gpu)
     if body.input_file is not None:
         job, created = jobs.submit_file_job(
             session, who, input_file=body.input_file, output_format=body.output_format,

@@ -32,6 +32,7 @@ class SubmitJob(BaseModel):
     webhook_url: AnyHttpUrl | None = Field(default=None, description="Called when the job ends.")
     variant: str | None = Field(default=None, min_length=1, max_length=32,
                                 description="`fp32`, `int8`, `fp16` or `graph`; default: the model version's default.")
+    require_gpu: bool = Field(default=False, description="Run on a GPU worker (queue KILN_GPU_QUEUE).")
     completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]*[smhd]$",
                                    description="Finish within this (e.g. `90s`, `30m`, `24h`, `7d`), "
                                                "else the job ends `expired`, keeping finished rows.")
@@ -112,6 +113,7 @@ class JobOut(BaseModel):
     model_version: int | None
     variant: str | None = None
     priority: int
+    queue: str | None = None
     request_counts: RequestCounts
     metadata: dict[str, Any]
     webhook_url: str | None

@@ -20,7 +20,7 @@ from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller
 from app.services import webhooks
-from app.services.models import resolve_model_ref
+from app.services.models import ModelRef, resolve_model_ref
 
 
 DEFAULT_WINDOW_SECONDS = 24 * 3600.0
@@ -28,6 +28,12 @@ DEFAULT_WINDOW_SECONDS = 24 * 3600.0
 
 def deadline(window_seconds: float) -> datetime:
     return datetime.now().astimezone() + timedelta(seconds=window_seconds)
+
+
+def route(model: ModelRef, queues: tuple[str | None, str], require_gpu: bool) -> str | None:
+    """The queue a job's messages go to: (default queue, gpu queue)[needs a GPU]; None is the
+    publisher's default queue."""
+    return queues[1] if require_gpu or model.requires_gpu else queues[0]
 
 
 def request_fingerprint(body: Any) -> str:
@@ -48,7 +54,9 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
                fingerprint: str | None = None, max_inline_inputs: int = 10_000,
                variant: str | None = None,
                model_cache: MutableMapping | None = None,
-               completion_window_seconds: float = DEFAULT_WINDOW_SECONDS) -> tuple[Job, bool]:
+               completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
+               queues: tuple[str | None, str] = (None, "gpu"),
+               require_gpu: bool = False) -> tuple[Job, bool]:
     """Validate and record an inline job. Returns the job and whether it was created now."""
     if idempotency_key:
         existing = _by_idempotency_key(session, caller, idempotency_key)
@@ -68,7 +76,8 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
               status=JobStatus.QUEUED.value, priority=priority, total_count=len(inputs),
               inputs=inputs, job_metadata=metadata or {}, webhook_url=webhook_url,
               idempotency_key=idempotency_key, request_hash=fingerprint,
-              options={"model_version": found.version, "variant": found.variant},
+              options={"model_version": found.version, "variant": found.variant,
+                       "queue": route(found, queues, require_gpu)},
               expires_at=deadline(completion_window_seconds))
     return _insert(session, caller, job, idempotency_key, fingerprint)
 
@@ -81,7 +90,9 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
                     fingerprint: str | None = None, parent_id: uuid.UUID | None = None,
                     variant: str | None = None,
                     model_cache: MutableMapping | None = None,
-                    completion_window_seconds: float = DEFAULT_WINDOW_SECONDS) -> tuple[Job, bool]:
+                    completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
+                    queues: tuple[str | None, str] = (None, "gpu"),
+                    require_gpu: bool = False) -> tuple[Job, bool]:
     """Record a job over an uploaded file; a worker validates and chunks it."""
     if idempotency_key:
         existing = _by_idempotency_key(session, caller, idempotency_key)
@@ -90,6 +101,7 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
     source = get_file(session, caller, input_file)
     found = resolve_model_ref(session, caller.tenant_id, model, model_cache, variant)
     options = {"model_version": found.version, "variant": found.variant,
+               "queue": route(found, queues, require_gpu),
                "output_format": output_format or source.format,
                "keep_columns": keep_columns or [], "id_column": id_column,
                "max_failed_fraction": max_failed_fraction, "input_format": source.format}
@@ -136,6 +148,7 @@ def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> Job:
         max_failed_fraction=float(options.get("max_failed_fraction", 1.0)),
         metadata=parent.job_metadata, priority=parent.priority, webhook_url=parent.webhook_url,
         parent_id=parent.id)
+    job.options = {**job.options, "queue": options.get("queue", job.options["queue"])}
     return job
 
 
@@ -267,6 +280,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "model_version": (job.options or {}).get("model_version"),
         "variant": (job.options or {}).get("variant", "fp32"),
         "priority": job.priority,
+        "queue": (job.options or {}).get("queue"),
         "request_counts": {"total": job.total_count, "completed": job.completed_count,
                            "failed": job.failed_count},
         "metadata": job.job_metadata or {},

@@ -127,6 +127,7 @@ class ModelRef:
     version: int
     signature: dict[str, Any]
     variant: str = BASE_VARIANT
+    requires_gpu: bool = False
 
 
 def resolve_model_ref(session: Session, tenant_id: uuid.UUID, name: str,
@@ -139,7 +140,9 @@ def resolve_model_ref(session: Session, tenant_id: uuid.UUID, name: str,
         return hit
     plain, alias, version = parse_reference(name)
     model = resolve_model(session, tenant_id, plain, version, alias=alias, variant=variant)
-    ref = ModelRef(model.id, model.name, model.version, dict(model.signature), model.variant)
+    ref = ModelRef(model.id, model.name, model.version, dict(model.signature), model.variant,
+                   requires_gpu=bool(model.processing.get("requires_gpu"))
+                   or model.variant == "fp16")
     if cache is not None:
         cache[key] = ref
     return ref

@@ -212,3 +212,30 @@ def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stac
     finally:
         worker.stop()
         api.stop()
+
+
+def test_jobs_that_need_a_gpu_go_to_the_gpu_queue_and_cpu_workers_leave_them(make_stack):
+    import redis
+
+    gpu_queue = f"gpu-{uuid.uuid4().hex[:8]}"
+    iso = make_stack(KILN_GPU_QUEUE=gpu_queue)
+    iso.kiln("models", "add-demo", "digits")
+    api = start_api(iso.env, iso.logdir)
+    worker = start_worker(iso.env, iso.logdir)  # a CPU worker only
+    try:
+        client = KilnClient(api.url, iso.create_key())
+        record = slow_records(1)
+        gpu_job = client.http.post("/v1/jobs", json={"model": "digits", "inputs": record,
+                                                     "require_gpu": True}).json()
+        assert gpu_job["queue"] == gpu_queue
+        cpu_job = client.submit("digits", record)
+        assert cpu_job["queue"] == iso.settings.queue
+        assert client.wait(cpu_job["id"], timeout_seconds=30)["status"] == "succeeded"
+        time.sleep(3)  # past the reconciler's grace: it re-publishes, to the GPU queue again
+        assert client.job(gpu_job["id"])["status"] == "queued"
+        broker = redis.Redis.from_url(iso.settings.redis_url)
+        assert broker.llen(gpu_queue) >= 1
+        broker.delete(gpu_queue)
+    finally:
+        worker.stop()
+        api.stop()
