@@ -316,6 +316,16 @@ class ArrowWriter(Writer):
 
     def open(self, schema: pa.Schema) -> None: ...
 
+    def write_table(self, table: pa.Table) -> None:
+        """Write a table with the columns of the first write (null-typed ones as strings)."""
+        if table.num_rows == 0:
+            return
+        if self.schema is None:
+            self.schema = pa.schema([f if f.type != pa.null() else pa.field(f.name, pa.string())
+                                     for f in table.schema])
+            self.open(self.schema)
+        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+
 
 class CsvWriter(ArrowWriter):
     _writer: pacsv.CSVWriter | None = None

@@ -14,6 +14,9 @@ from typing import Any, Iterable, Iterator
 
 import fsspec
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -62,12 +65,50 @@ def encode(fmt: str, pieces: Iterable[list[dict[str, Any]]]) -> Iterator[bytes]:
 
 
 def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
-    """Parts already are JSONL in the output's row shape: copy them; convert for other formats."""
+    """Parts already are JSONL in the output's row shape: copy them; convert for other formats
+    a part at a time through Arrow (rows through Python only when Arrow cannot read a part)."""
     if fmt == "jsonl":
         for uri in uris:
             yield from _read(uri)
         return
-    yield from encode(fmt, part_rows(uris))
+    sink = io.BytesIO()
+    writer = open_writer(fmt, sink)
+    for uri in uris:
+        try:
+            writer.write_table(part_table(uri))
+        except (pa.ArrowException, ValueError):
+            for piece in part_rows([uri]):
+                writer.write([flatten_output(row, fmt) for row in piece])
+        if sink.tell():
+            yield sink.getvalue()
+            sink.seek(0)
+            sink.truncate()
+    writer.close()
+    if sink.tell():
+        yield sink.getvalue()
+
+
+def part_table(uri: str) -> pa.Table:
+    """A part as a flat table, laid out as `flatten` lays out a row: `output` lifted to columns,
+    probabilities as prob_i, other nested values as JSON text."""
+    with fsspec.open(uri, "rb") as handle:
+        table = pajson.read_json(io.BytesIO(handle.read()))
+    if "output" not in table.column_names:
+        return table
+    output = table.column("output")
+    table = table.drop_columns(["output"])
+    for field in output.type:
+        column = pc.struct_field(output, field.name)
+        if field.name == "probabilities" and pa.types.is_list(field.type):
+            width = pc.max(pc.list_value_length(column)).as_py() or 0
+            for i in range(width):
+                table = table.append_column(f"prob_{i}", pc.list_element(column, i))
+        elif pa.types.is_nested(field.type):
+            text = [None if v is None else orjson.dumps(v).decode() for v in column.to_pylist()]
+            table = table.append_column(field.name, pa.array(text, pa.string()))
+        else:
+            table = table.append_column(field.name, column)
+    return table
 
 
 def finished_parts(session: Session, job: Job, kind: str,
