@@ -8,6 +8,7 @@ parts are ever read: one output row per input row however often a chunk runs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from typing import Any
@@ -228,11 +229,15 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
                     rows += len(keep)
             if writer is not None:
                 writer.close()
-    size = fs.size(path)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as written:
+        while piece := written.read(1 << 20):
+            digest.update(piece)
     with context.sessions.begin() as session:
         record = File(tenant_id=source.tenant_id, purpose="retry_input",
                       filename=f"retry-of-{parent_id}.{source.format}", format=source.format,
-                      compression=None, bytes=size, sha256="", uri=uri, row_count=rows)
+                      compression=None, bytes=fs.size(path), sha256=digest.hexdigest(), uri=uri,
+                      row_count=rows)
         session.add(record)
         session.flush()
         session.expunge(record)

@@ -7,7 +7,7 @@ import uuid
 from typing import BinaryIO, Iterator
 
 import fsspec
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound, PayloadTooLarge
@@ -94,10 +94,8 @@ def delete_file(session: Session, caller: Caller, file_id: str) -> None:
     if in_use is not None:
         raise Conflict(f"file {file_id} is the input of unfinished job {in_use}")
     uri = found.uri
-    session.execute(Job.__table__.update().where(Job.input_file_id == found.id)
-                    .values(input_file_id=None))
-    for column in (Job.output_file_id, Job.error_file_id):
-        session.execute(Job.__table__.update().where(column == found.id).values({column.key: None}))
+    for column in (Job.input_file_id, Job.output_file_id, Job.error_file_id):
+        session.execute(update(Job).where(column == found.id).values({column: None}))
     session.delete(found)
     session.flush()
     fs, path = fsspec.core.url_to_fs(uri)

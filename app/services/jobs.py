@@ -58,10 +58,8 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
                queues: tuple[str | None, str] = (None, "gpu"),
                require_gpu: bool = False) -> tuple[Job, bool]:
     """Validate and record an inline job. Returns the job and whether it was created now."""
-    if idempotency_key:
-        existing = _by_idempotency_key(session, caller, idempotency_key)
-        if existing is not None:
-            return _replay(existing, fingerprint), False
+    if (replayed := _replayed(session, caller, idempotency_key, fingerprint)) is not None:
+        return replayed, False
     if not inputs:
         raise InvalidInput("inputs must hold at least one record")
     if len(inputs) > max_inline_inputs:
@@ -94,10 +92,8 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
                     queues: tuple[str | None, str] = (None, "gpu"),
                     require_gpu: bool = False) -> tuple[Job, bool]:
     """Record a job over an uploaded file; a worker validates and chunks it."""
-    if idempotency_key:
-        existing = _by_idempotency_key(session, caller, idempotency_key)
-        if existing is not None:
-            return _replay(existing, fingerprint), False
+    if (replayed := _replayed(session, caller, idempotency_key, fingerprint)) is not None:
+        return replayed, False
     source = get_file(session, caller, input_file)
     found = resolve_model_ref(session, caller.tenant_id, model, model_cache, variant)
     options = {"model_version": found.version, "variant": found.variant,
@@ -150,6 +146,13 @@ def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> Job:
         parent_id=parent.id)
     job.options = {**job.options, "queue": options.get("queue", job.options["queue"])}
     return job
+
+
+def _replayed(session: Session, caller: Caller, key: str | None,
+              fingerprint: str | None) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created, if the body matches."""
+    existing = _by_idempotency_key(session, caller, key) if key else None
+    return _replay(existing, fingerprint) if existing is not None else None
 
 
 def _by_idempotency_key(session: Session, caller: Caller, key: str) -> Job | None:

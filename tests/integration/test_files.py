@@ -206,6 +206,24 @@ def test_too_many_failed_rows_fail_the_job(kiln):
     done = kiln.wait(job["id"], timeout_seconds=60)
     assert done["status"] == "failed" and done["error"]["code"] == "too_many_failed_rows"
     assert len(parse("csv", download(kiln, job["id"], "errors"))) == 6
+    child = kiln.http.post(f"/v1/jobs/{job['id']}/retry").json()
+    retried = kiln.wait(child["id"], timeout_seconds=60)
+    assert retried["request_counts"] == {"total": 6, "completed": 0, "failed": 6}
+    assert [r["custom_id"] for r in parse("csv", download(kiln, child["id"], "errors"))] == \
+        [f"img-{i:05d}" for i in range(6)]
+
+
+def test_retry_of_a_parquet_job_takes_only_its_failed_rows(kiln):
+    rows = digits_rows(40)
+    rows[5]["p2"] = None
+    rows[30]["p9"] = None
+    job = submit(kiln, upload(kiln, "p.parquet", to_parquet(rows))["id"])
+    assert kiln.wait(job["id"], timeout_seconds=60)["request_counts"]["failed"] == 2
+    child = kiln.http.post(f"/v1/jobs/{job['id']}/retry").json()
+    retried = kiln.wait(child["id"], timeout_seconds=60)
+    assert retried["request_counts"]["total"] == 2
+    errors = parse("parquet", download(kiln, child["id"], "errors"))
+    assert [e["custom_id"] for e in errors] == ["img-00005", "img-00030"]
 
 
 def test_files_are_tenant_scoped_and_deletable(kiln, file_stack):
