@@ -3,6 +3,7 @@
 import signal
 import time
 import uuid
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,6 +31,21 @@ def register_slow_model(stack, name: str, hidden: int = 1024, layers: int = 8) -
                        artifact=test_models.slow_classifier(hidden, layers),
                        signature=test_models.SIGNATURE, processing=test_models.PROCESSING,
                        metrics={})
+
+
+@contextmanager
+def slow_model_stack(make_stack, **env):
+    """An isolated stack with a slow model, an API and a worker; yields what tests use."""
+    iso = make_stack(**env)
+    name = f"slow-{uuid.uuid4().hex[:6]}"
+    register_slow_model(iso, name)
+    api = start_api(iso.env, iso.logdir)
+    worker = start_worker(iso.env, iso.logdir)
+    try:
+        yield iso, name, KilnClient(api.url, iso.create_key()), worker
+    finally:
+        worker.stop()
+        api.stop()
 
 
 def result_rows(stack, job_id):
@@ -85,13 +101,7 @@ def test_cancel_a_queued_job_is_immediate(make_stack):
 
 
 def test_cancel_a_running_job_stops_at_a_batch_boundary_and_keeps_results(make_stack):
-    iso = make_stack(KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1")
-    name = f"slow-{uuid.uuid4().hex[:6]}"
-    register_slow_model(iso, name)
-    api = start_api(iso.env, iso.logdir)
-    worker = start_worker(iso.env, iso.logdir)
-    try:
-        client = KilnClient(api.url, iso.create_key())
+    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1") as (iso, name, client, worker):
         job = client.submit(name, slow_records(6000))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
                  message="the first batch")
@@ -104,9 +114,6 @@ def test_cancel_a_running_job_stops_at_a_batch_boundary_and_keeps_results(make_s
         assert len(rows) == counts["completed"] + counts["failed"]
         assert all(n == 1 for _, n in rows)
         assert [i for i, _ in sorted(rows)] == list(range(len(rows)))
-    finally:
-        worker.stop()
-        api.stop()
 
 
 def test_a_lost_message_is_republished_by_the_reconciler(make_stack):
@@ -130,13 +137,7 @@ def test_a_lost_message_is_republished_by_the_reconciler(make_stack):
 
 
 def test_sigkilled_worker_child_loses_nothing_and_duplicates_nothing(make_stack):
-    iso = make_stack(KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1")
-    name = f"slow-{uuid.uuid4().hex[:6]}"
-    register_slow_model(iso, name)
-    api = start_api(iso.env, iso.logdir)
-    worker = start_worker(iso.env, iso.logdir)
-    try:
-        client = KilnClient(api.url, iso.create_key())
+    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1") as (iso, name, client, worker):
         total = 3000
         job = client.submit(name, slow_records(total))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
@@ -154,19 +155,10 @@ def test_sigkilled_worker_child_loses_nothing_and_duplicates_nothing(make_stack)
         assert all(n == 1 for _, n in rows)
         lines = b"".join(client.iter_results(job["id"])).splitlines()
         assert len(lines) == total
-    finally:
-        worker.stop()
-        api.stop()
 
 
 def test_a_job_that_keeps_killing_its_worker_fails_with_a_reason(make_stack):
-    iso = make_stack(KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_MAX_ATTEMPTS="2")
-    name = f"slow-{uuid.uuid4().hex[:6]}"
-    register_slow_model(iso, name)
-    api = start_api(iso.env, iso.logdir)
-    worker = start_worker(iso.env, iso.logdir)
-    try:
-        client = KilnClient(api.url, iso.create_key())
+    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_MAX_ATTEMPTS="2") as (iso, name, client, worker):
         job = client.submit(name, slow_records(10000))
         for attempt in (1, 2):
             wait_for(lambda: client.job(job["id"])["attempt"] == attempt
@@ -178,20 +170,10 @@ def test_a_job_that_keeps_killing_its_worker_fails_with_a_reason(make_stack):
         assert done["status"] == "failed"
         assert done["error"]["code"] == "worker_crashed"
         assert "2 times" in done["error"]["message"]
-    finally:
-        worker.stop()
-        api.stop()
 
 
 def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stack):
-    iso = make_stack(KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1",
-                     KILN_SOFT_SHUTDOWN_SECONDS="3")
-    name = f"slow-{uuid.uuid4().hex[:6]}"
-    register_slow_model(iso, name)
-    api = start_api(iso.env, iso.logdir)
-    worker = start_worker(iso.env, iso.logdir)
-    try:
-        client = KilnClient(api.url, iso.create_key())
+    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_SOFT_SHUTDOWN_SECONDS="3") as (iso, name, client, worker):
         total = 6000
         job = client.submit(name, slow_records(total))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
@@ -209,9 +191,6 @@ def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stac
         assert done["request_counts"] == {"total": total, "completed": total, "failed": 0}
         rows = result_rows(iso, job["id"])
         assert sorted(i for i, _ in rows) == list(range(total)) and all(n == 1 for _, n in rows)
-    finally:
-        worker.stop()
-        api.stop()
 
 
 def test_jobs_that_need_a_gpu_go_to_the_gpu_queue_and_cpu_workers_leave_them(make_stack):
