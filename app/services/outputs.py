@@ -49,21 +49,6 @@ def part_rows(uris: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
                 yield piece
 
 
-def encode(fmt: str, pieces: Iterable[list[dict[str, Any]]]) -> Iterator[bytes]:
-    """Stream rows in a format, flushing the encoder's buffer after every piece."""
-    sink = io.BytesIO()
-    writer = open_writer(fmt, sink)
-    for piece in pieces:
-        writer.write([flatten_output(row, fmt) for row in piece])
-        if sink.tell():
-            yield sink.getvalue()
-            sink.seek(0)
-            sink.truncate()
-    writer.close()
-    if sink.tell():
-        yield sink.getvalue()
-
-
 def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
     """Parts already are JSONL in the output's row shape: copy them; convert for other formats
     a part at a time through Arrow (rows through Python only when Arrow cannot read a part)."""
