@@ -245,6 +245,13 @@ def test_files_are_tenant_scoped_and_deletable(kiln, file_stack):
     assert kiln.http.get(f"/v1/files/{meta['id']}").status_code == 404
 
 
+def test_an_explicit_format_overrides_the_file_name(kiln):
+    meta = upload(kiln, "export.txt", to_csv(digits_rows(20), gz=True), format="csv.gz")
+    assert (meta["format"], meta["compression"]) == ("csv", "gzip")
+    job = submit(kiln, meta["id"], output_format="jsonl")
+    assert kiln.wait(job["id"], timeout_seconds=60)["request_counts"]["completed"] == 20
+
+
 def test_upload_errors(kiln, make_stack):
     bad = kiln.http.post("/v1/files", files={"file": ("notes.txt", b"hello")})
     assert bad.status_code == 422 and bad.headers["Content-Type"] == PROBLEM
