@@ -74,6 +74,13 @@ def db() -> Session:
     return g.db
 
 
+def autocommit_db() -> Session:
+    """A session whose every statement commits by itself, for single-INSERT writes."""
+    if "autocommit_db" not in g:
+        g.autocommit_db = context().single_statements()
+    return g.autocommit_db
+
+
 def caller() -> Caller:
     if "caller" not in g:
         g.caller = authenticate(db(), request.headers.get("Authorization"), context().callers)
@@ -81,6 +88,7 @@ def caller() -> Caller:
 
 
 def close_session(_exc: BaseException | None = None) -> None:
-    session = g.pop("db", None)
-    if session is not None:
-        session.close()
+    for name in ("db", "autocommit_db"):
+        session = g.pop(name, None)
+        if session is not None:
+            session.close()
