@@ -34,11 +34,12 @@ def receiver_handler(secret: str | None, answer_status: int) -> type[BaseHTTPReq
                 kind = orjson.loads(body).get("type", "?")
             except (orjson.JSONDecodeError, AttributeError):
                 shown, kind = body.decode(errors="replace"), "?"
-            click.echo(f"{kind} webhook-id={self.headers.get('webhook-id')} {verdict} "
-                       f"-> {status}\n{shown}", color=False)
-            self.send_response(status)
+            self.send_response(status)  # answer first: the sender's clock is running
             self.send_header("Content-Length", "0")
             self.end_headers()
+            self.wfile.flush()
+            click.echo(f"{kind} webhook-id={self.headers.get('webhook-id')} {verdict} "
+                       f"-> {status}\n{shown}", color=False)
 
         def log_message(self, *_args) -> None:
             return
