@@ -137,7 +137,7 @@ def test_a_job_webhook_url_gets_one_signed_succeeded_event(hooks):
         assert latency < 5
         assert got.path == "/hook?tag=1"
         assert verify(secret, got.headers, got.body, now=time.time()) == got.headers["webhook-id"]
-        standardwebhooks = pytest.importorskip("standardwebhooks")
+        import standardwebhooks  # the dev extra installs it: interop is checked, never skipped
         assert standardwebhooks.Webhook(secret).verify(got.body.decode(), got.headers)
         event = got.payload
         assert event["type"] == "job.succeeded"
