@@ -31,7 +31,7 @@ def test_bad_settings_fail_fast(monkeypatch):
     with pytest.raises(ValidationError):
         Settings()
     monkeypatch.setenv("KILN_MAX_ATTEMPTS", "3")
-    monkeypatch.setenv("KILN_DATABASE_URL", "sqlite:///x.db")
+    monkeypatch.setenv("KILN_DATABASE_URL", "mysql://u@h/db")
     with pytest.raises(ValidationError):
         Settings()
 
