@@ -38,7 +38,10 @@ def route(model: ModelRef, queues: tuple[str | None, str], require_gpu: bool) ->
 
 def request_fingerprint(body: Any) -> str:
     """A stable hash of a request body, to tell an idempotent retry from a different request."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    except orjson.JSONEncodeError as exc:  # e.g. nested deeper than JSONB and orjson accept
+        raise InvalidInput(f"the request cannot be stored: {exc}") from None
 
 
 def parse_job_id(raw: str) -> uuid.UUID:

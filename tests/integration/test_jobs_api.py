@@ -137,6 +137,17 @@ def test_bad_requests_get_problem_json(client, body, status, detail_part):
     assert detail_part in problem["detail"]
 
 
+def test_absurdly_nested_metadata_is_a_422_not_a_500(client):
+    records, _ = heldout(1)
+    body = ('{"model": "digits", "inputs": ' + orjson.dumps(records).decode() + ', "metadata": '
+            + '{"a": ' * 600 + "1" + "}" * 600 + "}")
+    response = client.http.post("/v1/jobs", content=body,
+                                headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.headers["Content-Type"] == PROBLEM
+    assert "cannot be stored" in response.json()["detail"]
+
+
 def test_bad_records_are_422_naming_index_and_field(client):
     records, _ = heldout(3)
     records[2] = dict(records[2])
