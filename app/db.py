@@ -10,12 +10,22 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import InvalidInput
 from app.settings import Settings
+
+
+def to_json(value) -> str:
+    """JSONB values through orjson; a value it cannot encode (e.g. nested deeper than 254
+    levels) is the caller's bad input, not a server error."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError as exc:
+        raise InvalidInput(f"a value cannot be stored as JSON: {exc}") from None
 
 
 def make_engine(settings: Settings, **kwargs) -> Engine:
     options = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10,
-               "json_serializer": lambda value: orjson.dumps(value).decode(),
+               "json_serializer": to_json,
                "json_deserializer": orjson.loads}
     options.update(kwargs)
     return create_engine(settings.sqlalchemy_url, **options)

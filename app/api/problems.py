@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, request
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from werkzeug.exceptions import HTTPException
 
 from app.errors import KilnError
@@ -51,6 +51,13 @@ def from_database_down(error: DBAPIError) -> Response:
                    "the database is unreachable; retry shortly")
 
 
+def from_statement_error(error: StatementError) -> Response:
+    """A KilnError raised while binding parameters (e.g. by the JSON serializer) keeps its type."""
+    if isinstance(error.orig, KilnError):
+        return from_kiln_error(error.orig)
+    return from_unexpected(error)
+
+
 def from_unexpected(error: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem(500, "internal_error", "Internal error", "an unexpected error occurred")
@@ -60,4 +67,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(KilnError, from_kiln_error)
     app.register_error_handler(HTTPException, from_http_exception)
     app.register_error_handler(DBAPIError, from_database_down)
+    app.register_error_handler(StatementError, from_statement_error)
     app.register_error_handler(Exception, from_unexpected)

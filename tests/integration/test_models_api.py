@@ -158,6 +158,16 @@ def test_bad_form_fields_are_422(client):
     assert response.status_code == 422 and "signature" in response.json()["detail"]
 
 
+def test_a_signature_too_deep_to_store_is_a_422_not_a_500(client):
+    deep = (orjson.dumps(SIGNATURE).decode()[:-1] + ', "notes": ' + '{"a": ' * 600 + "1"
+            + "}" * 600 + "}")
+    response = client.http.post("/v1/models", data={
+        "name": "deep", "signature": deep, "processing": orjson.dumps(PROCESSING).decode()},
+        files={"file": ("model.onnx", slow_classifier(8, 1), "application/octet-stream")})
+    assert response.status_code == 422, response.text
+    assert "cannot be stored" in response.json()["detail"]
+
+
 def test_another_tenant_can_neither_see_nor_use_your_model(kiln, client):
     name = f"private-{uuid.uuid4().hex[:6]}"
     assert register(client, name, slow_classifier(hidden=16, layers=1)).status_code == 201
