@@ -74,13 +74,6 @@ def db() -> Session:
     return g.db
 
 
-def autocommit_db() -> Session:
-    """A session whose every statement commits by itself, for single-INSERT writes."""
-    if "autocommit_db" not in g:
-        g.autocommit_db = context().single_statements()
-    return g.autocommit_db
-
-
 def caller() -> Caller:
     if "caller" not in g:
         g.caller = authenticate(db(), request.headers.get("Authorization"), context().callers)
@@ -88,7 +81,6 @@ def caller() -> Caller:
 
 
 def close_session(_exc: BaseException | None = None) -> None:
-    for name in ("db", "autocommit_db"):
-        session = g.pop(name, None)
-        if session is not None:
-            session.close()
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 
-from app.api.context import autocommit_db, caller, context, db
+from app.api.context import caller, context, db
 from app.api.responses import json_response
 from app.api.schemas import FormatQuery, JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
 from app.errors import Conflict
@@ -26,7 +26,7 @@ def submit_job(body: SubmitJob) -> Response:
     # A plain inline submit writes one row: in autocommit that INSERT is its own transaction,
     # one round trip instead of BEGIN, INSERT, COMMIT. Idempotent and file submits need more.
     single = body.input_file is None and not key
-    session = autocommit_db() if single else db()
+    session = context().single_statements() if single else db()
     if body.webhook_url:  # the SSRF guard; checked again each time it is sent
         webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(context().settings))
     common = dict(model=body.model, metadata=body.metadata, priority=body.priority,
@@ -47,6 +47,8 @@ def submit_job(body: SubmitJob) -> Response:
                                        max_inline_inputs=context().settings.max_inline_inputs,
                                        **common)
     session.commit()
+    if single:
+        session.close()
     if created:
         context().announce(job)
     return json_response(jobs.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
