@@ -22,7 +22,6 @@ class ApiContext:
     sessions: sessionmaker[Session]
     publisher: Publisher
     coalescer: Coalescer | None = None
-    single_statements: sessionmaker[Session] | None = None  # AUTOCOMMIT: one round trip each
     callers: MutableMapping | None = None  # None: no caching (KILN_CACHE_SECONDS=0)
     models: MutableMapping | None = None
 
@@ -33,9 +32,7 @@ class ApiContext:
                   if ttl > 0 else {})
         publisher = Publisher(settings)
         window = settings.max_batch_wait_ms / 1000
-        autocommit = sessions.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
         return cls(settings=settings, sessions=sessions, publisher=publisher,
-                   single_statements=sessionmaker(autocommit, expire_on_commit=False),
                    coalescer=Coalescer(publisher, window) if window > 0 else None, **caches)
 
     def announce(self, job) -> None:

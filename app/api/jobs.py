@@ -21,17 +21,12 @@ ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 
 @api.post("/jobs", responses={202: JobOut, **ERRORS})
 def submit_job(body: SubmitJob) -> Response:
     """Submit an inline job. Send `Idempotency-Key` to make retries safe."""
-    who = caller()
-    key = request.headers.get("Idempotency-Key")
-    # A plain inline submit writes one row: in autocommit that INSERT is its own transaction,
-    # one round trip instead of BEGIN, INSERT, COMMIT. Idempotent and file submits need more.
-    single = body.input_file is None and not key
-    session = context().single_statements() if single else db()
+    session, who = db(), caller()
     if body.webhook_url:  # the SSRF guard; checked again each time it is sent
         webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(context().settings))
     common = dict(model=body.model, metadata=body.metadata, priority=body.priority,
                   webhook_url=str(body.webhook_url) if body.webhook_url else None,
-                  idempotency_key=key,
+                  idempotency_key=request.headers.get("Idempotency-Key"),
                   fingerprint=jobs.request_fingerprint(request.get_json(silent=True)),
                   model_cache=context().models, variant=body.variant,
                   completion_window_seconds=body.completion_window_seconds,
@@ -47,8 +42,6 @@ def submit_job(body: SubmitJob) -> Response:
                                        max_inline_inputs=context().settings.max_inline_inputs,
                                        **common)
     session.commit()
-    if single:
-        session.close()
     if created:
         context().announce(job)
     return json_response(jobs.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
