@@ -25,6 +25,19 @@ class Caller:
     tenant_name: str
 
 
+def get_owned(session: Session, caller: Caller, entity, raw_id, what: str):
+    """The `entity` row with this id in the caller's tenant; another tenant's row is a 404 too."""
+    try:
+        ident = uuid.UUID(str(raw_id))
+    except ValueError:
+        raise NotFound(f"no {what} {raw_id!r}") from None
+    row = session.scalar(select(entity).where(entity.id == ident,
+                                              entity.tenant_id == caller.tenant_id))
+    if row is None:
+        raise NotFound(f"no {what} {raw_id!r}")
+    return row
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

@@ -10,20 +10,13 @@ import fsspec
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, NotFound, PayloadTooLarge
+from app.errors import Conflict, PayloadTooLarge
 from app.formats import detect_format
 from app.orm import File, Job
-from app.services.auth import Caller
+from app.services.auth import Caller, get_owned
 from app.storage import Storage
 
 COPY_BYTES = 1024 * 1024
-
-
-def parse_file_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(raw))
-    except ValueError:
-        raise NotFound(f"no file {raw!r}") from None
 
 
 def upload_file(session: Session, caller: Caller, storage: Storage, stream: BinaryIO, *,
@@ -66,11 +59,7 @@ def record_output_file(session: Session, tenant_id: uuid.UUID, *, uri: str, file
 
 
 def get_file(session: Session, caller: Caller, file_id: str) -> File:
-    found = session.scalar(select(File).where(File.id == parse_file_id(file_id),
-                                              File.tenant_id == caller.tenant_id))
-    if found is None:
-        raise NotFound(f"no file {file_id!r}")
-    return found
+    return get_owned(session, caller, File, file_id, "file")
 
 
 def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: int,

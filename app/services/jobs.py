@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.states import JobStatus, cancel_target
 from app.domain.validation import check_records
-from app.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge
+from app.errors import BadRequest, Conflict, InvalidInput, PayloadTooLarge
 from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
-from app.services.auth import Caller
+from app.services.auth import Caller, get_owned
 from app.services import webhooks
 from app.services.models import ModelRef, resolve_model_ref
 
@@ -42,13 +42,6 @@ def request_fingerprint(body: Any) -> str:
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     except orjson.JSONEncodeError as exc:  # e.g. nested deeper than JSONB and orjson accept
         raise InvalidInput(f"the request cannot be stored: {exc}") from None
-
-
-def parse_job_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise NotFound(f"no job {raw!r}") from None
 
 
 def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any],
@@ -170,11 +163,7 @@ def _replay(existing: Job, fingerprint: str | None) -> Job:
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:
-    job = session.scalar(select(Job).where(Job.id == parse_job_id(job_id),
-                                           Job.tenant_id == caller.tenant_id))
-    if job is None:
-        raise NotFound(f"no job {job_id!r}")
-    return job
+    return get_owned(session, caller, Job, job_id, "job")
 
 
 def encode_cursor(job: Job) -> str:

@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session, defer
 from app.domain.signing import generate_secret, new_message_id
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
 from app.domain.states import JobStatus
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput
 from app.orm import Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
 from app.secretbox import SecretBox
 from app.services import jobs as job_service
-from app.services.auth import Caller
+from app.services.auth import Caller, get_owned
 from app.settings import Settings
 
 EVENT_BY_STATUS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed",
@@ -56,13 +56,6 @@ def check_webhook_url(url: str, policy: UrlPolicy, resolve: Resolver = system_re
 
 # ---------------------------------------------------------------- endpoints
 
-def parse_id(raw: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise NotFound(f"no {what} {raw!r}") from None
-
-
 def create_endpoint(session: Session, caller: Caller, box: SecretBox, policy: UrlPolicy, *,
                     url: str, events: Sequence[str] | None = None, description: str | None = None,
                     resolve: Resolver = system_resolver) -> tuple[WebhookEndpoint, str]:
@@ -84,12 +77,7 @@ def list_endpoints(session: Session, caller: Caller) -> list[WebhookEndpoint]:
 
 
 def get_endpoint(session: Session, caller: Caller, endpoint_id: str) -> WebhookEndpoint:
-    endpoint = session.scalar(select(WebhookEndpoint).where(
-        WebhookEndpoint.id == parse_id(endpoint_id, "webhook endpoint"),
-        WebhookEndpoint.tenant_id == caller.tenant_id))
-    if endpoint is None:
-        raise NotFound(f"no webhook endpoint {endpoint_id!r}")
-    return endpoint
+    return get_owned(session, caller, WebhookEndpoint, endpoint_id, "webhook endpoint")
 
 
 def delete_endpoint(session: Session, caller: Caller, endpoint_id: str) -> None:
@@ -286,12 +274,7 @@ def list_job_deliveries(session: Session, caller: Caller, job_id: str) -> list[W
 
 
 def get_delivery(session: Session, caller: Caller, delivery_id: str) -> WebhookDelivery:
-    delivery = session.scalar(select(WebhookDelivery).where(
-        WebhookDelivery.id == parse_id(delivery_id, "webhook delivery"),
-        WebhookDelivery.tenant_id == caller.tenant_id))
-    if delivery is None:
-        raise NotFound(f"no webhook delivery {delivery_id!r}")
-    return delivery
+    return get_owned(session, caller, WebhookDelivery, delivery_id, "webhook delivery")
 
 
 def redeliver(session: Session, caller: Caller, delivery_id: str) -> WebhookDelivery:
