@@ -6,7 +6,12 @@ Worker-side commands (`kiln worker`, `kiln up`, `kiln models add-demo`) are adde
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import click
@@ -113,7 +118,35 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     from app.server import ApiServer
 
     settings = settings_from(ctx)
-    ApiServer(settings, host or settings.api_host, port or settings.api_port).run()
+    with multiprocess_metrics("api") if settings.metrics_enabled else nullcontext():
+        server = ApiServer(settings, host or settings.api_host, port or settings.api_port)
+        server.cfg.set("child_exit", forget_api_worker)
+        server.run()
+
+
+@contextmanager
+def multiprocess_metrics(name: str) -> Iterator[Path]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for this process and the processes it forks, removed at
+    exit, so that a restarted service starts from zero (as Prometheus expects of a restarted
+    target) and two services on one machine never mix their files.
+
+    prometheus_client chooses where values live when it is first imported: this must come first.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
+    path = Path(tempfile.mkdtemp(prefix=f"kiln-metrics-{name}-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def forget_api_worker(_arbiter, worker) -> None:
+    """gunicorn's child_exit hook: the multiprocess files of a dead worker process."""
+    from app.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
 
 
 # ---------------------------------------------------------------- client commands

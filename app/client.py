@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,6 +25,12 @@ class ApiError(Exception):
         super().__init__(f"{response.status_code} {body.get('title', '')}: {body.get('detail', '')}")
 
 
+# A pooled keep-alive connection the server closed while idle fails like this; a request that is
+# safe to repeat (a read, or a submit carrying an Idempotency-Key) is simply sent again.
+STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError,
+                    httpx.WriteError)
+
+
 class KilnClient:
     def __init__(self, api_url: str, api_key: str | None, timeout_seconds: float = 30.0):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -32,6 +39,22 @@ class KilnClient:
 
     def close(self) -> None:
         self.http.close()
+
+    def __enter__(self) -> "KilnClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _retrying(self, method: str, url: str, attempts: int = 3, **kwargs) -> httpx.Response:
+        for attempt in range(attempts):
+            try:
+                return self.http.request(method, url, **kwargs)
+            except STALE_CONNECTION:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:
@@ -46,17 +69,18 @@ class KilnClient:
             body["metadata"] = metadata
         if webhook_url:
             body["webhook_url"] = webhook_url
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._check(self.http.post("/v1/jobs", json=body, headers=headers)).json()
+        # A key of its own makes the submit safe to resend when a connection drops mid-request.
+        headers = {"Idempotency-Key": idempotency_key or f"kiln-client-{uuid.uuid4()}"}
+        return self._check(self._retrying("POST", "/v1/jobs", json=body, headers=headers)).json()
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()
+        return self._check(self._retrying("GET", f"/v1/jobs/{job_id}")).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
 
     def models(self) -> list[dict[str, Any]]:
-        return self._check(self.http.get("/v1/models")).json()["data"]
+        return self._check(self._retrying("GET", "/v1/models")).json()["data"]
 
     def wait(self, job_id: str, *, timeout_seconds: float = 3600, poll_seconds: float = 0.25,
              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -94,7 +118,8 @@ class KilnClient:
     def submit_file(self, model: str, file_id: str, **options: Any) -> dict[str, Any]:
         body = {"model": model, "input_file": file_id,
                 **{k: v for k, v in options.items() if v is not None}}
-        return self._check(self.http.post("/v1/jobs", json=body)).json()
+        headers = {"Idempotency-Key": f"kiln-client-{uuid.uuid4()}"}
+        return self._check(self._retrying("POST", "/v1/jobs", json=body, headers=headers)).json()
 
 
 class _Counting:

@@ -102,7 +102,10 @@ class Job(Base):
         CheckConstraint("kind IN ('inline', 'file')", name="kind"),
         UniqueConstraint("tenant_id", "idempotency_key", name="tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
-        Index("ix_jobs_claimable", "model_id", "priority", "created_at",
+        # The inline claim reads the head of each tenant's queue and the jobs nearest their end.
+        Index("ix_jobs_queued_by_tenant", "model_id", "tenant_id", text("priority DESC"),
+              "created_at", postgresql_where=text("status = 'queued'")),
+        Index("ix_jobs_queued_by_deadline", "model_id", "expires_at",
               postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_active_lease", "lease_expires_at",
               postgresql_where=text("status IN ('running', 'cancelling', 'finalizing')")),
@@ -156,7 +159,9 @@ class JobChunk(Base):
     """A row range of a file job with its own attempt, lease and counts."""
 
     __tablename__ = "job_chunks"
-    __table_args__ = (CheckConstraint(f"status IN ({JOB_STATUSES})", name="status"),)
+    __table_args__ = (CheckConstraint(f"status IN ({JOB_STATUSES})", name="status"),
+                      Index("ix_job_chunks_open_by_tenant", "tenant_id",
+                            postgresql_where=text("status IN ('queued', 'running')")))
 
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     index: Mapped[int] = mapped_column(Integer, primary_key=True)

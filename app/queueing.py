@@ -81,35 +81,76 @@ class Publisher:
         return True
 
 
+class DrainFlags:
+    """Which (model, queue) pairs a worker is draining right now: a Redis key with a short TTL.
+
+    A worker sets the flag before each claim while it drains a model, and on the way out clears
+    it and claims once more. So a job whose submitter saw the flag after committing is always
+    claimed by a claim that began after its commit, and the API need not publish at all while a
+    drain runs: under load, no messages. The TTL bounds the cost of a flag left by a killed
+    worker (the reconciler re-publishes what waited) and lets other worker processes join a
+    drain whose batches take longer than it.
+    """
+
+    def __init__(self, redis_url: str, ttl_seconds: float = 1.0):
+        import redis
+
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.ttl_ms = max(int(ttl_seconds * 1000), 1)
+
+    @staticmethod
+    def key(model_id: Any, queue: str | None) -> str:
+        return f"kiln:draining:{model_id}:{queue or ''}"
+
+    def mark(self, model_id: Any, queue: str | None) -> None:
+        self.redis.set(self.key(model_id, queue), 1, px=self.ttl_ms)
+
+    def clear(self, model_id: Any, queue: str | None) -> None:
+        self.redis.delete(self.key(model_id, queue))
+
+    def active(self, model_id: Any, queue: str | None) -> bool:
+        """False when Redis cannot tell: publishing is the safe default."""
+        try:
+            return bool(self.redis.exists(self.key(model_id, queue)))
+        except Exception:  # noqa: BLE001 - any Redis failure
+            return False
+
+
 class Coalescer:
     """At most one message per model per `window_seconds`, plus a trailing one.
 
     Any message for a model makes a worker claim every queued job of that model, so a burst of
     small jobs needs one message, not one each. The trailing message, sent at the end of the
     window with the newest job's id, guarantees every committed job is followed by a message
-    published after its commit: no job waits for the reconciler.
+    published after its commit: no job waits for the reconciler. No message is sent while a
+    worker drains that model (see `DrainFlags`): its next claim takes the job.
     """
 
-    def __init__(self, publisher: Publisher, window_seconds: float):
-        self.publisher, self.window = publisher, window_seconds
+    def __init__(self, publisher: Publisher, window_seconds: float,
+                 drains: DrainFlags | None = None):
+        self.publisher, self.window, self.drains = publisher, window_seconds, drains
         self.last_sent: dict[Any, float] = {}
-        self.pending: dict[Any, tuple[uuid.UUID | str, str | None]] = {}
+        self.pending: dict[Any, tuple[uuid.UUID | str, str | None, float]] = {}  # id, queue, due
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def notify(self, model_key: Any, job_id: uuid.UUID | str, queue: str | None = None) -> None:
+    def notify(self, model_key: Any, job_id: uuid.UUID | str, queue: str | None = None,
+               window_seconds: float | None = None) -> None:
+        """A job of `model_key` was committed; `window_seconds` overrides the default window
+        (a model's own `max_batch_wait_ms`)."""
+        window = self.window if window_seconds is None else window_seconds
         now = time.monotonic()
         with self._lock:
-            if now - self.last_sent.get(model_key, -1e9) >= self.window:
+            if now - self.last_sent.get(model_key, -1e9) >= window:
                 self.last_sent[model_key] = now
                 send = True
             else:
-                self.pending[model_key] = (job_id, queue)
+                self.pending[model_key] = (job_id, queue, self.last_sent[model_key] + window)
                 send = False
                 self._ensure_thread()
         if send:
-            self.publisher.publish_jobs([job_id], queue)
+            self._send(model_key, job_id, queue)
         else:
             self._wake.set()
 
@@ -122,15 +163,23 @@ class Coalescer:
     def _flush_loop(self) -> None:
         while True:
             self._wake.wait(timeout=1.0)
-            time.sleep(self.window)
+            with self._lock:
+                due_at = min((at for _, _, at in self.pending.values()), default=None)
+                if due_at is None:
+                    self._wake.clear()
+                    continue
+            time.sleep(max(due_at - time.monotonic(), 0.0))
             now, due = time.monotonic(), []
             with self._lock:
-                for key, pending in list(self.pending.items()):
-                    if now - self.last_sent.get(key, -1e9) >= self.window:
-                        due.append(pending)
+                for key, (job_id, queue, at) in list(self.pending.items()):
+                    if at <= now:
+                        due.append((key, job_id, queue))
                         self.last_sent[key] = now
                         del self.pending[key]
-                if not self.pending:
-                    self._wake.clear()
-            for job_id, queue in due:
-                self.publisher.publish_jobs([job_id], queue)
+            for key, job_id, queue in due:
+                self._send(key, job_id, queue)
+
+    def _send(self, model_key: Any, job_id: uuid.UUID | str, queue: str | None) -> None:
+        if self.drains is not None and self.drains.active(model_key[0], queue):
+            return
+        self.publisher.publish_jobs([job_id], queue)

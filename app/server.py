@@ -13,6 +13,10 @@ class ApiServer(BaseApplication):
         self.options = {"bind": f"{host}:{port}", "workers": settings.api_workers,
                         "threads": settings.api_threads, "worker_class": "gthread",
                         "timeout": 60, "graceful_timeout": 20, "accesslog": None,
+                        # longer than the idle timeout of the proxies and clients in front
+                        # (60 s on AWS ALB), so the server is never the side that closes a
+                        # connection a client is about to reuse
+                        "keepalive": 75,
                         "loglevel": settings.log_level.lower()}
         super().__init__()
 

@@ -61,9 +61,13 @@ class Settings(BaseSettings):
     chunk_rows: int = Field(default=50_000, description="rows per chunk of a file job")
     max_running_chunks_per_job: int = Field(
         default=4, description="chunks of one file job queued or running at once (fair share)")
+    max_running_chunks_per_tenant: int = Field(
+        default=0, ge=0,
+        description="chunks of all of one tenant's file jobs queued or running at once; 0 = no limit")
     max_batch_wait_ms: float = Field(
         default=5.0, description="the API sends at most one message per model per this window")
-    batch_size: int = 1024
+    batch_size: int = Field(default=1024, description="rows per model call on CPU workers")
+    gpu_batch_size: int = Field(default=4096, description="rows per model call on CUDA workers")
     max_jobs_per_claim: int = 256
     visibility_timeout_seconds: int = 3600
     soft_shutdown_seconds: float = 10.0
@@ -79,8 +83,18 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default=[], description="Comma-separated hosts or CIDRs trusted as webhook targets")
     webhook_concurrency: int = Field(default=8, ge=1, description="Deliveries in flight per worker")
+    metrics_enabled: bool = Field(default=True,
+                                  description="Serve Prometheus GET /metrics on the API")
+    metrics_token: str | None = Field(
+        default=None, description="When set, GET /metrics needs `Authorization: Bearer <token>`")
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="`kiln worker` serves Prometheus metrics on this port; 0 = off")
+    worker_metrics_host: str = Field(default="0.0.0.0",
+                                     description="Address the worker metrics server binds")
 
-    @field_validator("max_attempts", "max_inline_inputs", "batch_size", "max_jobs_per_claim")
+    @field_validator("max_attempts", "max_inline_inputs", "batch_size", "gpu_batch_size",
+                     "max_jobs_per_claim")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

@@ -16,15 +16,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
 
+from bench.loadgen import post_request, run_load
 from tests import support
 from workers.demo_models import build_digits, digits_records, digits_split
 
@@ -71,25 +72,15 @@ def kiln_bench(env: dict[str, str], logdir: Path, dsn: str, records: list[dict],
                 latencies.append((time.perf_counter() - start) * 1000)
 
         done_before = count(dsn, "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
-        submit_ms: list[float] = []
-        lock = threading.Lock()
-        local = threading.local()
-
-        def submit(i: int) -> None:
-            if not hasattr(local, "http"):
-                local.http = httpx.Client(base_url=api.url, headers=headers, timeout=30)
-            start = time.perf_counter()
-            response = local.http.post("/v1/jobs", json={"model": "digits",
-                                                         "inputs": [records[i % len(records)]]})
-            elapsed = (time.perf_counter() - start) * 1000
-            assert response.status_code == 202, response.text
-            with lock:
-                submit_ms.append(elapsed)
-
+        auth = {"Authorization": f"Bearer {key}"}
+        requests = [post_request(api.url, "/v1/jobs", orjson.dumps(
+            {"model": "digits", "inputs": [records[i % len(records)]]}), auth)
+            for i in range(jobs)]
         start = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(submit, range(jobs)))
+        load = run_load(api.url, jobs, clients, requests.__getitem__)
         submitted = time.perf_counter()
+        assert load.statuses == {202: jobs}, load.statuses
+        submit_ms = load.latencies_ms
         end = wait_count(dsn, "SELECT count(*) FROM jobs WHERE status = 'succeeded'",
                          done_before + jobs)
         batches = [int(line.split("scored ")[1].split(" rows")[0])

@@ -24,6 +24,7 @@ from app.orm import File, Job, Model
 from app.services.files import record_output_file
 from app.services.outputs import finished_parts, part_uri, write_joined
 from app.services.webhooks import record_job_events, record_progress_event
+from app.settings import Settings
 from workers.context import WorkerContext
 from workers.scoring import RowContext, score_batch
 
@@ -93,8 +94,15 @@ def record_events(session: Session, job_ids) -> None:
     record_job_events(session, list(job_ids))
 
 
-def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[int]:
-    """Check the input file against the model and split it into chunks; returns chunk indexes."""
+def dispatch_limits(settings: Settings) -> dict[str, float]:
+    """The keyword arguments of `dispatch_chunks` that come from settings."""
+    return {"job_window": settings.max_running_chunks_per_job,
+            "tenant_limit": settings.max_running_chunks_per_tenant,
+            "grace_seconds": settings.queued_grace_seconds}
+
+
+def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[tuple]:
+    """Check the input file against the model and split it into chunks; returns those to publish."""
     settings = context.settings
     with context.sessions.begin() as session:
         claimed = session.execute(CLAIM_PHASE, {"job_id": job_id, "status": "validating",
@@ -155,38 +163,53 @@ def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[int]:
         finalize_if_done(context, job_id)
         return []
     with context.sessions.begin() as session:
-        return dispatch_chunks(session, job_id, settings.max_running_chunks_per_job,
-                               settings.queued_grace_seconds)
+        return dispatch_chunks(session, job.tenant_id, **dispatch_limits(settings))
 
+
+LOCK_TENANT = text("SELECT 1 FROM tenants WHERE id = :tenant_id FOR NO KEY UPDATE")
 
 DISPATCH = text("""
-WITH in_flight AS (
-    SELECT count(*) AS n FROM job_chunks
-    WHERE job_id = :job_id AND (status = 'running'
-                                OR (status = 'queued' AND lease_expires_at IS NOT NULL))),
+WITH open AS (
+    SELECT c.job_id, c.index, c.status = 'queued' AND c.lease_expires_at IS NULL AS held,
+           j.status AS job_status, j.created_at, j.options->>'queue' AS queue
+    FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+    WHERE c.tenant_id = :tenant_id AND c.status IN ('queued', 'running')
+      AND j.status IN ('running', 'cancelling')),
+in_flight AS (SELECT job_id, count(*) FILTER (WHERE NOT held) AS n FROM open GROUP BY job_id),
 picked AS (
-    SELECT index FROM job_chunks
-    WHERE job_id = :job_id AND status = 'queued' AND lease_expires_at IS NULL
-    ORDER BY index
-    LIMIT greatest(:window - (SELECT n FROM in_flight), 0)
-    FOR UPDATE SKIP LOCKED)
+    SELECT job_id, index, queue FROM (
+        SELECT o.job_id, o.index, o.queue, o.created_at,
+               f.n + row_number() OVER (PARTITION BY o.job_id ORDER BY o.index) AS slot
+        FROM open o JOIN in_flight f ON f.job_id = o.job_id
+        WHERE o.held AND o.job_status = 'running') numbered
+    WHERE slot <= :job_window
+    ORDER BY slot, created_at, job_id, index
+    LIMIT CASE WHEN :tenant_limit > 0
+               THEN greatest(:tenant_limit - (SELECT coalesce(sum(n), 0) FROM in_flight), 0) END)
 UPDATE job_chunks c SET lease_expires_at = now() + make_interval(secs => :grace_seconds)
-FROM picked WHERE c.job_id = :job_id AND c.index = picked.index
-RETURNING c.index
+FROM picked
+WHERE c.job_id = picked.job_id AND c.index = picked.index
+  AND c.status = 'queued' AND c.lease_expires_at IS NULL
+RETURNING c.job_id, c.index, picked.queue
 """)
 
 
-def dispatch_chunks(session: Session, job_id: uuid.UUID, window: int,
-                    grace_seconds: float) -> list[int]:
-    """Mark the next chunks to publish, keeping at most `window` of the job's chunks in flight.
+def dispatch_chunks(session: Session, tenant_id: uuid.UUID, *, job_window: int, tenant_limit: int,
+                    grace_seconds: float) -> list[tuple[uuid.UUID, int, str | None]]:
+    """Mark the tenant's next chunks to publish, as (job id, index, queue), within both limits.
 
-    Publishing a job's chunks a few at a time, instead of all at once, keeps one tenant's huge
-    file from filling the queue ahead of everybody else's work: other jobs' messages wait
-    behind at most `window` chunks of it. The caller publishes the returned chunks after commit.
+    At most `job_window` chunks of one file job, and `tenant_limit` (0: no limit) of all the
+    tenant's file jobs, are in flight (published or running); the rest are held back, queued
+    with no lease, for whoever frees a slot: a finishing chunk, or the reconciler. Publishing a
+    few at a time keeps one tenant's huge file from filling the queue ahead of everybody else's
+    work. The slots go round the tenant's jobs, fewest in flight first. The tenant's row lock,
+    taken in its own statement so that the count below sees the previous holder's commit, makes
+    the limits exact. The caller publishes the returned chunks after commit.
     """
-    rows = session.execute(DISPATCH, {"job_id": job_id, "window": window,
-                                      "grace_seconds": grace_seconds})
-    return sorted(r.index for r in rows)
+    session.execute(LOCK_TENANT, {"tenant_id": tenant_id})
+    rows = session.execute(DISPATCH, {"tenant_id": tenant_id, "job_window": job_window,
+                                      "tenant_limit": tenant_limit, "grace_seconds": grace_seconds})
+    return sorted((r.job_id, r.index, r.queue) for r in rows)
 
 
 def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uuid.UUID,
@@ -258,7 +281,7 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
         source = session.get(File, job.input_file_id)
         model_row = session.get(Model, job.model_id)
         signature, processing = dict(model_row.signature), dict(model_row.processing)
-        options = dict(job.options)
+        options, tenant_id = dict(job.options), job.tenant_id
         model = context.model(session, job.model_id)
     offsets = options.get("chunk_offsets") or []
     start_offset, end_offset = offsets[index] if index < len(offsets) else (0, 0)
@@ -267,7 +290,7 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
     base = settings.resolved_storage_url
     uris = {kind: part_uri(base, job_id, index, attempt, kind) for kind in ("results", "errors")}
     reader = open_reader(source.format, source.uri, source.compression)
-    batch_rows = int(processing.get("batch_size") or settings.batch_size)
+    batch_rows = context.batch_size(processing)
     strings = (row_context.id_column,) if row_context.id_column else ()
     completed = failed = 0
     handles = {}
@@ -311,11 +334,10 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
             record_progress_event(session, job_id, settings.progress_event_seconds)
     if done is None:
         return None
-    with context.sessions.begin() as session:
-        following = dispatch_chunks(session, job_id, settings.max_running_chunks_per_job,
-                                    settings.queued_grace_seconds)
+    with context.sessions.begin() as session:  # the slot may go to another job of the tenant
+        following = dispatch_chunks(session, tenant_id, **dispatch_limits(settings))
     if following:
-        context.publisher.publish_chunks((job_id, i, options.get("queue")) for i in following)
+        context.publisher.publish_chunks(following)
     finalize_if_done(context, job_id)
     return {"rows": completed + failed, "completed": completed, "failed": failed}
 

@@ -125,12 +125,16 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
                              interval_seconds=settings.reconcile_interval_seconds,
                              max_attempts=settings.max_attempts,
                              grace_seconds=settings.queued_grace_seconds,
-                             chunk_window=settings.max_running_chunks_per_job).start()
+                             chunk_window=settings.max_running_chunks_per_job,
+                             tenant_chunk_limit=settings.max_running_chunks_per_tenant).start()
             WebhookDispatcher(settings).start()
 
-    celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
-                        "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
-                        "--hostname", f"kiln-{queues}-{os.getpid()}@%h"])
+    from workers.metrics_server import worker_metrics
+
+    with worker_metrics(settings):
+        celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
+                            "--loglevel", settings.log_level, "--without-gossip",
+                            "--without-mingle", "--hostname", f"kiln-{queues}-{os.getpid()}@%h"])
 
 
 @cli.command()
@@ -145,7 +149,8 @@ def reconcile(ctx: click.Context) -> None:
     report = reconcile_and_publish(context.sessions, context.publisher,
                                    max_attempts=settings.max_attempts,
                                    grace_seconds=settings.queued_grace_seconds,
-                                   chunk_window=settings.max_running_chunks_per_job)
+                                   chunk_window=settings.max_running_chunks_per_job,
+                                   tenant_chunk_limit=settings.max_running_chunks_per_tenant)
     click.echo(f"given up {len(report.given_up)}, requeued {len(report.requeued)}, "
                f"republished {len(report.republished)}")
 

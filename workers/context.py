@@ -11,11 +11,13 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker
+from app.domain.batching import rows_per_batch
 from app.orm import Model
-from app.queueing import Publisher
+from app.queueing import DrainFlags, Publisher
 from app.settings import Settings
 from app.storage import Storage
-from workers.runtime.onnx import default_threads, load_model
+from workers.runtime.metered import MeteredModel
+from workers.runtime.onnx import GPU_PROVIDER, choose_providers, default_threads, load_model
 
 
 @dataclass
@@ -25,6 +27,8 @@ class WorkerContext:
     publisher: Publisher
     threads: int
     require_gpu: bool = False
+    on_gpu: bool = False
+    drains: DrainFlags | None = None
     models: dict[uuid.UUID, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -34,10 +38,16 @@ class WorkerContext:
             runtime = self.models.get(model_id)
             if runtime is None:
                 row = session.get(Model, model_id)
-                runtime = load_model(Storage.read_bytes(row.uri), row.signature, row.processing,
-                                     threads=self.threads, require_gpu=self.require_gpu)
+                runtime = MeteredModel(
+                    load_model(Storage.read_bytes(row.uri), row.signature, row.processing,
+                               threads=self.threads, require_gpu=self.require_gpu), row.name)
                 self.models[model_id] = runtime
             return runtime
+
+    def batch_size(self, processing: dict[str, Any]) -> int:
+        """Rows per model call for a model's processing spec on this worker's device."""
+        return rows_per_batch(processing, on_gpu=self.on_gpu, cpu_default=self.settings.batch_size,
+                              gpu_default=self.settings.gpu_batch_size)
 
 
 _contexts: dict[int, WorkerContext] = {}
@@ -51,9 +61,11 @@ def worker_context(settings: Settings, require_gpu: bool = False) -> WorkerConte
         engine = make_engine(settings, pool_size=2, max_overflow=2)
         context = WorkerContext(settings=settings, sessions=make_sessionmaker(engine),
                                 publisher=Publisher(settings),
+                                drains=DrainFlags(settings.redis_url),
                                 threads=settings.ort_threads or default_threads(
                                     settings.effective_concurrency),
-                                require_gpu=require_gpu)
+                                require_gpu=require_gpu,
+                                on_gpu=GPU_PROVIDER in choose_providers(require_gpu))
         _contexts.clear()
         _contexts[pid] = context
     return context

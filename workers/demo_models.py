@@ -184,7 +184,7 @@ def minilm_signature() -> dict[str, Any]:
 def minilm_processing() -> dict[str, Any]:
     return {"kind": "text_embedding", "tokenizer_metadata_key": TOKENIZER_METADATA_KEY,
             "max_tokens": MINILM_MAX_TOKENS, "pad_id": 0, "output": MINILM_OUTPUT,
-            "pooling": "mean", "normalize": "l2", "batch_size": 32}
+            "pooling": "mean", "normalize": "l2", "batch_size": 32, "max_batch_size": 256}
 
 
 def check_minilm(encoder: torch.nn.Module, artifact: bytes) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 Small jobs for the same model are coalesced: the worker that receives any one of them claims
 every queued job of that model it can (up to a row budget) with `FOR UPDATE SKIP LOCKED`, so
 per-job overhead (claim, write, status) is paid once per batch rather than once per job.
+
+The claim reads only the head of each tenant's queue (a skip scan over the tenants with queued
+jobs, then each one's share of `max_jobs` from `ix_jobs_queued_by_tenant`), the `max_jobs` jobs
+nearest their deadline (urgent ones, and enough to fill the claim when some tenants have few
+jobs) and those whose lease expired, so its cost follows the claim's size, not the backlog's.
 """
 
 from __future__ import annotations
@@ -24,27 +29,60 @@ from app.services.webhooks import record_job_events
 log = logging.getLogger(__name__)
 
 CLAIM = text("""
-WITH target AS (SELECT model_id, coalesce(options->>'queue', '') AS queue
-                FROM jobs WHERE id = :job_id),
+WITH RECURSIVE target AS (SELECT model_id, coalesce(options->>'queue', '') AS queue
+                          FROM jobs WHERE id = :job_id),
+waiting(tenant_id) AS (  -- tenants with queued jobs of the model: a skip scan of the index
+    (SELECT j.tenant_id FROM jobs j
+     WHERE j.model_id = (SELECT model_id FROM target) AND j.status = 'queued'
+     ORDER BY j.tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id FROM jobs j
+            WHERE j.model_id = (SELECT model_id FROM target) AND j.status = 'queued'
+              AND j.tenant_id > w.tenant_id
+            ORDER BY j.tenant_id LIMIT 1)
+    FROM waiting w WHERE w.tenant_id IS NOT NULL),
+share AS (SELECT (:max_jobs + count(tenant_id) - 1) / greatest(count(tenant_id), 1) AS jobs
+          FROM waiting),
+pool AS (  -- each tenant's next jobs, the jobs nearest their deadline, expired leases
+    SELECT head.* FROM waiting w, LATERAL (
+        SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at
+        FROM jobs j
+        WHERE j.model_id = (SELECT model_id FROM target) AND j.tenant_id = w.tenant_id
+          AND j.status = 'queued'
+        ORDER BY j.priority DESC, j.created_at LIMIT (SELECT jobs FROM share)) head
+    UNION
+    (SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at FROM jobs j
+     WHERE j.model_id = (SELECT model_id FROM target) AND j.status = 'queued'
+     ORDER BY j.expires_at LIMIT :max_jobs)
+    UNION
+    (SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at FROM jobs j
+     WHERE j.model_id = (SELECT model_id FROM target) AND j.status = 'running'
+       AND j.lease_expires_at < now()
+     LIMIT :max_jobs)
+    UNION
+    SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at FROM jobs j
+    WHERE j.id = :job_id),
+ranked AS (  -- wanted, urgent, then priority; within a priority, by the rows of its tenant so far
+    SELECT id, total_count, row_number() OVER (
+               ORDER BY id = :job_id DESC,
+                        coalesce(expires_at < now() + make_interval(secs => :urgent_seconds),
+                                 false) DESC,
+                        priority DESC, tenant_rows, created_at, id) AS position
+    FROM (SELECT *, sum(total_count) OVER (PARTITION BY tenant_id, priority
+                                           ORDER BY created_at, id) AS tenant_rows
+          FROM pool) p
+    ORDER BY position LIMIT :max_jobs),
 candidates AS (
-    SELECT j.id, j.total_count, j.priority, j.created_at, (j.id = :job_id) AS wanted,
-           coalesce(j.expires_at < now() + make_interval(secs => :urgent_seconds), false) AS urgent
-    FROM jobs j, target t
-    WHERE j.model_id = t.model_id AND j.kind = 'inline'
-      AND coalesce(j.options->>'queue', '') = t.queue
+    SELECT j.id, r.total_count, r.position FROM ranked r JOIN jobs j ON j.id = r.id
+    WHERE j.model_id = (SELECT model_id FROM target) AND j.kind = 'inline'
+      AND coalesce(j.options->>'queue', '') = (SELECT queue FROM target)
       AND (j.status = 'queued'
            OR (j.status = 'running' AND j.lease_expires_at < now() AND j.attempt < :max_attempts))
-    ORDER BY (j.id = :job_id) DESC,
-             coalesce(j.expires_at < now() + make_interval(secs => :urgent_seconds), false) DESC,
-             j.priority DESC, j.created_at, j.id
-    LIMIT :max_jobs
-    FOR UPDATE OF j SKIP LOCKED
-),
+    ORDER BY r.position
+    FOR UPDATE OF j SKIP LOCKED),
 budgeted AS (
-    SELECT id FROM (
-        SELECT id, sum(total_count) OVER (ORDER BY wanted DESC, urgent DESC, priority DESC,
-                                                created_at, id)
-               - total_count AS rows_before
+    SELECT id, position FROM (
+        SELECT id, position, sum(total_count) OVER (ORDER BY position) - total_count AS rows_before
         FROM candidates) c
     WHERE rows_before < :row_budget
 )
@@ -54,7 +92,7 @@ SET status = 'running', attempt = j.attempt + 1,
     started_at = coalesce(j.started_at, now()), completed_count = 0, failed_count = 0
 FROM budgeted
 WHERE j.id = budgeted.id
-RETURNING j.id, j.tenant_id, j.attempt, j.model_id, j.inputs, j.total_count, j.priority, j.created_at
+RETURNING j.id, j.tenant_id, j.attempt, j.model_id, j.inputs, j.total_count, budgeted.position
 """)
 
 RECORD_PROGRESS = text("""
@@ -106,14 +144,17 @@ class Row:
 
 def claim_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget: int,
                lease_seconds: float, max_attempts: int) -> list[ClaimedJob]:
-    """Claim `job_id` (if still claimable) and other waiting inline jobs of the same model."""
+    """Claim `job_id` (if still claimable) and other waiting inline jobs of the same model.
+
+    Tenants take turns: within a priority, the jobs come in order of how many rows their tenant
+    has queued ahead of them, so one tenant's flood of jobs cannot fill every claim. The jobs are
+    returned in that order, and scored in it.
+    """
     rows = session.execute(CLAIM, {"job_id": job_id, "max_jobs": max_jobs, "row_budget": row_budget,
                                    "lease_seconds": lease_seconds, "max_attempts": max_attempts,
-                                   "urgent_seconds": URGENT_SECONDS})
-    claimed = [ClaimedJob(r.id, r.tenant_id, r.attempt, r.model_id, r.inputs or [], r.total_count)
-               for r in rows]
-    claimed.sort(key=lambda j: (j.id != job_id,))
-    return claimed
+                                   "urgent_seconds": URGENT_SECONDS}).all()
+    return [ClaimedJob(r.id, r.tenant_id, r.attempt, r.model_id, r.inputs or [], r.total_count)
+            for r in sorted(rows, key=lambda r: r.position)]
 
 
 class LeaseKeeper:

@@ -55,15 +55,10 @@ WHERE j.id = c.job_id AND j.status = 'running' AND c.lease_expires_at < now()
 RETURNING c.job_id, c.index, j.options->>'queue' AS queue
 """)
 
-UNDERFULL_FILE_JOBS = text("""
-SELECT j.id, j.options->>'queue' AS queue FROM jobs j
-WHERE j.kind = 'file' AND j.status = 'running'
-  AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = j.id AND c.status = 'queued'
-              AND c.lease_expires_at IS NULL)
-  AND (SELECT count(*) FROM job_chunks c WHERE c.job_id = j.id
-       AND (c.status = 'running' OR (c.status = 'queued' AND c.lease_expires_at IS NOT NULL)))
-      < :window
-LIMIT :limit
+TENANTS_WITH_HELD_CHUNKS = text("""
+SELECT DISTINCT c.tenant_id FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+WHERE c.status = 'queued' AND c.lease_expires_at IS NULL AND j.status = 'running'
+ORDER BY c.tenant_id LIMIT :limit
 """)
 
 NUDGE_FILE_JOBS = text("""
@@ -117,10 +112,13 @@ class Report:
 
 
 def reconcile_once(session: Session, *, max_attempts: int, grace_seconds: float,
-                   limit: int = 5000, chunk_window: int = 4) -> Report:
-    """One pass; the caller commits, then publishes `requeued + republished` and `chunks`."""
-    params = {"max_attempts": max_attempts, "grace_seconds": grace_seconds, "limit": limit,
-              "window": chunk_window}
+                   limit: int = 5000, chunk_window: int = 4, tenant_chunk_limit: int = 0) -> Report:
+    """One pass; the caller commits, then publishes `requeued + republished` and `chunks`.
+
+    Held-back chunks (queued, never published) are not lost: each pass hands the free slots of
+    every tenant that has some to them, in tenant order so that passes never deadlock.
+    """
+    params = {"max_attempts": max_attempts, "grace_seconds": grace_seconds, "limit": limit}
     given_up = [r.id for r in session.execute(EXPIRE, params)]
     given_up += [r.id for r in session.execute(GIVE_UP, params)]
     given_up += [r.id for r in session.execute(GIVE_UP_CHUNKS, params)]
@@ -132,16 +130,18 @@ def reconcile_once(session: Session, *, max_attempts: int, grace_seconds: float,
                   + [(r.id, r.queue) for r in session.execute(NUDGE_FILE_JOBS, params)],
                   chunks=[(r.job_id, r.index, r.queue)
                           for r in session.execute(REQUEUE_CHUNKS, params)]
-                  + [(job_id, index, queue)
-                     for job_id, queue in session.execute(UNDERFULL_FILE_JOBS, params).all()
-                     for index in dispatch_chunks(session, job_id, chunk_window, grace_seconds)])
+                  + [chunk for tenant_id in session.scalars(TENANTS_WITH_HELD_CHUNKS, params).all()
+                     for chunk in dispatch_chunks(session, tenant_id, job_window=chunk_window,
+                                                  tenant_limit=tenant_chunk_limit,
+                                                  grace_seconds=grace_seconds)])
 
 
 def reconcile_and_publish(sessions: sessionmaker[Session], publisher: Publisher, *,
-                          max_attempts: int, grace_seconds: float, chunk_window: int = 4) -> Report:
+                          max_attempts: int, grace_seconds: float, chunk_window: int = 4,
+                          tenant_chunk_limit: int = 0) -> Report:
     with sessions() as session, session.begin():
         report = reconcile_once(session, max_attempts=max_attempts, grace_seconds=grace_seconds,
-                                chunk_window=chunk_window)
+                                chunk_window=chunk_window, tenant_chunk_limit=tenant_chunk_limit)
     if report.requeued or report.republished:
         publisher.publish_routed(report.requeued + report.republished)
     if report.chunks:
@@ -158,11 +158,11 @@ class ReconcilerThread(threading.Thread):
 
     def __init__(self, sessions: sessionmaker[Session], publisher: Publisher, *,
                  interval_seconds: float, max_attempts: int, grace_seconds: float,
-                 chunk_window: int = 4):
+                 chunk_window: int = 4, tenant_chunk_limit: int = 0):
         super().__init__(name="kiln-reconciler", daemon=True)
         self.sessions, self.publisher = sessions, publisher
         self.interval, self.max_attempts, self.grace = interval_seconds, max_attempts, grace_seconds
-        self.chunk_window = chunk_window
+        self.chunk_window, self.tenant_chunk_limit = chunk_window, tenant_chunk_limit
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -170,6 +170,7 @@ class ReconcilerThread(threading.Thread):
             try:
                 reconcile_and_publish(self.sessions, self.publisher,
                                       max_attempts=self.max_attempts, grace_seconds=self.grace,
-                                      chunk_window=self.chunk_window)
+                                      chunk_window=self.chunk_window,
+                                      tenant_chunk_limit=self.tenant_chunk_limit)
             except Exception as exc:  # noqa: BLE001 - Postgres may be down; try next period
                 log.warning("reconciler pass failed: %s", exc)

@@ -10,7 +10,8 @@ from celery import shared_task
 
 from sqlalchemy import select
 
-from app.orm import Job
+from app import metrics
+from app.orm import Job, Model
 from app.queueing import RUN_CHUNK, RUN_JOB
 from workers import chunks
 from workers.context import WorkerContext, worker_context
@@ -31,42 +32,59 @@ def run_job(self, job_id: str) -> dict | None:
         log.error("ignoring a message with a malformed job id %r", job_id)
         return None
     with context.sessions() as session:
-        kind, status = session.execute(select(Job.kind, Job.status).where(Job.id == wanted)).first() \
-            or (None, None)
+        kind, status, processing, model_id, queue = session.execute(
+            select(Job.kind, Job.status, Model.processing, Job.model_id,
+                   Job.options["queue"].astext).join(Model, Model.id == Job.model_id)
+            .where(Job.id == wanted)).first() or (None, None, {}, None, None)
     if kind == "file":
         return advance_file_job(context, wanted, status)
+    batch_size = context.batch_size(processing)
     deadline = time.monotonic() + DRAIN_SECONDS
     totals = {"rows": 0, "batches": 0, "jobs_finished": 0}
-    while True:  # drain: keep claiming this model's queued jobs while there are any
+
+    def claim():
         with context.sessions() as session, session.begin():
-            claimed = claim_jobs(session, wanted, max_jobs=settings.max_jobs_per_claim,
-                                 row_budget=settings.batch_size * 4,
-                                 lease_seconds=settings.lease_seconds,
-                                 max_attempts=settings.max_attempts)
+            return claim_jobs(session, wanted, max_jobs=settings.max_jobs_per_claim,
+                              row_budget=batch_size * 4, lease_seconds=settings.lease_seconds,
+                              max_attempts=settings.max_attempts)
+
+    while True:  # drain: keep claiming this model's queued jobs while there are any
+        _flag(context.drains.mark, model_id, queue)  # the API sends no messages meanwhile
+        claimed = claim()
         if not claimed:
-            return totals
+            _flag(context.drains.clear, model_id, queue)
+            claimed = claim()  # a job committed by a submitter that still saw the flag
+            if not claimed:
+                return totals
         with context.sessions() as session:
             model = context.model(session, claimed[0].model_id)
-        stats = execute_jobs(context.sessions, claimed, model, batch_size=settings.batch_size,
+        stats = execute_jobs(context.sessions, claimed, model, batch_size=batch_size,
                              lease_seconds=settings.lease_seconds,
                              heartbeat_seconds=settings.lease_heartbeat_seconds)
         log.info("scored %d rows of %d job(s) in %d batch(es)", stats["rows"], len(claimed),
                  stats["batches"])
         totals = {k: totals[k] + stats[k] for k in totals}
         if time.monotonic() > deadline:  # let other models' messages have this process
+            _flag(context.drains.clear, model_id, queue)
             context.publisher.publish_jobs([wanted], self.request.delivery_info.get("routing_key"))
             return totals
+
+
+def _flag(action, model_id: uuid.UUID, queue: str | None) -> None:
+    """Set or clear a drain flag; a failure only costs messages (or a reconciler pass)."""
+    try:
+        action(model_id, queue)
+    except Exception as exc:  # noqa: BLE001 - any Redis failure
+        log.warning("drain flag not updated: %s", exc)
 
 
 def advance_file_job(context: WorkerContext, job_id: uuid.UUID, status: str) -> dict | None:
     """Move a file job on from wherever it stands: plan it, or finalize it."""
     if status == "validating":
-        indexes = chunks.validate_and_plan(context, job_id)
-        if indexes:
-            with context.sessions() as session:
-                queue = session.get(Job, job_id).options.get("queue")
-            context.publisher.publish_chunks(((job_id, i) for i in indexes), queue)
-        return {"chunks": len(indexes)}
+        dispatched = chunks.validate_and_plan(context, job_id)
+        if dispatched:
+            context.publisher.publish_chunks(dispatched)
+        return {"chunks": len(dispatched)}
     if status == "finalizing":
         with context.sessions.begin() as session:
             claimed = session.execute(chunks.CLAIM_PHASE, {
@@ -81,4 +99,10 @@ def run_chunk(self, job_id: str, index: int) -> dict | None:
     """Score one chunk of a file job."""
     context = worker_context(self.app.kiln_settings,
                              require_gpu=getattr(self.app, "kiln_require_gpu", False))
-    return chunks.run_chunk(context, uuid.UUID(job_id), int(index))
+    try:
+        outcome = chunks.run_chunk(context, uuid.UUID(job_id), int(index))
+    except Exception:
+        metrics.count_chunk("error")
+        raise
+    metrics.count_chunk("done" if outcome is not None else "skipped")
+    return outcome

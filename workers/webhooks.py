@@ -27,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.db import make_engine, make_sessionmaker
 from app.domain.signing import signature_headers
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
@@ -339,10 +340,12 @@ class WebhookDispatcher:
 
     def _send(self, claimed: Claimed) -> None:
         try:
-            deliver(self.sessions, self.box, self.policy, claimed,
-                    timeout_seconds=self.settings.webhook_timeout_seconds,
-                    schedule=self.settings.webhook_retry_schedule_seconds, tls=self.tls)
+            state = deliver(self.sessions, self.box, self.policy, claimed,
+                            timeout_seconds=self.settings.webhook_timeout_seconds,
+                            schedule=self.settings.webhook_retry_schedule_seconds, tls=self.tls)
+            metrics.count_webhook_delivery(state)
         except Exception as exc:  # noqa: BLE001 - the lease expires and another pass retries
+            metrics.count_webhook_delivery("error")
             log.warning("webhook delivery %s failed to record: %s", claimed.id, exc)
         finally:
             self.load.give_back(claimed.tenant_id, claimed.url)

@@ -6,7 +6,7 @@ import orjson
 from flask import request
 from flask_openapi3 import Info, OpenAPI
 
-from app.api import files, health, jobs, models, problems, webhooks
+from app.api import files, health, jobs, metrics, models, problems, webhooks
 from app.api.responses import OrjsonProvider
 from app.api.context import ApiContext, caller, close_session
 from app.db import make_engine, make_sessionmaker
@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["kiln"] = ApiContext.build(settings, make_sessionmaker(make_engine(settings)))
+    if settings.metrics_enabled:  # first, so that it times the other hooks and what they answer
+        metrics.init_app(app, app.extensions["kiln"].sessions)
     app.before_request(files.allow_large_uploads)
     app.before_request(require_api_key)
     app.before_request(reject_malformed_json)

@@ -11,7 +11,7 @@ from cachetools import TTLCache
 from flask import current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.queueing import Coalescer, Publisher
+from app.queueing import Coalescer, DrainFlags, Publisher
 from app.services.auth import Caller, authenticate
 from app.settings import Settings
 
@@ -33,13 +33,16 @@ class ApiContext:
         publisher = Publisher(settings)
         window = settings.max_batch_wait_ms / 1000
         return cls(settings=settings, sessions=sessions, publisher=publisher,
-                   coalescer=Coalescer(publisher, window) if window > 0 else None, **caches)
+                   coalescer=Coalescer(publisher, window, DrainFlags(settings.redis_url))
+                   if window > 0 else None, **caches)
 
     def announce(self, job) -> None:
-        """Tell workers about a committed job: coalesced per model for inline jobs."""
-        queue = job.options.get("queue")
+        """Tell workers about a committed job: coalesced per model for inline jobs, over the
+        model's own `max_batch_wait_ms` when it sets one."""
+        queue, wait_ms = job.options.get("queue"), job.options.get("max_batch_wait_ms")
         if self.coalescer is not None and job.kind == "inline":
-            self.coalescer.notify((job.model_id, queue), job.id, queue)
+            self.coalescer.notify((job.model_id, queue), job.id, queue,
+                                  None if wait_ms is None else wait_ms / 1000)
         else:
             self.publisher.publish_jobs([job.id], queue)
 

@@ -26,8 +26,9 @@ def submit_job(body: SubmitJob) -> Response:
         webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(context().settings))
     common = dict(model=body.model, metadata=body.metadata, priority=body.priority,
                   webhook_url=str(body.webhook_url) if body.webhook_url else None,
-                  idempotency_key=request.headers.get("Idempotency-Key"),
-                  fingerprint=jobs.request_fingerprint(request.get_json(silent=True)),
+                  idempotency_key=(key := request.headers.get("Idempotency-Key")),
+                  fingerprint=jobs.request_fingerprint(request.get_json(silent=True)) if key
+                  else None,
                   model_cache=context().models, variant=body.variant,
                   completion_window_seconds=body.completion_window_seconds,
                   queues=(context().settings.queue, context().settings.gpu_queue),

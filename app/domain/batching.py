@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -14,6 +14,17 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         raise ValueError("batch size must be at least 1")
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def rows_per_batch(processing: Mapping[str, Any], *, on_gpu: bool, cpu_default: int,
+                   gpu_default: int) -> int:
+    """The model's own `max_batch_size` when its processing sets one, else the device's default.
+
+    A GPU pays a fixed cost per call and has the memory for far larger batches than a CPU core,
+    so its default is larger; a model that needs smaller batches (memory, latency) says so.
+    """
+    own = processing.get("max_batch_size")
+    return int(own) if own is not None else (gpu_default if on_gpu else cpu_default)
 
 
 def run_isolated(items: Sequence[T], run: Callable[[Sequence[T]], list[R]],

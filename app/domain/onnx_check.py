@@ -133,6 +133,9 @@ def check_model(artifact: bytes, signature: dict[str, Any],
     if kind not in PROCESSING_KINDS:
         raise InvalidInput(f"processing.kind must be one of {sorted(PROCESSING_KINDS)}, "
                            f"got {kind!r}")
+    size = processing.get("max_batch_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise InvalidInput(f"processing.max_batch_size must be a positive integer, got {size!r}")
     model = parse_model(artifact)
     inputs = graph_inputs(model)
     outputs = {v.name: v for v in model.graph.output}

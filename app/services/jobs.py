@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterator, MutableMapping
 
 import orjson
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,7 +71,9 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
               inputs=inputs, job_metadata=metadata or {}, webhook_url=webhook_url,
               idempotency_key=idempotency_key, request_hash=fingerprint,
               options={"model_version": found.version, "variant": found.variant,
-                       "queue": route(found, queues, require_gpu)},
+                       "queue": route(found, queues, require_gpu),
+                       **({"max_batch_wait_ms": found.batch_wait_ms}
+                          if found.batch_wait_ms is not None else {})},
               expires_at=deadline(completion_window_seconds))
     return _insert(session, caller, job, idempotency_key, fingerprint)
 
@@ -105,12 +107,15 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
     return _insert(session, caller, job, idempotency_key, fingerprint)
 
 
+JOBS = Job.__table__
+INSERT_JOB = insert(JOBS).returning(JOBS.c.created_at)
+ATTRIBUTES = {column: Job.__mapper__.get_property_by_column(column).key for column in JOBS.c}
+
+
 def _insert(session: Session, caller: Caller, job: Job, idempotency_key: str | None,
             fingerprint: str | None) -> tuple[Job, bool]:
     if not idempotency_key:
-        session.add(job)
-        session.flush()
-        return job, True
+        return _insert_row(session, job), True
     try:
         with session.begin_nested():
             session.add(job)
@@ -120,6 +125,22 @@ def _insert(session: Session, caller: Caller, job: Job, idempotency_key: str | N
             raise
         return _replay(existing, fingerprint), False
     return job, True
+
+
+def _insert_row(session: Session, job: Job) -> Job:
+    """One Core INSERT for a new job, the submit hot path: a third of the ORM unit of work's
+    CPU. Column defaults are applied here so the (transient) job reads as stored."""
+    job.id = job.id or uuid.uuid4()
+    values = {}
+    for column, attribute in ATTRIBUTES.items():
+        value = getattr(job, attribute)
+        if value is None and column.default is not None and column.default.is_scalar:
+            value = column.default.arg
+            setattr(job, attribute, value)
+        if value is not None:
+            values[column.key] = value
+    job.created_at = session.connection().execute(INSERT_JOB, values).scalar_one()
+    return job
 
 
 def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> Job:

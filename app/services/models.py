@@ -128,6 +128,7 @@ class ModelRef:
     signature: dict[str, Any]
     variant: str = BASE_VARIANT
     requires_gpu: bool = False
+    batch_wait_ms: float | None = None  # processing["max_batch_wait_ms"]; None: KILN_ default
 
 
 def resolve_model_ref(session: Session, tenant_id: uuid.UUID, name: str,
@@ -142,7 +143,8 @@ def resolve_model_ref(session: Session, tenant_id: uuid.UUID, name: str,
     model = resolve_model(session, tenant_id, plain, version, alias=alias, variant=variant)
     ref = ModelRef(model.id, model.name, model.version, dict(model.signature), model.variant,
                    requires_gpu=bool(model.processing.get("requires_gpu"))
-                   or model.variant == "fp16")
+                   or model.variant == "fp16",
+                   batch_wait_ms=model.processing.get("max_batch_wait_ms"))
     if cache is not None:
         cache[key] = ref
     return ref

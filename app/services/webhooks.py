@@ -15,6 +15,7 @@ from sqlalchemy import exists, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
+from app import metrics
 from app.domain.signing import generate_secret, new_message_id
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
 from app.domain.states import JobStatus
@@ -162,23 +163,28 @@ def signing_secret(session: Session, box: SecretBox, tenant_id: uuid.UUID,
 # ---------------------------------------------------------------- the outbox
 
 def record_job_events(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
-    """Write one outbox row per (event, target URL) for jobs that have reached a final status.
+    """Write one outbox row per (event, target URL) for jobs that have reached a final status,
+    and count them in `kiln_jobs_finished_total`.
 
-    Call it in the transaction that changed the status. Safe to call twice: an event already
-    recorded for a job is not recorded again. Returns the number of rows written.
+    Call it in the transaction that changed the status (every path that ends a job does). Safe to
+    call twice for the outbox: an event already recorded for a job is not recorded again. Returns
+    the number of rows written.
     """
     if not job_ids:
         return 0
     ids = list(dict.fromkeys(job_ids))
     has_endpoint = exists().where(WebhookEndpoint.tenant_id == Job.tenant_id,
                                   WebhookEndpoint.disabled_at.is_(None))
-    ended = list(session.scalars(
-        select(Job).options(defer(Job.inputs))
-        .where(Job.id.in_(ids), Job.status.in_([s.value for s in EVENT_BY_STATUS]),
-               or_(Job.webhook_url.is_not(None), has_endpoint))
-        .execution_options(populate_existing=True)))
-    if not ended:
+    statuses = session.execute(
+        select(Job.id, Job.status, or_(Job.webhook_url.is_not(None), has_endpoint).label("notify"))
+        .where(Job.id.in_(ids), Job.status.in_([s.value for s in EVENT_BY_STATUS]))).all()
+    metrics.count_finished_jobs(row.status for row in statuses)
+    notify = [row.id for row in statuses if row.notify]
+    if not notify:
         return 0
+    ended = list(session.scalars(
+        select(Job).options(defer(Job.inputs)).where(Job.id.in_(notify))
+        .execution_options(populate_existing=True)))
     recorded = {(r.job_id, r.event) for r in session.execute(
         select(WebhookDelivery.job_id, WebhookDelivery.event)
         .where(WebhookDelivery.job_id.in_([j.id for j in ended])))}

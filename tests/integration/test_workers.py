@@ -1,5 +1,7 @@
 """Workers on real Redis and Postgres: shared batches, cancel, lost messages, SIGKILL."""
 
+import math
+import re
 import signal
 import time
 import uuid
@@ -218,3 +220,31 @@ def test_jobs_that_need_a_gpu_go_to_the_gpu_queue_and_cpu_workers_leave_them(mak
     finally:
         worker.stop()
         api.stop()
+
+
+def test_inline_batches_honour_the_models_max_batch_size(make_stack):
+    iso = make_stack(KILN_WORKER_CONCURRENCY="1")  # KILN_BATCH_SIZE stays 1024
+    name = f"eights-{uuid.uuid4().hex[:6]}"
+    with iso.sessions.begin() as session:
+        register_model(session, Storage(iso.settings.resolved_storage_url), name=name,
+                       artifact=test_models.slow_classifier(hidden=64, layers=2),
+                       signature=test_models.SIGNATURE,
+                       processing={**test_models.PROCESSING, "max_batch_size": 8}, metrics={})
+    api = start_api(iso.env, iso.logdir)
+    try:
+        client = KilnClient(api.url, iso.create_key())
+        jobs = [client.submit(name, slow_records(20, seed=i))["id"] for i in range(3)]
+        worker = start_worker(iso.env, iso.logdir)  # started late: one claim finds several jobs
+        try:
+            for job_id in jobs:
+                assert client.wait(job_id, timeout_seconds=60)["status"] == "succeeded"
+        finally:
+            worker.stop()
+        scored = [tuple(int(n) for n in found) for found in re.findall(
+            r"scored (\d+) rows of (\d+) job\(s\) in (\d+) batch", worker.log.read_text())]
+        assert sum(rows for rows, _, _ in scored) >= 60
+        assert max(rows for rows, _, _ in scored) > 8
+        assert all(batches >= math.ceil(rows / 8) for rows, _, batches in scored), scored
+    finally:
+        api.stop()
+

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from app.domain.batching import batches, run_isolated
+from app.domain.batching import batches, rows_per_batch, run_isolated
 from app.domain.states import JobStatus, can_transition, cancel_target, is_terminal
 from app.domain.validation import check_record, check_records
 
@@ -67,6 +67,16 @@ def test_batches_cover_every_item_once_in_order():
     assert [x for c in chunks for x in c] == items
     with pytest.raises(ValueError):
         list(batches(items, 0))
+
+
+def test_a_models_max_batch_size_wins_over_the_device_default():
+    defaults = {"cpu_default": 1024, "gpu_default": 4096}
+    assert rows_per_batch({}, on_gpu=False, **defaults) == 1024
+    assert rows_per_batch({"kind": "tabular_classifier"}, on_gpu=True, **defaults) == 4096
+    assert rows_per_batch({"max_batch_size": 8}, on_gpu=False, **defaults) == 8
+    assert rows_per_batch({"max_batch_size": 8}, on_gpu=True, **defaults) == 8
+    # `batch_size` is the text embedder's micro-batch inside one model call, not rows per batch
+    assert rows_per_batch({"batch_size": 32}, on_gpu=False, **defaults) == 1024
 
 
 def test_run_isolated_fails_only_the_bad_rows():

@@ -96,6 +96,13 @@ def test_processing_and_signature_kinds_must_fit():
         check_model(tiny(), {"kind": "tabular", "columns": []}, PROCESSING)
 
 
+@pytest.mark.parametrize("size", [0, -8, 2.5, "64", True])
+def test_a_max_batch_size_must_be_a_positive_integer(size):
+    with pytest.raises(InvalidInput, match="max_batch_size"):
+        check_model(tiny(), SIGNATURE, {**PROCESSING, "max_batch_size": size})
+    check_model(tiny(), SIGNATURE, {**PROCESSING, "max_batch_size": 8})
+
+
 def test_names_aliases_and_references():
     assert check_model_name("fraud-v2.onnx_1") == "fraud-v2.onnx_1"
     for bad in ("../etc", "a/b", "name@prod", "", "-x"):

@@ -36,6 +36,19 @@ def test_bad_settings_fail_fast(monkeypatch):
         Settings()
 
 
+def test_batch_sizes_and_the_tenant_chunk_limit(monkeypatch):
+    settings = Settings()
+    assert (settings.batch_size, settings.gpu_batch_size) == (1024, 4096)
+    assert settings.max_running_chunks_per_tenant == 0  # no per-tenant limit unless asked
+    monkeypatch.setenv("KILN_MAX_RUNNING_CHUNKS_PER_TENANT", "-1")
+    with pytest.raises(ValidationError):
+        Settings()
+    monkeypatch.setenv("KILN_MAX_RUNNING_CHUNKS_PER_TENANT", "2")
+    monkeypatch.setenv("KILN_GPU_BATCH_SIZE", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
 def test_embedded_services_fill_unset_urls(tmp_path):
     (tmp_path / "services.json").write_text(
         '{"database_url": "postgresql://p@/postgres?host=/s", "redis_url": "unix:///r.sock"}')
