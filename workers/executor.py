@@ -18,12 +18,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import orjson
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.batching import batches, run_isolated
-from app.orm import JobResult
 from app.services.webhooks import record_job_events
 
 log = logging.getLogger(__name__)
@@ -95,24 +94,37 @@ WHERE j.id = budgeted.id
 RETURNING j.id, j.tenant_id, j.attempt, j.model_id, j.inputs, j.total_count, budgeted.position
 """)
 
+# One statement per batch records every job's progress and ends the jobs that this batch
+# completed (or whose cancel was requested), fenced by attempt: one row version per job per batch.
 RECORD_PROGRESS = text("""
 UPDATE jobs j
 SET completed_count = j.completed_count + v.completed,
     failed_count = j.failed_count + v.failed,
-    lease_expires_at = now() + make_interval(secs => :lease_seconds)
+    status = CASE WHEN j.status = 'cancelling' THEN 'cancelled'
+                  WHEN j.completed_count + j.failed_count + v.completed + v.failed
+                       >= j.total_count THEN 'succeeded'
+                  ELSE j.status END,
+    finished_at = CASE WHEN j.status = 'cancelling'
+                            OR j.completed_count + j.failed_count + v.completed + v.failed
+                               >= j.total_count THEN now() END,
+    lease_expires_at = CASE WHEN j.status = 'cancelling'
+                                 OR j.completed_count + j.failed_count + v.completed + v.failed
+                                    >= j.total_count THEN NULL
+                            ELSE now() + make_interval(secs => :lease_seconds) END
 FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:completed AS int[]),
             CAST(:failed AS int[])) AS v(id, attempt, completed, failed)
 WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
-RETURNING j.id, j.status, (j.completed_count + j.failed_count >= j.total_count) AS done
+RETURNING j.id, j.status IN ('succeeded', 'cancelled') AS ended
 """)
 
-FINISH = text("""
-UPDATE jobs j
-SET status = CASE WHEN j.status = 'cancelling' THEN 'cancelled' ELSE 'succeeded' END,
-    finished_at = now(), lease_expires_at = NULL
-FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
-WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
-RETURNING j.id, j.tenant_id, j.status
+# Results as arrays in one statement: a re-run's rows replace the earlier attempt's.
+WRITE_RESULTS = text("""
+INSERT INTO job_results (job_id, index, tenant_id, attempt, output, error)
+SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:indexes AS int[]),
+                     CAST(:tenant_ids AS uuid[]), CAST(:attempts AS int[]),
+                     CAST(:outputs AS jsonb[]), CAST(:errors AS jsonb[]))
+ON CONFLICT (job_id, index) DO UPDATE
+SET output = excluded.output, error = excluded.error, attempt = excluded.attempt
 """)
 
 RENEW = text("""
@@ -203,46 +215,37 @@ def error_output(exc: Exception) -> dict[str, Any]:
 
 
 def write_batch(session: Session, rows: Sequence[Row], outputs: Sequence[dict[str, Any]],
-                lease_seconds: float) -> tuple[set[uuid.UUID], list[ClaimedJob]]:
-    """Record one batch's results, fenced by each job's attempt.
+                lease_seconds: float) -> tuple[set[uuid.UUID], list[uuid.UUID]]:
+    """Record one batch's results and progress, fenced by each job's attempt, and end the jobs
+    it completed (or whose cancel was requested).
 
-    Returns the ids of jobs whose fence failed (lost or cancelled elsewhere) and the jobs that
-    ended with this batch (all rows done, or a cancel was requested).
+    Returns the ids of jobs whose fence failed (lost or cancelled elsewhere) and of the jobs
+    that ended with this batch; their events are in the outbox.
     """
     counts: dict[uuid.UUID, list[int]] = {}
-    jobs: dict[uuid.UUID, ClaimedJob] = {}
+    attempts: dict[uuid.UUID, int] = {}
     for row, output in zip(rows, outputs):
-        jobs[row.job.id] = row.job
-        tally = counts.setdefault(row.job.id, [0, 0])
-        tally[1 if "error" in output else 0] += 1
+        attempts[row.job.id] = row.job.attempt
+        counts.setdefault(row.job.id, [0, 0])[1 if "error" in output else 0] += 1
     ids = list(counts)
     owned = session.execute(RECORD_PROGRESS, {
-        "ids": ids, "attempts": [jobs[i].attempt for i in ids],
+        "ids": ids, "attempts": [attempts[i] for i in ids],
         "completed": [counts[i][0] for i in ids], "failed": [counts[i][1] for i in ids],
         "lease_seconds": lease_seconds}).all()
     owned_ids = {r.id for r in owned}
-    values = [{"job_id": row.job.id, "index": row.index, "tenant_id": row.job.tenant_id,
-               "attempt": row.job.attempt,
-               "output": None if "error" in output else output,
-               "error": output.get("error")}
-              for row, output in zip(rows, outputs) if row.job.id in owned_ids]
-    if values:
-        statement = insert(JobResult)
-        session.execute(statement.on_conflict_do_update(
-            index_elements=[JobResult.job_id, JobResult.index],
-            set_={"output": statement.excluded.output, "error": statement.excluded.error,
-                  "attempt": statement.excluded.attempt}), values)
-    ending = [jobs[r.id] for r in owned if r.done or r.status == "cancelling"]
-    return set(ids) - owned_ids, ending
-
-
-def finish_jobs(session: Session, jobs: Sequence[ClaimedJob]) -> list[Any]:
-    if not jobs:
-        return []
-    finished = session.execute(FINISH, {"ids": [j.id for j in jobs],
-                                        "attempts": [j.attempt for j in jobs]}).all()
-    record_job_events(session, [row.id for row in finished])
-    return finished
+    kept = [(row, output) for row, output in zip(rows, outputs) if row.job.id in owned_ids]
+    if kept:
+        session.execute(WRITE_RESULTS, {
+            "job_ids": [row.job.id for row, _ in kept],
+            "indexes": [row.index for row, _ in kept],
+            "tenant_ids": [row.job.tenant_id for row, _ in kept],
+            "attempts": [row.job.attempt for row, _ in kept],
+            "outputs": [None if "error" in out else orjson.dumps(out).decode() for _, out in kept],
+            "errors": [orjson.dumps(out["error"]).decode() if "error" in out else None
+                       for _, out in kept]})
+    ended = [r.id for r in owned if r.ended]
+    record_job_events(session, ended)
+    return set(ids) - owned_ids, ended
 
 
 def execute_jobs(sessions: sessionmaker[Session], claimed: list[ClaimedJob], model, *,
@@ -261,13 +264,12 @@ def execute_jobs(sessions: sessionmaker[Session], claimed: list[ClaimedJob], mod
             outputs = run_isolated(live, lambda items: model.run([r.record for r in items]),
                                    lambda _row, exc: error_output(exc))
             with sessions() as session, session.begin():
-                lost, ending = write_batch(session, live, outputs, lease_seconds)
-                finished = finish_jobs(session, ending)
-            dropped |= lost | {j.id for j in ending}
+                lost, ended = write_batch(session, live, outputs, lease_seconds)
+            dropped |= lost | set(ended)
             keeper.release(dropped)
             stats["rows"] += len(live)
             stats["batches"] += 1
-            stats["jobs_finished"] += len(finished)
+            stats["jobs_finished"] += len(ended)
             if on_batch is not None:
                 on_batch(len(live), len({r.job.id for r in live}))
             if lost:

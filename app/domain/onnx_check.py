@@ -40,6 +40,9 @@ class GraphSummary:
                 "outputs": self.outputs, **({"notes": self.notes} if self.notes else {})}
 
 
+MAX_BATCH_WAIT_MS = 10_000  # a job waits at most this long for others to share its batch
+
+
 def check_model_name(name: str) -> str:
     """Names become storage keys and appear in `name@alias` references."""
     if not NAME.match(name):
@@ -136,6 +139,11 @@ def check_model(artifact: bytes, signature: dict[str, Any],
     size = processing.get("max_batch_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
         raise InvalidInput(f"processing.max_batch_size must be a positive integer, got {size!r}")
+    wait = processing.get("max_batch_wait_ms")
+    if wait is not None and (not isinstance(wait, (int, float)) or isinstance(wait, bool)
+                             or not 0 <= wait <= MAX_BATCH_WAIT_MS):
+        raise InvalidInput(f"processing.max_batch_wait_ms must be a number from 0 to "
+                           f"{MAX_BATCH_WAIT_MS}, got {wait!r}")
     model = parse_model(artifact)
     inputs = graph_inputs(model)
     outputs = {v.name: v for v in model.graph.output}

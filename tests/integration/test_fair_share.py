@@ -218,7 +218,7 @@ def test_a_tenants_file_jobs_never_exceed_its_chunk_limit(make_stack):
                                count(DISTINCT job_id) FILTER (WHERE status = 'running') AS jobs
                         FROM job_chunks WHERE job_id = ANY(:ids) AND status IN ('queued', 'running')
                     """), {"ids": ids}).one())
-                time.sleep(0.05)
+                time.sleep(0.01)
 
         sampler = threading.Thread(target=sample)
         sampler.start()

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto
 
 from app.client import KilnClient
+from app.orm import Job
 from tests import support
 from tests.conftest import build_stack
 from tests.models import COLUMNS, PROCESSING, SIGNATURE, slow_classifier
@@ -138,6 +139,10 @@ def external_data_model() -> bytes:
     (b"\x89PNG not a model at all", SIGNATURE, PROCESSING, ["not an ONNX model"]),
     (external_data_model(), SIGNATURE, PROCESSING, ["external data"]),
     (slow_classifier(hidden=16, layers=1), SIGNATURE, {"kind": "regressor"}, ["processing.kind"]),
+    (slow_classifier(hidden=16, layers=1), SIGNATURE, {**PROCESSING, "max_batch_wait_ms": -1},
+     ["max_batch_wait_ms"]),
+    (slow_classifier(hidden=16, layers=1), SIGNATURE, {**PROCESSING, "max_batch_wait_ms": "5"},
+     ["max_batch_wait_ms"]),
 ])
 def test_a_model_that_does_not_load_or_match_is_a_422_saying_why(client, artifact, signature,
                                                                   processing, says):
@@ -147,6 +152,21 @@ def test_a_model_that_does_not_load_or_match_is_a_422_saying_why(client, artifac
     assert response.headers["Content-Type"] == PROBLEM
     assert all(text in response.json()["detail"] for text in says), response.json()
     assert listed(client, name) == []
+
+
+def test_a_models_own_batch_wait_travels_with_its_jobs(kiln, client):
+    """A model's `max_batch_wait_ms` is recorded on each of its jobs, where the API's coalescer
+    reads it (tests/unit/test_coalescer.py covers what the window does)."""
+    name = f"eager-{uuid.uuid4().hex[:6]}"
+    artifact = slow_classifier(hidden=16, layers=1)
+    assert register(client, name, artifact,
+                    processing={**PROCESSING, "max_batch_wait_ms": 0}).status_code == 201
+    records = [{c: 0.5 for c in COLUMNS}]
+    ids = [client.submit(name, records)["id"] for _ in range(4)]
+    assert all(client.wait(i, timeout_seconds=60)["status"] == "succeeded" for i in ids)
+    with kiln.sessions() as session:
+        options = [session.get(Job, uuid.UUID(i)).options for i in ids]
+    assert all(o["max_batch_wait_ms"] == 0 for o in options), options
 
 
 def test_bad_form_fields_are_422(client):

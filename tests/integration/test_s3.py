@@ -6,7 +6,6 @@ here, since no MinIO or AWS is reachable from this machine.
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import fsspec

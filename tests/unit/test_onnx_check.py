@@ -103,6 +103,14 @@ def test_a_max_batch_size_must_be_a_positive_integer(size):
     check_model(tiny(), SIGNATURE, {**PROCESSING, "max_batch_size": 8})
 
 
+@pytest.mark.parametrize("wait", [-1, "5", True, 10_001])
+def test_a_max_batch_wait_must_be_a_number_of_milliseconds_in_range(wait):
+    with pytest.raises(InvalidInput, match="max_batch_wait_ms"):
+        check_model(tiny(), SIGNATURE, {**PROCESSING, "max_batch_wait_ms": wait})
+    check_model(tiny(), SIGNATURE, {**PROCESSING, "max_batch_wait_ms": 0})
+    check_model(tiny(), SIGNATURE, {**PROCESSING, "max_batch_wait_ms": 2.5})
+
+
 def test_names_aliases_and_references():
     assert check_model_name("fraud-v2.onnx_1") == "fraud-v2.onnx_1"
     for bad in ("../etc", "a/b", "name@prod", "", "-x"):
