@@ -10,7 +10,7 @@ from app.settings import Settings
 class ApiServer(BaseApplication):
     def __init__(self, settings: Settings, host: str, port: int):
         self.settings = settings
-        self.options = {"bind": f"{host}:{port}", "workers": settings.api_workers,
+        self.options = {"bind": f"{host}:{port}", "workers": settings.effective_api_workers,
                         "threads": settings.api_threads, "worker_class": "gthread",
                         "timeout": 60, "graceful_timeout": 20, "accesslog": None,
                         # longer than the idle timeout of the proxies and clients in front

@@ -142,6 +142,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--api-workers", type=int, default=None,
+                        help="KILN_API_WORKERS for the API under test (default: Kiln's default)")
+    parser.add_argument("--api-threads", type=int, default=None,
+                        help="KILN_API_THREADS for the API under test (default: Kiln's default)")
     args = parser.parse_args()
 
     admin = support.LOCAL_POSTGRES if support.local_postgres_up() else None
@@ -161,7 +165,11 @@ def main() -> int:
     dsn = support.create_database(admin, name)
     env = support.test_env({"KILN_DATABASE_URL": dsn, "KILN_REDIS_URL": redis_url,
                             "KILN_HOME": str(logdir), "KILN_QUEUE": f"bench-{name}",
-                            "KILN_LOG_LEVEL": "INFO", "KILN_WORKER_CONCURRENCY": "2"})
+                            "KILN_LOG_LEVEL": "INFO", "KILN_WORKER_CONCURRENCY": "2",
+                            **({"KILN_API_WORKERS": str(args.api_workers)} if args.api_workers
+                               else {}),
+                            **({"KILN_API_THREADS": str(args.api_threads)} if args.api_threads
+                               else {})})
     from app.migrate import upgrade
     from app.settings import Settings
     upgrade(Settings(database_url=dsn))
@@ -176,7 +184,9 @@ def main() -> int:
             server.stop()
     ratio = kiln["jobs_per_s"] / base["jobs_per_s"]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "jobs": args.jobs,
-              "clients": args.clients, "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
+              "clients": args.clients,
+              "api": f"{env.get('KILN_API_WORKERS', 'default')} processes x "
+                     f"{env.get('KILN_API_THREADS', 'default')} threads", "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
               "baseline": base, "ratio": ratio, "batch_size_histogram": histogram(kiln["batch_sizes"])}
     print(json.dumps(report, indent=2))
     print(f"""

@@ -39,6 +39,8 @@ def run_job(self, job_id: str) -> dict | None:
     if kind == "file":
         return advance_file_job(context, wanted, status)
     batch_size = context.batch_size(processing)
+    wait_ms = processing.get("max_batch_wait_ms")
+    linger = (settings.max_batch_wait_ms if wait_ms is None else wait_ms) / 1000
     deadline = time.monotonic() + DRAIN_SECONDS
     totals = {"rows": 0, "batches": 0, "jobs_finished": 0}
 
@@ -64,6 +66,8 @@ def run_job(self, job_id: str) -> dict | None:
         log.info("scored %d rows of %d job(s) in %d batch(es)", stats["rows"], len(claimed),
                  stats["batches"])
         totals = {k: totals[k] + stats[k] for k in totals}
+        if stats["rows"] < batch_size and linger > 0:
+            time.sleep(linger)  # a part-filled batch: let the next claim find more company
         if time.monotonic() > deadline:  # let other models' messages have this process
             _flag(context.drains.clear, model_id, queue)
             context.publisher.publish_jobs([wanted], self.request.delivery_info.get("routing_key"))
