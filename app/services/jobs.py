@@ -9,10 +9,11 @@ from datetime import datetime, timedelta
 from typing import Any, Iterator, MutableMapping
 
 import orjson
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import JSON, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import to_json
 from app.domain.states import JobStatus, cancel_target
 from app.domain.validation import check_records
 from app.errors import BadRequest, Conflict, InvalidInput, PayloadTooLarge
@@ -108,9 +109,13 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
 
 
 JOBS = Job.__table__
-INSERT_JOB = insert(JOBS).returning(JOBS.c.created_at)
-ATTRIBUTES = {column: Job.__mapper__.get_property_by_column(column).key for column in JOBS.c}
-
+# The submit hot path's INSERT, in the driver's own dialect: every column Postgres does not fill
+# itself, JSON already encoded. About a quarter of the CPU of the ORM unit of work.
+INSERTED = [(column, Job.__mapper__.get_property_by_column(column).key,
+             isinstance(column.type, JSON)) for column in JOBS.c if column.server_default is None]
+_NAMES = ", ".join('"%s"' % column.name for column, _, _ in INSERTED)
+_VALUES = ", ".join("%s::jsonb" if is_json else "%s" for _, _, is_json in INSERTED)
+INSERT_JOB = f"INSERT INTO {JOBS.name} ({_NAMES}) VALUES ({_VALUES}) RETURNING created_at"
 
 def _insert(session: Session, caller: Caller, job: Job, idempotency_key: str | None,
             fingerprint: str | None) -> tuple[Job, bool]:
@@ -128,18 +133,17 @@ def _insert(session: Session, caller: Caller, job: Job, idempotency_key: str | N
 
 
 def _insert_row(session: Session, job: Job) -> Job:
-    """One Core INSERT for a new job, the submit hot path: a third of the ORM unit of work's
-    CPU. Column defaults are applied here so the (transient) job reads as stored."""
+    """Insert a new job in one statement. Column defaults are applied here, so the (transient)
+    job reads as stored; JSON that cannot be encoded is the caller's 422."""
     job.id = job.id or uuid.uuid4()
-    values = {}
-    for column, attribute in ATTRIBUTES.items():
+    params = []
+    for column, attribute, is_json in INSERTED:
         value = getattr(job, attribute)
-        if value is None and column.default is not None and column.default.is_scalar:
-            value = column.default.arg
+        if value is None and column.default is not None:
+            value = column.default.arg if column.default.is_scalar else column.default.arg(None)
             setattr(job, attribute, value)
-        if value is not None:
-            values[column.key] = value
-    job.created_at = session.connection().execute(INSERT_JOB, values).scalar_one()
+        params.append(to_json(value) if is_json and value is not None else value)
+    job.created_at = session.connection().exec_driver_sql(INSERT_JOB, tuple(params)).scalar_one()
     return job
 
 
