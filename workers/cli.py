@@ -95,14 +95,14 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
            no_reconciler: bool) -> None:
     """Run a Celery worker (and the reconciler loop)."""
     from workers.celery_app import create_celery
-    from workers.runtime.onnx import choose_providers
+    from workers.runtime.onnx import check_cuda_active
 
     settings: Settings = settings_from(ctx)
     queues = queues or settings.queue
     require_gpu = "gpu" in queues.split(",")
     if require_gpu:
         try:
-            choose_providers(require_gpu=True)
+            check_cuda_active()
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     concurrency = concurrency or settings.effective_concurrency

@@ -23,6 +23,28 @@ def choose_providers(require_gpu: bool = False) -> list[str]:
     return providers
 
 
+def check_cuda_active() -> None:
+    """Raise unless a session really runs on CUDA. onnxruntime-gpu lists CUDAExecutionProvider
+    as available even where no driver or device is usable; a session then falls back to the CPU
+    silently, which a GPU worker must not do."""
+    choose_providers(require_gpu=True)
+    check_provider_runs(GPU_PROVIDER)
+
+
+def check_provider_runs(provider: str) -> None:
+    """Open a one-node session on `provider` alone and check the session kept it."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=[provider])
+    if provider not in session.get_providers():
+        raise RuntimeError(f"{provider} is installed but not usable here (the session fell back "
+                           f"to {session.get_providers()}): check the driver and the device")
+
+
 def default_threads(concurrency: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
@@ -154,4 +176,7 @@ def load_model(artifact: bytes, signature: dict[str, Any], processing: dict[str,
     if kind not in RUNTIMES:
         raise ValueError(f"unsupported processing kind {kind!r}")
     session = make_session(artifact, threads, choose_providers(require_gpu))
+    if require_gpu and GPU_PROVIDER not in session.get_providers():
+        raise RuntimeError(f"the model's session fell back to {session.get_providers()} on a "
+                           "GPU worker")
     return RUNTIMES[kind](session, signature, processing)
