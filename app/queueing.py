@@ -95,7 +95,9 @@ class DrainFlags:
     def __init__(self, redis_url: str, ttl_seconds: float = 1.0):
         import redis
 
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        # short timeouts: while Redis is away a drain must not stall on its flag
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.5,
+                                          socket_connect_timeout=0.5)
         self.ttl_ms = max(int(ttl_seconds * 1000), 1)
 
     @staticmethod

@@ -99,7 +99,7 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
 
     settings: Settings = settings_from(ctx)
     queues = queues or settings.queue
-    require_gpu = "gpu" in queues.split(",")
+    require_gpu = settings.gpu_queue in queues.split(",")
     if require_gpu:
         try:
             check_cuda_active()

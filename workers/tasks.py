@@ -38,6 +38,8 @@ def run_job(self, job_id: str) -> dict | None:
             .where(Job.id == wanted)).first() or (None, None, {}, None, None)
     if kind == "file":
         return advance_file_job(context, wanted, status)
+    if kind is None:  # deleted, or a stale message from another database
+        return None
     batch_size = context.batch_size(processing)
     wait_ms = processing.get("max_batch_wait_ms")
     linger = (settings.max_batch_wait_ms if wait_ms is None else wait_ms) / 1000
