@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from functools import cached_property
 from pathlib import Path
 
@@ -11,6 +10,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.cpus import cpus
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -163,7 +164,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_concurrency(self) -> int:
-        return self.worker_concurrency or (os.cpu_count() or 1)
+        return self.worker_concurrency or cpus()
 
     @property
     def effective_api_workers(self) -> int:
@@ -171,7 +172,7 @@ class Settings(BaseSettings):
         is left to Postgres, Redis and the workers, which usually share the machine. On 2 cores
         one process of 8 threads took 730-755 submits/s against 600 for 2 x 4
         (docs/benchmarks.md)."""
-        return self.api_workers or max(1, (os.cpu_count() or 1) // 2)
+        return self.api_workers or max(1, cpus() // 2)
 
 
 def load_settings(**overrides) -> Settings:

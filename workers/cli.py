@@ -15,6 +15,7 @@ import orjson
 from celery import signals
 
 from app.cli import cli, err, sessions, settings_from
+from app.cpus import cpus
 from app.cli import models as models_group
 from app.settings import Settings
 
@@ -107,7 +108,7 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
             raise click.ClickException(str(exc)) from None
     concurrency = concurrency or settings.effective_concurrency
     settings = settings.model_copy(update={"worker_concurrency": concurrency})
-    threads = settings.ort_threads or max(1, (os.cpu_count() or 1) // concurrency)
+    threads = settings.ort_threads or max(1, cpus() // concurrency)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     configure_logging(settings.log_level)

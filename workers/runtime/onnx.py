@@ -3,13 +3,14 @@ and the runtimes over them: a tabular classifier and a text embedder."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
+
+from app.cpus import cpus
 
 GPU_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -46,7 +47,7 @@ def check_provider_runs(provider: str) -> None:
 
 
 def default_threads(concurrency: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
+    return max(1, cpus() // max(1, concurrency))
 
 
 def make_session(artifact: bytes, threads: int, providers: Sequence[str]) -> ort.InferenceSession:
