@@ -38,3 +38,35 @@ def test_the_jobs_that_reference_a_file_or_a_parent_are_found_by_index(stack):
                 f"WHERE {column} = '00000000-0000-0000-0000-000000000000'")).scalars())
             assert f"ix_jobs_{column}" in plan, plan
         session.rollback()
+
+
+def test_db_wait_returns_once_the_schema_reaches_head(make_stack):
+    """`kiln db wait` for an init container: it waits while the database is behind, and
+    returns as soon as `kiln db upgrade` (run elsewhere) brings it to head."""
+    import subprocess
+    import time
+
+    from tests import support
+
+    fresh = make_stack()
+    assert fresh.kiln("db", "wait", "--timeout", "5").stdout.strip().startswith("database at")
+    downgrade(fresh.settings, "-1")
+    behind = fresh.kiln("db", "wait", "--timeout", "1", check=False)
+    assert behind.returncode == 1 and "this code needs" in behind.stderr, behind.stderr
+    waiting = subprocess.Popen(support.kiln_command("db", "wait", "--timeout", "60"),
+                               env=fresh.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(1.5)
+    assert waiting.poll() is None, "it must keep waiting while the schema is behind"
+    upgrade(fresh.settings)
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0, err
+    assert out.startswith("database at")
+
+
+def test_db_wait_gives_up_on_an_unreachable_database(stack):
+    from tests import support
+
+    env = dict(stack.env, KILN_DATABASE_URL=f"postgresql://nobody@127.0.0.1:{support.free_port()}/x")
+    result = support.run_kiln(env, "db", "wait", "--timeout", "1", check=False)
+    assert result.returncode == 1 and "unreachable" in result.stderr, result.stderr

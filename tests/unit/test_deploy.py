@@ -108,7 +108,7 @@ def settings_of(container: dict) -> Settings:
 
 def cluster_settings() -> Settings:
     """The settings every pod shares (the API's view of the ConfigMap and Secret)."""
-    [container] = containers(kiln_workload("api"))
+    [container] = pod_spec(kiln_workload("api"))["containers"]
     return settings_of(container)
 
 
@@ -211,7 +211,7 @@ def test_probes_hit_routes_the_api_has():
     from app.api import create_app
 
     api = kiln_workload("api")
-    [container] = containers(api)
+    [container] = pod_spec(api)["containers"]
     settings = settings_of(container)
     app = create_app(settings.model_copy(update={"max_batch_wait_ms": 0}))
     routes = {rule.rule for rule in app.url_map.iter_rules()}
@@ -230,7 +230,7 @@ def test_probes_hit_routes_the_api_has():
 
 def test_api_listens_where_the_service_and_probes_look():
     api = kiln_workload("api")
-    [container] = containers(api)
+    [container] = pod_spec(api)["containers"]
     settings = settings_of(container)
     assert settings.api_host == "0.0.0.0", "127.0.0.1 is unreachable from the kubelet and Service"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -248,7 +248,7 @@ def test_api_grace_period_covers_the_pre_stop_sleep_and_gunicorns_graceful_timeo
     from app.server import ApiServer
 
     api = kiln_workload("api")
-    [container] = containers(api)
+    [container] = pod_spec(api)["containers"]
     server = ApiServer(settings_of(container), "0.0.0.0", 8000)
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
     sleep = float(pre_stop[1]) if pre_stop and pre_stop[0] == "sleep" else 0.0
@@ -301,7 +301,7 @@ def test_worker_sizing_is_explicit():
 def test_gpu_workers_request_a_gpu_and_start_at_zero():
     settings = cluster_settings()
     gpu = kiln_workload("worker", settings.gpu_queue)
-    [container] = containers(gpu)
+    [container] = pod_spec(gpu)["containers"]
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
     assert gpu["spec"]["replicas"] == 0
     spec = pod_spec(gpu)
@@ -317,7 +317,7 @@ def test_the_hpa_owns_the_cpu_workers_replicas():
     deployment = named(target["kind"], target["name"])
     assert deployment is kiln_workload("worker", cluster_settings().queue)
     assert "replicas" not in deployment["spec"], "every apply would reset the HPA's choice"
-    [container] = containers(deployment)
+    [container] = pod_spec(deployment)["containers"]
     assert container["resources"]["requests"]["cpu"], "CPU utilization is relative to requests"
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
@@ -347,6 +347,18 @@ def test_containers_have_requests_and_a_memory_limit():
         resources = container.get("resources", {})
         assert {"cpu", "memory"} <= resources.get("requests", {}).keys(), container["name"]
         assert "memory" in resources.get("limits", {}), container["name"]
+
+
+def test_deployments_start_only_once_the_schema_is_at_head():
+    for workload in workloads():
+        waits = [argv(c) for c in pod_spec(workload).get("initContainers", [])
+                 if argv(c)[1:3] == ["db", "wait"]]
+        if workload["kind"] == "Deployment":
+            assert waits, workload["metadata"]["name"]
+            [main] = pod_spec(workload)["containers"]
+            assert pod_spec(workload)["initContainers"][0]["image"] == main["image"]
+        else:
+            assert not waits, workload["metadata"]["name"]
 
 
 def test_only_the_migration_job_migrates_and_it_runs_first():
