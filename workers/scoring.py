@@ -49,18 +49,32 @@ def float_column(column: pa.ChunkedArray) -> tuple[np.ndarray, dict[int, str]]:
 
 
 def tabular_features(batch: Batch, columns: Sequence[str]) -> tuple[np.ndarray, list[RowError]]:
-    """The feature matrix of a table batch, and the rows whose values cannot be used."""
+    """The feature matrix of a table batch, and the rows whose values cannot be used.
+
+    Numeric columns without nulls (what a clean file parses to) are copied as they are and
+    checked for non-finite values once for the whole matrix; only other columns go value by
+    value through `float_column`, which says why a value is unusable.
+    """
     matrix = np.empty((len(batch.rows), len(columns)), dtype=np.float32)
-    first_problem: dict[int, str] = {}
+    reasons: dict[tuple[int, int], str] = {}
+    present = set(batch.table.column_names)  # a fresh list on every access: read it once
     for j, name in enumerate(columns):
-        if name not in batch.table.column_names:
+        if name not in present:
             raise KeyError(name)
-        values, reasons = float_column(batch.table.column(name))
-        matrix[:, j] = values
-        for i, reason in reasons.items():
-            first_problem.setdefault(i, f"row {batch.rows[i]} field {name!r}: {reason}")
-    errors = [RowError(batch.rows[i], "invalid_value", message)
-              for i, message in sorted(first_problem.items())]
+        column = batch.table.column(name)
+        kind = column.type
+        if column.null_count == 0 and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            matrix[:, j] = column.to_numpy()
+        else:
+            values, why = float_column(column)
+            matrix[:, j] = values
+            reasons.update(((i, j), reason) for i, reason in why.items())
+    errors = []
+    for i in np.flatnonzero(~np.isfinite(matrix).all(axis=1)):
+        j = int(np.flatnonzero(~np.isfinite(matrix[i]))[0])
+        reason = reasons.get((int(i), j), "missing or not finite")
+        errors.append(RowError(batch.rows[i], "invalid_value",
+                               f"row {batch.rows[i]} field {columns[j]!r}: {reason}"))
     return matrix, errors
 
 
