@@ -105,10 +105,18 @@ class DrainFlags:
         return f"kiln:draining:{model_id}:{queue or ''}"
 
     def mark(self, model_id: Any, queue: str | None) -> None:
-        self.redis.set(self.key(model_id, queue), 1, px=self.ttl_ms)
+        self._write(self.redis.set, self.key(model_id, queue), 1, px=self.ttl_ms)
 
     def clear(self, model_id: Any, queue: str | None) -> None:
-        self.redis.delete(self.key(model_id, queue))
+        self._write(self.redis.delete, self.key(model_id, queue))
+
+    @staticmethod
+    def _write(command, *args, **kwargs) -> None:
+        """A failed write only costs messages (or, for a stale flag, a reconciler pass)."""
+        try:
+            command(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure
+            log.warning("drain flag not updated: %s", exc)
 
     def active(self, model_id: Any, queue: str | None) -> bool:
         """False when Redis cannot tell: publishing is the safe default."""

@@ -53,10 +53,10 @@ def run_job(self, job_id: str) -> dict | None:
                               max_attempts=settings.max_attempts)
 
     while True:  # drain: keep claiming this model's queued jobs while there are any
-        _flag(context.drains.mark, model_id, queue)  # the API sends no messages meanwhile
+        context.drains.mark(model_id, queue)  # the API sends no messages meanwhile
         claimed = claim()
         if not claimed:
-            _flag(context.drains.clear, model_id, queue)
+            context.drains.clear(model_id, queue)
             claimed = claim()  # a job committed by a submitter that still saw the flag
             if not claimed:
                 return totals
@@ -71,17 +71,9 @@ def run_job(self, job_id: str) -> dict | None:
         if stats["rows"] < batch_size and linger > 0:
             time.sleep(linger)  # a part-filled batch: let the next claim find more company
         if time.monotonic() > deadline:  # let other models' messages have this process
-            _flag(context.drains.clear, model_id, queue)
+            context.drains.clear(model_id, queue)
             context.publisher.publish_jobs([wanted], self.request.delivery_info.get("routing_key"))
             return totals
-
-
-def _flag(action, model_id: uuid.UUID, queue: str | None) -> None:
-    """Set or clear a drain flag; a failure only costs messages (or a reconciler pass)."""
-    try:
-        action(model_id, queue)
-    except Exception as exc:  # noqa: BLE001 - any Redis failure
-        log.warning("drain flag not updated: %s", exc)
 
 
 def advance_file_job(context: WorkerContext, job_id: uuid.UUID, status: str) -> dict | None:
