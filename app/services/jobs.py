@@ -89,14 +89,15 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
                     model_cache: MutableMapping | None = None,
                     completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
                     queues: tuple[str | None, str] = (None, "gpu"),
-                    require_gpu: bool = False) -> tuple[Job, bool]:
-    """Record a job over an uploaded file; a worker validates and chunks it."""
+                    require_gpu: bool = False, queue: str | None = None) -> tuple[Job, bool]:
+    """Record a job over an uploaded file; a worker validates and chunks it. `queue`, when
+    given, is used as it is instead of routing (a retry runs where its parent ran)."""
     if (replayed := _replayed(session, caller, idempotency_key, fingerprint)) is not None:
         return replayed, False
     source = get_file(session, caller, input_file)
     found = resolve_model_ref(session, caller.tenant_id, model, model_cache, variant)
     options = {"model_version": found.version, "variant": found.variant,
-               "queue": route(found, queues, require_gpu),
+               "queue": queue or route(found, queues, require_gpu),
                "output_format": output_format or source.format,
                "keep_columns": keep_columns or [], "id_column": id_column,
                "max_failed_fraction": max_failed_fraction, "input_format": source.format}
@@ -123,7 +124,7 @@ def _insert(session: Session, caller: Caller, job: Job, idempotency_key: str | N
         return _insert_row(session, job), True
     try:
         with session.begin_nested():
-            session.add(job)
+            _insert_row(session, job)
     except IntegrityError:  # a concurrent request with the same key won the race
         existing = _by_idempotency_key(session, caller, idempotency_key)
         if existing is None:
@@ -164,8 +165,7 @@ def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> Job:
         id_column=options.get("id_column"),
         max_failed_fraction=float(options.get("max_failed_fraction", 1.0)),
         metadata=parent.job_metadata, priority=parent.priority, webhook_url=parent.webhook_url,
-        parent_id=parent.id)
-    job.options = {**job.options, "queue": options.get("queue", job.options["queue"])}
+        parent_id=parent.id, queue=options.get("queue"))
     return job
 
 

@@ -222,6 +222,7 @@ def test_retry_of_a_parquet_job_takes_only_its_failed_rows(kiln):
     child = kiln.http.post(f"/v1/jobs/{job['id']}/retry").json()
     retried = kiln.wait(child["id"], timeout_seconds=60)
     assert retried["request_counts"]["total"] == 2
+    assert retried["queue"] == job["queue"] is not None, "a retry runs where its parent ran"
     errors = parse("parquet", download(kiln, child["id"], "errors"))
     assert [e["custom_id"] for e in errors] == ["img-00005", "img-00030"]
 
