@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import orjson
+import psycopg
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,6 +30,12 @@ def make_engine(settings: Settings, **kwargs) -> Engine:
                "json_deserializer": orjson.loads}
     options.update(kwargs)
     return create_engine(settings.sqlalchemy_url, **options)
+
+
+def connect(engine: Engine, **kwargs) -> psycopg.Connection:
+    """A psycopg connection of its own (outside the pool) to the engine's database."""
+    args, options = engine.dialect.create_connect_args(engine.url)
+    return psycopg.connect(*args, **{**options, **kwargs})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

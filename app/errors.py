@@ -76,6 +76,12 @@ class InvalidInput(PermanentError):
     title = "Invalid input"
 
 
+class DatabaseUnavailable(RetryableError):
+    """Raised when Postgres could not be reached to record a request."""
+
+    code = "database_unavailable"
+
+
 class LeaseLost(RetryableError):
     """Raised when a worker's fenced write finds that its attempt no longer owns the job."""
 

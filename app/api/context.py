@@ -11,7 +11,10 @@ from cachetools import TTLCache
 from flask import current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import connect
+from app.groupcommit import GroupCommit
 from app.queueing import Coalescer, DrainFlags, Publisher
+from app.services import jobs
 from app.services.auth import Caller, authenticate
 from app.settings import Settings
 
@@ -24,6 +27,7 @@ class ApiContext:
     coalescer: Coalescer | None = None
     callers: MutableMapping | None = None  # None: no caching (KILN_CACHE_SECONDS=0)
     models: MutableMapping | None = None
+    writer: GroupCommit | None = None  # new jobs, group-committed
 
     @classmethod
     def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> "ApiContext":
@@ -32,9 +36,12 @@ class ApiContext:
                   if ttl > 0 else {})
         publisher = Publisher(settings)
         window = settings.max_batch_wait_ms / 1000
+        engine = sessions.kw["bind"]
         return cls(settings=settings, sessions=sessions, publisher=publisher,
                    coalescer=Coalescer(publisher, window, DrainFlags(settings.redis_url))
-                   if window > 0 else None, **caches)
+                   if window > 0 else None,
+                   writer=GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on),
+                   **caches)
 
     def announce(self, job) -> None:
         """Tell workers about a committed job: coalesced per model for inline jobs, over the

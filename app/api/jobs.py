@@ -32,7 +32,7 @@ def submit_job(body: SubmitJob) -> Response:
                   model_cache=context().models, variant=body.variant,
                   completion_window_seconds=body.completion_window_seconds,
                   queues=(context().settings.queue, context().settings.gpu_queue),
-                  require_gpu=body.require_gpu)
+                  require_gpu=body.require_gpu, writer=context().writer)
     if body.input_file is not None:
         job, created = jobs.submit_file_job(
             session, who, input_file=body.input_file, output_format=body.output_format,

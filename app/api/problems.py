@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import orjson
+import psycopg
 from flask import Flask, Response, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -43,6 +44,10 @@ def from_http_exception(error: HTTPException) -> Response:
 
 
 def from_database_down(error: DBAPIError) -> Response:
+    if type(error.orig).__name__ == "DataError" or isinstance(error.orig, psycopg.DataError):
+        # a value Postgres refuses to store, e.g. \u0000 in a JSON string: the caller's input
+        return problem(422, "invalid_input", "Invalid input",
+                       f"a value cannot be stored: {str(error.orig).splitlines()[0]}")
     if not error.connection_invalidated and not isinstance(error.orig, OSError) and \
             type(error.orig).__name__ not in ("OperationalError", "InterfaceError"):
         return from_unexpected(error)

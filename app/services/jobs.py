@@ -6,17 +6,19 @@ import base64
 import hashlib
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Iterator, MutableMapping
+from typing import Any, Callable, Iterator, MutableMapping, Sequence
 
 import orjson
+import psycopg
 from sqlalchemy import JSON, and_, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import to_json
 from app.domain.states import JobStatus, cancel_target
 from app.domain.validation import check_records
-from app.errors import BadRequest, Conflict, InvalidInput, PayloadTooLarge
+from app.errors import BadRequest, Conflict, DatabaseUnavailable, InvalidInput, PayloadTooLarge
+from app.groupcommit import CONNECTION_ERRORS, GroupCommit
 from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller, get_owned
@@ -53,8 +55,8 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
                model_cache: MutableMapping | None = None,
                completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
                queues: tuple[str | None, str] = (None, "gpu"),
-               require_gpu: bool = False) -> tuple[Job, bool]:
-    """Validate and record an inline job. Returns the job and whether it was created now."""
+               require_gpu: bool = False, writer: GroupCommit | None = None) -> tuple[Job, bool]:
+    """Validate and record an inline job (through `writer`, committed on return, when given). Returns the job and whether it was created now."""
     if (replayed := _replayed(session, caller, idempotency_key, fingerprint)) is not None:
         return replayed, False
     if not inputs:
@@ -76,7 +78,7 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
                        **({"max_batch_wait_ms": found.batch_wait_ms}
                           if found.batch_wait_ms is not None else {})},
               expires_at=deadline(completion_window_seconds))
-    return _insert(session, caller, job, idempotency_key, fingerprint)
+    return _insert(session, caller, job, idempotency_key, fingerprint, writer)
 
 
 def submit_file_job(session: Session, caller: Caller, *, model: str, input_file: str,
@@ -89,7 +91,8 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
                     model_cache: MutableMapping | None = None,
                     completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
                     queues: tuple[str | None, str] = (None, "gpu"),
-                    require_gpu: bool = False, queue: str | None = None) -> tuple[Job, bool]:
+                    require_gpu: bool = False, queue: str | None = None,
+                    writer: GroupCommit | None = None) -> tuple[Job, bool]:
     """Record a job over an uploaded file; a worker validates and chunks it. `queue`, when
     given, is used as it is instead of routing (a retry runs where its parent ran)."""
     if (replayed := _replayed(session, caller, idempotency_key, fingerprint)) is not None:
@@ -106,46 +109,78 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
               options=options, job_metadata=metadata or {}, webhook_url=webhook_url,
               idempotency_key=idempotency_key, request_hash=fingerprint, parent_id=parent_id,
               expires_at=deadline(completion_window_seconds))
-    return _insert(session, caller, job, idempotency_key, fingerprint)
+    return _insert(session, caller, job, idempotency_key, fingerprint, writer)
 
 
 JOBS = Job.__table__
 # The submit hot path's INSERT, in the driver's own dialect: every column Postgres does not fill
-# itself, JSON already encoded. About a quarter of the CPU of the ORM unit of work.
+# itself, JSON already encoded, one array per column so that one statement (and one plan)
+# writes any number of jobs. A row whose Idempotency-Key is taken is skipped, not an error.
 INSERTED = [(column, Job.__mapper__.get_property_by_column(column).key,
              isinstance(column.type, JSON)) for column in JOBS.c if column.server_default is None]
+_ID = [attribute for _, attribute, _ in INSERTED].index("id")
 _NAMES = ", ".join('"%s"' % column.name for column, _, _ in INSERTED)
-_VALUES = ", ".join("%s::jsonb" if is_json else "%s" for _, _, is_json in INSERTED)
-INSERT_JOB = f"INSERT INTO {JOBS.name} ({_NAMES}) VALUES ({_VALUES}) RETURNING created_at"
-
-def _insert(session: Session, caller: Caller, job: Job, idempotency_key: str | None,
-            fingerprint: str | None) -> tuple[Job, bool]:
-    if not idempotency_key:
-        return _insert_row(session, job), True
-    try:
-        with session.begin_nested():
-            _insert_row(session, job)
-    except IntegrityError:  # a concurrent request with the same key won the race
-        existing = _by_idempotency_key(session, caller, idempotency_key)
-        if existing is None:
-            raise
-        return _replay(existing, fingerprint), False
-    return job, True
+_ARRAYS = ", ".join(f"%b::{column.type.compile(dialect=postgresql.dialect())}[]"
+                    for column, _, _ in INSERTED)
+INSERT_JOBS = (f"INSERT INTO {JOBS.name} ({_NAMES}) SELECT * FROM unnest({_ARRAYS}) "
+               "ON CONFLICT DO NOTHING RETURNING id, created_at")
+CREATED_AT = f"SELECT id, created_at FROM {JOBS.name} WHERE id = ANY(%s)"
 
 
-def _insert_row(session: Session, job: Job) -> Job:
-    """Insert a new job in one statement. Column defaults are applied here, so the (transient)
-    job reads as stored; JSON that cannot be encoded is the caller's 422."""
+def insert_jobs(execute: Callable[[str, Any], Sequence[tuple]],
+                rows: Sequence[tuple]) -> list[datetime | None]:
+    """Insert job rows (values in `INSERTED` order) in one statement, run by `execute(sql,
+    params) -> rows`. Each row's `created_at`, or None where its Idempotency-Key was taken.
+
+    Safe to run twice for the same rows: a row an earlier run inserted is found by its id.
+    """
+    created = dict(execute(INSERT_JOBS, tuple(list(values) for values in zip(*rows))))
+    if missing := [row[_ID] for row in rows if row[_ID] not in created]:
+        created.update(execute(CREATED_AT, ([*missing],)))
+    return [created.get(row[_ID]) for row in rows]
+
+
+def insert_jobs_on(conn: psycopg.Connection, rows: Sequence[tuple]) -> list[datetime | None]:
+    """`insert_jobs` on a psycopg connection: the group-commit writer's statement."""
+    return insert_jobs(lambda sql, params: conn.execute(sql, params).fetchall(), rows)
+
+
+def job_row(job: Job) -> tuple:
+    """A new job's values for `insert_jobs`. Column defaults are applied to the job here, so the
+    (transient) job reads as stored; JSON that cannot be encoded is the caller's 422."""
     job.id = job.id or uuid.uuid4()
-    params = []
+    values = []
     for column, attribute, is_json in INSERTED:
         value = getattr(job, attribute)
         if value is None and column.default is not None:
             value = column.default.arg if column.default.is_scalar else column.default.arg(None)
             setattr(job, attribute, value)
-        params.append(to_json(value) if is_json and value is not None else value)
-    job.created_at = session.connection().exec_driver_sql(INSERT_JOB, tuple(params)).scalar_one()
-    return job
+        values.append(to_json(value) if is_json and value is not None else value)
+    return tuple(values)
+
+
+def _insert(session: Session, caller: Caller, job: Job, idempotency_key: str | None,
+            fingerprint: str | None, writer: GroupCommit | None) -> tuple[Job, bool]:
+    """Write a new job: through `writer` (group commit, committed on return) or in `session`'s
+    transaction (committed with it)."""
+    row = job_row(job)
+    if writer is None:
+        created_at = insert_jobs(lambda sql, params: session.connection().exec_driver_sql(
+            sql, params).all(), [row])[0]
+    else:
+        try:
+            created_at = writer.run(row)
+        except psycopg.DataError as exc:  # e.g. \u0000 in a JSON string, which JSONB refuses
+            raise InvalidInput(f"a value cannot be stored: {str(exc).splitlines()[0]}") from None
+        except (*CONNECTION_ERRORS, TimeoutError) as exc:
+            raise DatabaseUnavailable(f"the job was not recorded: {exc}") from None
+    if created_at is None:  # a concurrent request with the same key won the race
+        existing = _by_idempotency_key(session, caller, idempotency_key)
+        if existing is None:
+            raise Conflict("this Idempotency-Key is being used by a concurrent request")
+        return _replay(existing, fingerprint), False
+    job.created_at = created_at
+    return job, True
 
 
 def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> Job:

@@ -148,6 +148,36 @@ def test_absurdly_nested_metadata_is_a_422_not_a_500(client):
     assert "cannot be stored" in response.json()["detail"]
 
 
+def test_values_postgres_cannot_store_are_a_422_not_a_500(client):
+    """JSONB refuses \\u0000 in a string; that is the caller's input, found when it is written."""
+    records, _ = heldout(1)
+    for extra in ({"metadata": {"note": "a\u0000b"}}, {"webhook_url": "https://example.com/\u0000"}):
+        response = client.http.post("/v1/jobs", json={"model": "digits", "inputs": records, **extra})
+        assert response.status_code == 422, response.text
+        assert response.headers["Content-Type"] == PROBLEM
+    ok = client.http.post("/v1/jobs", json={"model": "digits", "inputs": records,
+                                            "metadata": {"note": "fine"}})
+    assert ok.status_code == 202  # the writer goes on after a refused row
+
+
+def test_concurrent_submits_with_one_idempotency_key_make_one_job(client):
+    """Concurrent requests share group-commit batches: the key still picks one winner and every
+    other request gets that job back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    records, _ = heldout(2)
+    key = uuid.uuid4().hex
+
+    def submit(_):
+        return client.http.post("/v1/jobs", json={"model": "digits", "inputs": records},
+                                headers={"Idempotency-Key": key})
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(submit, range(24)))
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["id"] for r in responses}) == 1
+
+
 def test_bad_records_are_422_naming_index_and_field(client):
     records, _ = heldout(3)
     records[2] = dict(records[2])
