@@ -7,7 +7,11 @@ per-job overhead (claim, write, status) is paid once per batch rather than once 
 The claim reads only the head of each tenant's queue (a skip scan over the tenants with queued
 jobs, then each one's share of `max_jobs` from `ix_jobs_queued_by_tenant`), the `max_jobs` jobs
 nearest their deadline (urgent ones, and enough to fill the claim when some tenants have few
-jobs) and those whose lease expired, so its cost follows the claim's size, not the backlog's.
+jobs) and the job its message named, so its cost follows the claim's size, not the backlog's.
+Jobs whose lease expired are not searched for here: the reconciler requeues them, and a
+redelivered message claims its own job. A search over leases would read every old row version
+of the finished jobs in `ix_jobs_active_lease` until vacuum removes them (thousands a second
+under load), and a bitmap scan never marks those entries dead.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ waiting(tenant_id) AS (  -- tenants with queued jobs of the model: a skip scan o
     FROM waiting w WHERE w.tenant_id IS NOT NULL),
 share AS (SELECT (:max_jobs + count(tenant_id) - 1) / greatest(count(tenant_id), 1) AS jobs
           FROM waiting),
-pool AS (  -- each tenant's next jobs, the jobs nearest their deadline, expired leases
+pool AS (  -- each tenant's next jobs, the jobs nearest their deadline, the wanted job
     SELECT head.* FROM waiting w, LATERAL (
         SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at
         FROM jobs j
@@ -53,11 +57,6 @@ pool AS (  -- each tenant's next jobs, the jobs nearest their deadline, expired 
     (SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at FROM jobs j
      WHERE j.model_id = (SELECT model_id FROM target) AND j.status = 'queued'
      ORDER BY j.expires_at LIMIT :max_jobs)
-    UNION
-    (SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at FROM jobs j
-     WHERE j.model_id = (SELECT model_id FROM target) AND j.status = 'running'
-       AND j.lease_expires_at < now()
-     LIMIT :max_jobs)
     UNION
     SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at FROM jobs j
     WHERE j.id = :job_id),
@@ -73,10 +72,11 @@ ranked AS (  -- wanted, urgent, then priority; within a priority, by the rows of
     ORDER BY position LIMIT :max_jobs),
 candidates AS (
     SELECT j.id, r.total_count, r.position FROM ranked r JOIN jobs j ON j.id = r.id
-    WHERE j.model_id = (SELECT model_id FROM target) AND j.kind = 'inline'
+    WHERE j.id = ANY(ARRAY(SELECT id FROM ranked))  -- by primary key, whatever the statistics
+      AND j.model_id = (SELECT model_id FROM target) AND j.kind = 'inline'
       AND coalesce(j.options->>'queue', '') = (SELECT queue FROM target)
-      AND (j.status = 'queued'
-           OR (j.status = 'running' AND j.lease_expires_at < now() AND j.attempt < :max_attempts))
+      AND j.status IN ('queued', 'running')  -- (so no index on leases can serve this)
+      AND (j.status = 'queued' OR (j.lease_expires_at < now() AND j.attempt < :max_attempts))
     ORDER BY r.position
     FOR UPDATE OF j SKIP LOCKED),
 budgeted AS (
