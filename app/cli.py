@@ -143,14 +143,12 @@ def keys_revoke(ctx: click.Context, prefix: str) -> None:
 @click.option("--port", type=int, default=None)
 @click.pass_context
 def api(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the HTTP API (gunicorn, gthread workers)."""
+    """Serve the HTTP API (granian: KILN_API_WORKERS processes of KILN_API_THREADS threads)."""
     from app.server import ApiServer
 
     settings = settings_from(ctx)
     with multiprocess_metrics("api") if settings.metrics_enabled else nullcontext():
-        server = ApiServer(settings, host or settings.api_host, port or settings.api_port)
-        server.cfg.set("child_exit", forget_api_worker)
-        server.run()
+        ApiServer(settings, host or settings.api_host, port or settings.api_port).run()
 
 
 @contextmanager
@@ -169,13 +167,6 @@ def multiprocess_metrics(name: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def forget_api_worker(_arbiter, worker) -> None:
-    """gunicorn's child_exit hook: the multiprocess files of a dead worker process."""
-    from app.metrics import mark_process_dead
-
-    mark_process_dead(worker.pid)
 
 
 # ---------------------------------------------------------------- client commands

@@ -4,7 +4,7 @@ The metrics are module-level objects, as prometheus_client expects. All of them 
 defining them creates no value and, in multiprocess mode, opens no file: that happens on the
 first `labels(...)` call.
 
-Multiprocess mode (gunicorn workers, Celery prefork children): `kiln api` and `kiln worker` set
+Multiprocess mode (API worker processes, Celery prefork children): `kiln api` and `kiln worker` set
 PROMETHEUS_MULTIPROC_DIR to a fresh folder before anything imports prometheus_client (see
 `app.cli.multiprocess_metrics`); every process then writes its values to its own files there,
 and a scrape adds them up (`scrape_registry`).

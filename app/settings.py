@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     api_key: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_workers: int = Field(default=0, description="gunicorn processes; 0 = half the CPUs")
+    api_workers: int = Field(default=0, description="API (granian) processes; 0 = half the CPUs")
     api_threads: int = 8
     worker_concurrency: int = Field(default=0, description="Celery prefork children; 0 = CPU count")
     queue: str = "cpu"

@@ -2,7 +2,7 @@
 
     python -m bench.run [--jobs 2000] [--latency-jobs 100] [--clients 16]
 
-Starts its own database, `kiln api` (gunicorn) and `kiln worker`, then the baseline Celery
+Starts its own database, `kiln api` (granian) and `kiln worker`, then the baseline Celery
 worker, on the local Postgres and Redis (or embedded ones), and prints a Markdown report.
 """
 

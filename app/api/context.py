@@ -55,7 +55,7 @@ class ApiContext:
 
 
 class LockedTTLCache(TTLCache):
-    """cachetools' TTLCache is not thread-safe; gunicorn's gthread workers share it."""
+    """cachetools' TTLCache is not thread-safe; the API's request threads share it."""
 
     def __init__(self, maxsize: int, ttl: float):
         super().__init__(maxsize, ttl)

@@ -163,7 +163,7 @@ class ChaosStack:
         self.note(f"replacement worker {self.workers[index].process.pid} ready")
 
     def kill_api(self) -> None:
-        """SIGKILL the API (gunicorn master and its workers) and start it again on its port."""
+        """SIGKILL the API (granian's main process and its workers) and start it again on its port."""
         assert self.api is not None
         outage = Outage("api", time.monotonic())
         processes = [psutil.Process(self.api.process.pid), *self.api.children()]

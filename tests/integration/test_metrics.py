@@ -1,4 +1,4 @@
-"""Prometheus metrics end to end: a real API (two gunicorn processes) and a real worker (two
+"""Prometheus metrics end to end: a real API (two processes) and a real worker (two
 prefork children), each scraped over HTTP, checked against Postgres and the worker's log."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_api_and_worker_metrics_add_up_across_processes(make_stack):
         assert httpx.get(api.url + "/metrics").status_code == 401  # KILN_METRICS_TOKEN is set
         with Receiver() as receiver:
             # Jobs go in before any worker runs, so that the queue-depth gauge has work to show.
-            # Each POST on its own connection, from several threads: both gunicorn processes
+            # Each POST on its own connection, from several threads: both API processes
             # answer some, and only a scrape that adds up their files shows every request.
             def submit(i: int) -> str:
                 body = {"model": model, "inputs": records(INLINE_SIZES[i], i)}

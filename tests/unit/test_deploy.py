@@ -244,7 +244,7 @@ def test_api_listens_where_the_service_and_probes_look():
     assert api["spec"]["replicas"] > 1, "a PodDisruptionBudget needs more than one replica to help"
 
 
-def test_api_grace_period_covers_the_pre_stop_sleep_and_gunicorns_graceful_timeout():
+def test_api_grace_period_covers_the_pre_stop_sleep_and_the_servers_graceful_timeout():
     from app.server import ApiServer
 
     api = kiln_workload("api")
@@ -252,7 +252,7 @@ def test_api_grace_period_covers_the_pre_stop_sleep_and_gunicorns_graceful_timeo
     server = ApiServer(settings_of(container), "0.0.0.0", 8000)
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
     sleep = float(pre_stop[1]) if pre_stop and pre_stop[0] == "sleep" else 0.0
-    assert pod_spec(api)["terminationGracePeriodSeconds"] > sleep + server.cfg.graceful_timeout
+    assert pod_spec(api)["terminationGracePeriodSeconds"] > sleep + server.graceful_timeout
 
 
 # ---------------------------------------------------------------- workers
@@ -336,7 +336,7 @@ def test_containers_run_as_non_root_on_a_read_only_root():
         assert own.get("allowPrivilegeEscalation") is False, name
         assert own.get("capabilities", {}).get("drop") == ["ALL"], name
         assert own.get("readOnlyRootFilesystem") is True, name
-        # PROMETHEUS_MULTIPROC_DIR and gunicorn's heartbeat files go to $TMPDIR.
+        # PROMETHEUS_MULTIPROC_DIR goes to $TMPDIR.
         volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
         tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
         assert tmp and "emptyDir" in volumes[tmp[0]["name"]], name
@@ -401,3 +401,14 @@ def test_compose_uses_real_settings_and_kiln_commands(compose):
             steps = [command]
         for step in steps:
             resolve_kiln_command(step)
+
+
+def test_the_api_keeps_idle_connections_longer_than_load_balancers_do():
+    """In granian the header read timeout is also the idle keep-alive timeout (30 s by default,
+    shorter than AWS ALB's 60 s): a client would reuse a connection the server just closed."""
+    from app.server import ApiServer
+    from app.settings import Settings
+
+    server = ApiServer(Settings(), "127.0.0.1", 8000)
+    assert server.options["http1_settings"].header_read_timeout >= 61_000
+    assert server.options["workers_kill_timeout"] == server.graceful_timeout
