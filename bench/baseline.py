@@ -1,7 +1,7 @@
 """The code a user would write instead: one plain Celery task per record.
 
 Each task runs the same ONNX model (session cached per process) and inserts its result row
-into Postgres with its own commit.
+into Postgres with its own commit. `http_app` is the same glue behind an HTTP endpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import psycopg
 from celery import Celery
+from flask import Flask, jsonify, request
 
 app = Celery("baseline")
 app.conf.update(broker_url=os.environ.get("BASELINE_BROKER_URL", "redis://127.0.0.1:6379/0"),
@@ -45,3 +46,18 @@ def score(job: int, record: list[float]) -> None:
     conn.execute("INSERT INTO baseline_results (job, output) VALUES (%s, %s)",
                  (job, orjson.dumps(output).decode()))
     conn.commit()
+
+
+# The same task behind the HTTP endpoint a user would put in front of it: parse the request,
+# enqueue one task per record, answer 202. No auth, no job record, no idempotency: the least
+# an HTTP service can do, so Kiln is compared with glue that does less than it does.
+http_app = Flask("baseline-http")
+COLUMNS = [f"p{i}" for i in range(64)]
+
+
+@http_app.post("/score")
+def submit():
+    body = request.get_json()
+    task_ids = [score.apply_async(args=(body["job"], [record[c] for c in COLUMNS])).id
+                for record in body["inputs"]]
+    return jsonify({"tasks": task_ids}), 202

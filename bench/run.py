@@ -98,6 +98,9 @@ def kiln_bench(env: dict[str, str], logdir: Path, dsn: str, records: list[dict],
 
 def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
                    records: list[dict], jobs: int, clients: int) -> dict:
+    """Plain Celery, one task per record: enqueued straight from this process, then through
+    the HTTP endpoint a user would put in front of it (`bench.baseline:http_app`, on the same
+    server, processes and threads as `kiln api`)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE baseline_results (id bigserial PRIMARY KEY, job int, output jsonb)")
     model = logdir / "digits.onnx"
@@ -116,6 +119,7 @@ def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
     app.conf.broker_url = redis_url
     columns = [f"p{i}" for i in range(64)]
     vectors = [[r[c] for c in columns] for r in records]
+    done = "SELECT count(*) FROM baseline_results WHERE job >= 0"
     try:
         for i in range(20):
             score.apply_async(args=(-1, vectors[0]), queue=queue)
@@ -124,11 +128,50 @@ def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(lambda i: score.apply_async(args=(i, vectors[i % len(vectors)]),
                                                       queue=queue), range(jobs)))
-        end = wait_count(dsn, "SELECT count(*) FROM baseline_results WHERE job >= 0", jobs)
+        direct = jobs / (wait_count(dsn, done, jobs) - start)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE baseline_results")
+        http = http_baseline(benv, logdir, dsn, records, jobs, clients, done)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
-    return {"jobs_per_s": jobs / (end - start)}
+    return {"jobs_per_s": direct, "http_jobs_per_s": http}
+
+
+def http_baseline(env: dict[str, str], logdir: Path, dsn: str, records: list[dict], jobs: int,
+                  clients: int, done: str) -> float:
+    from app.settings import Settings
+
+    settings = Settings(api_workers=int(env.get("KILN_API_WORKERS", 0)),
+                        api_threads=int(env.get("KILN_API_THREADS", Settings().api_threads)))
+    port = support.free_port()
+    log = (logdir / "baseline-http.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "wsgi",
+                               "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", str(settings.effective_api_workers),
+                               "--blocking-threads", str(settings.api_threads),
+                               "bench.baseline:http_app"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    bodies = [post_request(url, "/score", orjson.dumps(
+        {"job": i, "inputs": [records[i % len(records)]]}), {}) for i in range(jobs)]
+    try:
+        warm = post_request(url, "/score", orjson.dumps({"job": -1, "inputs": records[:1]}), {})
+        support.wait_for(lambda: _answers(url), timeout=30, message="the baseline HTTP server")
+        run_load(url, 20, 4, lambda _: warm)
+        start = time.perf_counter()
+        load = run_load(url, jobs, clients, bodies.__getitem__)
+        assert load.statuses == {202: jobs}, load.statuses
+        return jobs / (wait_count(dsn, done, jobs) - start)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/score", timeout=1).status_code == 405  # POST only: it is up
+    except httpx.HTTPError:
+        return False
 
 
 def histogram(sizes: list[int]) -> dict[str, int]:
@@ -183,16 +226,18 @@ def main() -> int:
         for server in embedded:
             server.stop()
     ratio = kiln["jobs_per_s"] / base["jobs_per_s"]
+    http_ratio = kiln["jobs_per_s"] / base["http_jobs_per_s"]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "jobs": args.jobs,
               "clients": args.clients,
               "api": f"{env.get('KILN_API_WORKERS', 'default')} processes x "
                      f"{env.get('KILN_API_THREADS', 'default')} threads", "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
-              "baseline": base, "ratio": ratio, "batch_size_histogram": histogram(kiln["batch_sizes"])}
+              "baseline": base, "ratio": ratio, "http_ratio": http_ratio, "batch_size_histogram": histogram(kiln["batch_sizes"])}
     print(json.dumps(report, indent=2))
     print(f"""
 | measure | Kiln | plain Celery task per record | ratio |
 | --- | --- | --- | --- |
 | {args.jobs} one-record jobs, {args.clients} clients (jobs/s) | {kiln['jobs_per_s']:.0f} | {base['jobs_per_s']:.0f} | {ratio:.2f}x |
+| the same, the baseline behind its own HTTP endpoint (jobs/s) | {kiln['jobs_per_s']:.0f} | {base['http_jobs_per_s']:.0f} | {http_ratio:.2f}x |
 | submit latency p50 / p99 under that load (ms) | {kiln['submit_p50_ms']:.1f} / {kiln['submit_p99_ms']:.1f} | | |
 | idle latency submit→succeeded p50 / p99 (ms, {args.latency_jobs} jobs) | {kiln['latency_p50_ms']:.1f} / {kiln['latency_p99_ms']:.1f} | | |
 

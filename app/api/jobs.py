@@ -21,18 +21,18 @@ ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 
 @api.post("/jobs", responses={202: JobOut, **ERRORS})
 def submit_job(body: SubmitJob) -> Response:
     """Submit an inline job. Send `Idempotency-Key` to make retries safe."""
-    session, who = db(), caller()
+    session, who, ctx = db(), caller(), context()
     if body.webhook_url:  # the SSRF guard; checked again each time it is sent
-        webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(context().settings))
+        webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(ctx.settings))
     common = dict(model=body.model, metadata=body.metadata, priority=body.priority,
                   webhook_url=str(body.webhook_url) if body.webhook_url else None,
                   idempotency_key=(key := request.headers.get("Idempotency-Key")),
                   fingerprint=jobs.request_fingerprint(request.get_json(silent=True)) if key
                   else None,
-                  model_cache=context().models, variant=body.variant,
+                  model_cache=ctx.models, variant=body.variant,
                   completion_window_seconds=body.completion_window_seconds,
-                  queues=(context().settings.queue, context().settings.gpu_queue),
-                  require_gpu=body.require_gpu, writer=context().writer)
+                  queues=(ctx.settings.queue, ctx.settings.gpu_queue),
+                  require_gpu=body.require_gpu, writer=ctx.writer)
     if body.input_file is not None:
         job, created = jobs.submit_file_job(
             session, who, input_file=body.input_file, output_format=body.output_format,
@@ -40,11 +40,11 @@ def submit_job(body: SubmitJob) -> Response:
             max_failed_fraction=body.max_failed_fraction, **common)
     else:
         job, created = jobs.submit_job(session, who, inputs=body.inputs,
-                                       max_inline_inputs=context().settings.max_inline_inputs,
+                                       max_inline_inputs=ctx.settings.max_inline_inputs,
                                        **common)
     session.commit()
     if created:
-        context().announce(job)
+        ctx.announce(job)
     return json_response(jobs.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
 
 
