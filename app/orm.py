@@ -100,7 +100,9 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({JOB_STATUSES})", name="status"),
         CheckConstraint("kind IN ('inline', 'file')", name="kind"),
-        UniqueConstraint("tenant_id", "idempotency_key", name="tenant_idempotency_key"),
+        # Partial: most jobs carry no key, and would otherwise pay for it on every row version.
+        Index("ix_jobs_idempotency_key", "tenant_id", "idempotency_key", unique=True,
+              postgresql_where=text("idempotency_key IS NOT NULL")),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         # The inline claim reads the head of each tenant's queue and the jobs nearest their end.
         Index("ix_jobs_queued_by_tenant", "model_id", "tenant_id", text("priority DESC"),
