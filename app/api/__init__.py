@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from flask import request
+from flask import Request, request
 from flask_openapi3 import Info, OpenAPI
 
 from app.api import files, health, jobs, metrics, models, problems, webhooks
@@ -23,14 +23,24 @@ def require_api_key():
 
 
 def reject_malformed_json():
-    """Malformed JSON is a 400, before any validation turns it into a 422."""
-    if request.method in ("POST", "PUT", "PATCH") and request.mimetype in ("application/json", ""):
-        data = request.get_data(cache=True)
-        if data:
+    """Malformed JSON is a 400, before any validation turns it into a 422. A JSON body is parsed
+    here once, and request validation reads the cached result."""
+    if request.method in ("POST", "PUT", "PATCH"):
+        if request.mimetype == "application/json":
+            if request.content_length:
+                request.get_json()  # KilnRequest.on_json_loading_failed raises the 400
+        elif request.mimetype == "" and (data := request.get_data(cache=True)):
             try:
                 orjson.loads(data)
             except orjson.JSONDecodeError as exc:
                 raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+class KilnRequest(Request):
+    def on_json_loading_failed(self, e: ValueError | None):
+        if e is None:  # not a JSON content type: werkzeug's 415
+            return super().on_json_loading_failed(e)
+        raise BadRequest(f"the body is not valid JSON: {e}") from None
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
@@ -41,6 +51,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
                   validation_error_callback=problems.from_validation_error,
                   doc_prefix="/openapi")
     app.json = OrjsonProvider(app)
+    app.request_class = KilnRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["kiln"] = ApiContext.build(settings, make_sessionmaker(make_engine(settings)))
     if settings.metrics_enabled:  # first, so that it times the other hooks and what they answer

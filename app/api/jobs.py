@@ -42,7 +42,7 @@ def submit_job(body: SubmitJob) -> Response:
         job, created = jobs.submit_job(session, who, inputs=body.inputs,
                                        max_inline_inputs=ctx.settings.max_inline_inputs,
                                        **common)
-    session.commit()
+    # (the writer committed the job: the session only ever read, and closes at teardown)
     if created:
         ctx.announce(job)
     return json_response(jobs.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
