@@ -7,12 +7,18 @@ from typing import Iterator
 
 import orjson
 import psycopg
+import psycopg.types.json
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import InvalidInput
 from app.settings import Settings
+
+
+# JSON that psycopg parses itself (jsonb in the rows of text() statements, e.g. a claim's
+# inputs) goes through orjson too: several times faster than the standard library.
+psycopg.types.json.set_json_loads(orjson.loads)
 
 
 def to_json(value) -> str:

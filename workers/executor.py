@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.batching import batches, run_isolated
-from app.services.webhooks import record_job_events
+from app.services.webhooks import NOTIFY_SQL, record_ended_jobs
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,9 @@ RETURNING j.id, j.tenant_id, j.attempt, j.model_id, j.inputs, j.total_count, bud
 
 # One statement per batch records every job's progress and ends the jobs that this batch
 # completed (or whose cancel was requested), fenced by attempt: one row version per job per batch.
-RECORD_PROGRESS = text("""
+# The batch's numbers come as one JSON document (one orjson call, not an escaped text array per
+# column), and the ended jobs come back with what `record_ended_jobs` needs.
+RECORD_PROGRESS = text(f"""
 UPDATE jobs j
 SET completed_count = j.completed_count + v.completed,
     failed_count = j.failed_count + v.failed,
@@ -111,18 +113,19 @@ SET completed_count = j.completed_count + v.completed,
                                  OR j.completed_count + j.failed_count + v.completed + v.failed
                                     >= j.total_count THEN NULL
                             ELSE now() + make_interval(secs => :lease_seconds) END
-FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:completed AS int[]),
-            CAST(:failed AS int[])) AS v(id, attempt, completed, failed)
+FROM jsonb_to_recordset(CAST(:counts AS jsonb))
+     AS v(id uuid, attempt int, completed int, failed int)
 WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
-RETURNING j.id, j.status IN ('succeeded', 'cancelled') AS ended
+RETURNING j.id, j.status, j.status IN ('succeeded', 'cancelled') AS ended,
+          {NOTIFY_SQL} AS notify
 """)
 
-# Results as arrays in one statement: a re-run's rows replace the earlier attempt's.
+# Results as one JSON document in one statement: a re-run's rows replace the earlier attempt's.
 WRITE_RESULTS = text("""
 INSERT INTO job_results (job_id, index, tenant_id, attempt, output, error)
-SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:indexes AS int[]),
-                     CAST(:tenant_ids AS uuid[]), CAST(:attempts AS int[]),
-                     CAST(:outputs AS jsonb[]), CAST(:errors AS jsonb[]))
+SELECT job_id, index, tenant_id, attempt, output, error
+FROM jsonb_to_recordset(CAST(:results AS jsonb))
+     AS r(job_id uuid, index int, tenant_id uuid, attempt int, output jsonb, error jsonb)
 ON CONFLICT (job_id, index) DO UPDATE
 SET output = excluded.output, error = excluded.error, attempt = excluded.attempt
 """)
@@ -227,25 +230,21 @@ def write_batch(session: Session, rows: Sequence[Row], outputs: Sequence[dict[st
     for row, output in zip(rows, outputs):
         attempts[row.job.id] = row.job.attempt
         counts.setdefault(row.job.id, [0, 0])[1 if "error" in output else 0] += 1
-    ids = list(counts)
     owned = session.execute(RECORD_PROGRESS, {
-        "ids": ids, "attempts": [attempts[i] for i in ids],
-        "completed": [counts[i][0] for i in ids], "failed": [counts[i][1] for i in ids],
+        "counts": orjson.dumps([{"id": job_id, "attempt": attempts[job_id], "completed": done,
+                                 "failed": failed} for job_id, (done, failed) in counts.items()]
+                               ).decode(),
         "lease_seconds": lease_seconds}).all()
     owned_ids = {r.id for r in owned}
-    kept = [(row, output) for row, output in zip(rows, outputs) if row.job.id in owned_ids]
+    kept = [{"job_id": row.job.id, "index": row.index, "tenant_id": row.job.tenant_id,
+             "attempt": row.job.attempt, "output": None if "error" in output else output,
+             "error": output.get("error")}
+            for row, output in zip(rows, outputs) if row.job.id in owned_ids]
     if kept:
-        session.execute(WRITE_RESULTS, {
-            "job_ids": [row.job.id for row, _ in kept],
-            "indexes": [row.index for row, _ in kept],
-            "tenant_ids": [row.job.tenant_id for row, _ in kept],
-            "attempts": [row.job.attempt for row, _ in kept],
-            "outputs": [None if "error" in out else orjson.dumps(out).decode() for _, out in kept],
-            "errors": [orjson.dumps(out["error"]).decode() if "error" in out else None
-                       for _, out in kept]})
-    ended = [r.id for r in owned if r.ended]
-    record_job_events(session, ended)
-    return set(ids) - owned_ids, ended
+        session.execute(WRITE_RESULTS, {"results": orjson.dumps(kept).decode()})
+    ended = [r for r in owned if r.ended]
+    record_ended_jobs(session, ended)
+    return set(counts) - owned_ids, [r.id for r in ended]
 
 
 def execute_jobs(sessions: sessionmaker[Session], claimed: list[ClaimedJob], model, *,

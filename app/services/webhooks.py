@@ -175,11 +175,23 @@ def record_job_events(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
     ids = list(dict.fromkeys(job_ids))
     has_endpoint = exists().where(WebhookEndpoint.tenant_id == Job.tenant_id,
                                   WebhookEndpoint.disabled_at.is_(None))
-    statuses = session.execute(
+    ended = session.execute(
         select(Job.id, Job.status, or_(Job.webhook_url.is_not(None), has_endpoint).label("notify"))
         .where(Job.id.in_(ids), Job.status.in_([s.value for s in EVENT_BY_STATUS]))).all()
-    metrics.count_finished_jobs(row.status for row in statuses)
-    notify = [row.id for row in statuses if row.notify]
+    return record_ended_jobs(session, ended)
+
+
+# For a statement that ends jobs: `RETURNING j.id, j.status, <NOTIFY_SQL> AS notify` gives
+# `record_ended_jobs` what it needs without reading the jobs again.
+NOTIFY_SQL = ("(j.webhook_url IS NOT NULL OR EXISTS (SELECT 1 FROM webhook_endpoints e "
+              "WHERE e.tenant_id = j.tenant_id AND e.disabled_at IS NULL))")
+
+
+def record_ended_jobs(session: Session, ended: Sequence[Any]) -> int:
+    """`record_job_events` for jobs already known to be final: rows of (id, status, notify),
+    where notify says whether the job has a webhook URL or its tenant an enabled endpoint."""
+    metrics.count_finished_jobs(row.status for row in ended)
+    notify = [row.id for row in ended if row.notify]
     if not notify:
         return 0
     ended = list(session.scalars(
