@@ -68,8 +68,10 @@ def run_job(self, job_id: str) -> dict | None:
         log.info("scored %d rows of %d job(s) in %d batch(es)", stats["rows"], len(claimed),
                  stats["batches"])
         totals = {k: totals[k] + stats[k] for k in totals}
-        if stats["rows"] < batch_size and linger > 0:
-            time.sleep(linger)  # a part-filled batch: let the next claim find more company
+        if len(claimed) > 1 and stats["rows"] < batch_size and linger > 0:
+            # jobs are arriving together but did not fill a batch: let the next claim find more
+            # company. A claim of one job (an idle system, or jobs one at a time) does not wait.
+            time.sleep(linger)
         if time.monotonic() > deadline:  # let other models' messages have this process
             context.drains.clear(model_id, queue)
             context.publisher.publish_jobs([wanted], self.request.delivery_info.get("routing_key"))
