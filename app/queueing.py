@@ -14,12 +14,6 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The API holds a job's message at most this long to share it with the jobs that follow (or
-# the batch window, when that is shorter). Batches form on the worker side (a draining worker
-# lingers for the batch window); holding messages longer would only delay the next job on an
-# idle system, since a job that arrives while a worker drains needs no message at all.
-MESSAGE_WINDOW_MS = 5.0
-
 RUN_JOB = "kiln.run_job"
 RUN_CHUNK = "kiln.run_chunk"
 

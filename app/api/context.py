@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import connect
 from app.groupcommit import GroupCommit
-from app.queueing import MESSAGE_WINDOW_MS, Coalescer, DrainFlags, Publisher
+from app.queueing import Coalescer, DrainFlags, Publisher
 from app.services import jobs
 from app.services.auth import Caller, authenticate
 from app.settings import Settings
@@ -35,7 +35,7 @@ class ApiContext:
         caches = ({"callers": LockedTTLCache(10_000, ttl), "models": LockedTTLCache(1_000, ttl)}
                   if ttl > 0 else {})
         publisher = Publisher(settings)
-        window = min(settings.max_batch_wait_ms, MESSAGE_WINDOW_MS) / 1000
+        window = settings.max_batch_wait_ms / 1000
         engine = sessions.kw["bind"]
         return cls(settings=settings, sessions=sessions, publisher=publisher,
                    coalescer=Coalescer(publisher, window, DrainFlags(settings.redis_url))
@@ -45,11 +45,11 @@ class ApiContext:
 
     def announce(self, job) -> None:
         """Tell workers about a committed job: coalesced per model for inline jobs, over the
-        model's own `max_batch_wait_ms` when it sets one (at most `MESSAGE_WINDOW_MS`)."""
+        model's own `max_batch_wait_ms` when it sets one."""
         queue, wait_ms = job.options.get("queue"), job.options.get("max_batch_wait_ms")
         if self.coalescer is not None and job.kind == "inline":
             self.coalescer.notify((job.model_id, queue), job.id, queue,
-                                  None if wait_ms is None else min(wait_ms, MESSAGE_WINDOW_MS) / 1000)
+                                  None if wait_ms is None else wait_ms / 1000)
         else:
             self.publisher.publish_jobs([job.id], queue)
 
