@@ -44,16 +44,24 @@ def from_http_exception(error: HTTPException) -> Response:
 
 
 def from_database_down(error: DBAPIError) -> Response:
-    if type(error.orig).__name__ == "DataError" or isinstance(error.orig, psycopg.DataError):
-        # a value Postgres refuses to store, e.g. \u0000 in a JSON string: the caller's input
+    """A database error raised through SQLAlchemy: judged by the driver's error inside."""
+    return from_driver_error(error.orig, invalidated=error.connection_invalidated, raised=error)
+
+
+def from_driver_error(error: BaseException, invalidated: bool = False,
+                      raised: BaseException | None = None) -> Response:
+    """A database error, raised by psycopg itself (the submit writer's connection) or through
+    SQLAlchemy: a value Postgres refuses to store (e.g. \\u0000 in a JSON string) is the
+    caller's 422; a lost or unreachable database is a 503; anything else is a 500."""
+    if isinstance(error, psycopg.DataError):
         return problem(422, "invalid_input", "Invalid input",
-                       f"a value cannot be stored: {str(error.orig).splitlines()[0]}")
-    if not error.connection_invalidated and not isinstance(error.orig, OSError) and \
-            type(error.orig).__name__ not in ("OperationalError", "InterfaceError"):
-        return from_unexpected(error)
-    log.warning("database unavailable: %s", error.orig)
-    return problem(503, "database_unavailable", "Service unavailable",
-                   "the database is unreachable; retry shortly")
+                       f"a value cannot be stored: {str(error).splitlines()[0]}")
+    if invalidated or isinstance(error, (OSError, psycopg.OperationalError,
+                                         psycopg.InterfaceError)):
+        log.warning("database unavailable: %s", error)
+        return problem(503, "database_unavailable", "Service unavailable",
+                       "the database is unreachable; retry shortly")
+    return from_unexpected(raised or error)
 
 
 def from_statement_error(error: StatementError) -> Response:
@@ -72,5 +80,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(KilnError, from_kiln_error)
     app.register_error_handler(HTTPException, from_http_exception)
     app.register_error_handler(DBAPIError, from_database_down)
+    app.register_error_handler(psycopg.Error, from_driver_error)
     app.register_error_handler(StatementError, from_statement_error)
     app.register_error_handler(Exception, from_unexpected)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.domain.states import JobStatus, cancel_target
 from app.domain.validation import check_records
 from app.errors import BadRequest, Conflict, DatabaseUnavailable, InvalidInput, PayloadTooLarge
-from app.groupcommit import CONNECTION_ERRORS, GroupCommit
+from app.groupcommit import GroupCommit
 from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller, get_owned
@@ -187,12 +187,10 @@ def _insert(session: Session, caller: Caller, job: NewJob, idempotency_key: str 
         created_at = insert_jobs(lambda sql, params: session.connection().exec_driver_sql(
             sql, params).all(), [row])[0]
     else:
-        try:
+        try:  # psycopg's own errors reach the API's handlers (app.api.problems)
             created_at = writer.run(row)
-        except psycopg.DataError as exc:  # e.g. \u0000 in a JSON string, which JSONB refuses
-            raise InvalidInput(f"a value cannot be stored: {str(exc).splitlines()[0]}") from None
-        except (*CONNECTION_ERRORS, TimeoutError) as exc:
-            raise DatabaseUnavailable(f"the job was not recorded: {exc}") from None
+        except TimeoutError:
+            raise DatabaseUnavailable("the job was not recorded in time; retry it") from None
     if created_at is None:  # a concurrent request with the same key won the race
         existing = _by_idempotency_key(session, caller, idempotency_key)
         if existing is None:

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import exists, or_, select, text
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
@@ -172,19 +172,17 @@ def record_job_events(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
     """
     if not job_ids:
         return 0
-    ids = list(dict.fromkeys(job_ids))
-    has_endpoint = exists().where(WebhookEndpoint.tenant_id == Job.tenant_id,
-                                  WebhookEndpoint.disabled_at.is_(None))
-    ended = session.execute(
-        select(Job.id, Job.status, or_(Job.webhook_url.is_not(None), has_endpoint).label("notify"))
-        .where(Job.id.in_(ids), Job.status.in_([s.value for s in EVENT_BY_STATUS]))).all()
+    ended = session.execute(ENDED_JOBS, {"ids": list(dict.fromkeys(job_ids)),
+                                         "final": [s.value for s in EVENT_BY_STATUS]}).all()
     return record_ended_jobs(session, ended)
 
 
-# For a statement that ends jobs: `RETURNING j.id, j.status, <NOTIFY_SQL> AS notify` gives
-# `record_ended_jobs` what it needs without reading the jobs again.
+# Whether an ended job `j` has anyone to tell. A statement that ends jobs can return
+# `j.id, j.status, <NOTIFY_SQL> AS notify` and hand its rows to `record_ended_jobs` directly.
 NOTIFY_SQL = ("(j.webhook_url IS NOT NULL OR EXISTS (SELECT 1 FROM webhook_endpoints e "
               "WHERE e.tenant_id = j.tenant_id AND e.disabled_at IS NULL))")
+ENDED_JOBS = text(f"SELECT j.id, j.status, {NOTIFY_SQL} AS notify FROM jobs j "
+                  "WHERE j.id = ANY(:ids) AND j.status = ANY(:final)")
 
 
 def record_ended_jobs(session: Session, ended: Sequence[Any]) -> int:
