@@ -46,6 +46,22 @@ def test_a_burst_costs_one_leading_and_one_trailing_message():
     assert publisher.sent[1][2] - publisher.sent[0][2] >= 0.045  # not before the window ends
 
 
+def test_a_job_after_a_quiet_gap_is_announced_at_once_inside_the_window():
+    """Jobs sent one at a time (each after the last has finished) are not a burst: holding each
+    for the window would add up to a window of latency to every one."""
+    publisher = RecordingPublisher()
+    coalescer = Coalescer(publisher, window_seconds=0.5)
+    coalescer.notify(("m", "q"), "first", "q")
+    time.sleep(Coalescer.QUIET_SECONDS * 4)
+    coalescer.notify(("m", "q"), "second", "q")  # quiet gap: at once, not at the window's end
+    coalescer.notify(("m", "q"), "third", "q")  # a burst again: held for the trailing message
+    assert [job for job, _, _ in publisher.sent] == ["first", "second"]
+    assert publisher.sent[1][2] - publisher.sent[0][2] < 0.25
+    wait_until(lambda: len(publisher.sent) >= 3, timeout=2.0)
+    assert [job for job, _, _ in publisher.sent] == ["first", "second", "third"]
+    assert publisher.sent[2][2] - publisher.sent[1][2] >= 0.45
+
+
 def test_a_models_own_window_overrides_the_default():
     publisher = RecordingPublisher()
     coalescer = Coalescer(publisher, window_seconds=10.0)
