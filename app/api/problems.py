@@ -45,11 +45,10 @@ def from_http_exception(error: HTTPException) -> Response:
 
 def from_database_down(error: DBAPIError) -> Response:
     """A database error raised through SQLAlchemy: judged by the driver's error inside."""
-    return from_driver_error(error.orig, invalidated=error.connection_invalidated, raised=error)
+    return from_driver_error(error.orig, invalidated=error.connection_invalidated)
 
 
-def from_driver_error(error: BaseException, invalidated: bool = False,
-                      raised: BaseException | None = None) -> Response:
+def from_driver_error(error: BaseException, invalidated: bool = False) -> Response:
     """A database error, raised by psycopg itself (the submit writer's connection) or through
     SQLAlchemy: a value Postgres refuses to store (e.g. \\u0000 in a JSON string) is the
     caller's 422; a lost or unreachable database is a 503; anything else is a 500."""
@@ -61,7 +60,7 @@ def from_driver_error(error: BaseException, invalidated: bool = False,
         log.warning("database unavailable: %s", error)
         return problem(503, "database_unavailable", "Service unavailable",
                        "the database is unreachable; retry shortly")
-    return from_unexpected(raised or error)
+    return from_unexpected(error)  # logs the exception being handled
 
 
 def from_statement_error(error: StatementError) -> Response:
