@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=1024, description="rows per model call on CPU workers")
     gpu_batch_size: int = Field(default=4096, description="rows per model call on CUDA workers")
     max_jobs_per_claim: int = 256
+    single_transaction_rows: int = Field(
+        default=256, ge=0,
+        description="a claim of inline jobs with at most this many rows (and one model batch) "
+                    "is scored and finished in the transaction that claims it; 0 = never")
     visibility_timeout_seconds: int = 3600
     soft_shutdown_seconds: float = 10.0
     log_level: str = "INFO"

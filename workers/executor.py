@@ -1,8 +1,13 @@
 """Run inline jobs: claim a batch of jobs in one statement, score their rows together, write fenced.
 
-Small jobs for the same model are coalesced: the worker that receives any one of them claims
+Small jobs for the same model are coalesced: the worker that receives any one of them locks
 every queued job of that model it can (up to a row budget) with `FOR UPDATE SKIP LOCKED`, so
 per-job overhead (claim, write, status) is paid once per batch rather than once per job.
+
+A small claim of first-try jobs (one model call, `KILN_SINGLE_TRANSACTION_ROWS`) is scored and
+finished inside the transaction that locked it: one row version and one commit for the whole
+run. Any other claim leases its jobs (running, a new attempt, a lease the `LeaseKeeper` renews)
+and commits that first, then writes each batch fenced by attempt.
 
 The claim reads only the head of each tenant's queue (a skip scan over the tenants with queued
 jobs, then each one's share of `max_jobs` from `ix_jobs_queued_by_tenant`), the `max_jobs` jobs
@@ -85,13 +90,19 @@ budgeted AS (
         FROM candidates) c
     WHERE rows_before < :row_budget
 )
+SELECT j.id, j.tenant_id, j.attempt + 1 AS attempt, j.model_id, j.inputs, j.total_count,
+       b.position, j.attempt = 0 AND j.published_at IS NULL AS fresh
+FROM jobs j JOIN budgeted b ON j.id = b.id
+""")
+
+# A claim too large (or too suspect) to score inside its own transaction: each job is leased
+# and committed as running with its new attempt, then scored batch by batch (`execute_jobs`).
+START_LEASES = text("""
 UPDATE jobs j
 SET status = 'running', attempt = j.attempt + 1,
     lease_expires_at = now() + make_interval(secs => :lease_seconds),
     started_at = coalesce(j.started_at, now()), completed_count = 0, failed_count = 0
-FROM budgeted
-WHERE j.id = budgeted.id
-RETURNING j.id, j.tenant_id, j.attempt, j.model_id, j.inputs, j.total_count, budgeted.position
+WHERE j.id = ANY(CAST(:ids AS uuid[]))
 """)
 
 # One statement per batch records every job's progress and ends the jobs that this batch
@@ -130,6 +141,19 @@ ON CONFLICT (job_id, index) DO UPDATE
 SET output = excluded.output, error = excluded.error, attempt = excluded.attempt
 """)
 
+# The whole run of jobs scored inside the transaction that locked them (`finish_in_transaction`):
+# every row is scored, so each job ends here; a re-run replaces what an earlier attempt counted.
+FINISH = text(f"""
+UPDATE jobs j
+SET status = 'succeeded', attempt = v.attempt, completed_count = v.completed,
+    failed_count = v.failed, started_at = coalesce(j.started_at, now()),
+    finished_at = statement_timestamp(), lease_expires_at = NULL
+FROM jsonb_to_recordset(CAST(:counts AS jsonb))
+     AS v(id uuid, attempt int, completed int, failed int)
+WHERE j.id = v.id AND j.status IN ('queued', 'running')
+RETURNING j.id, j.status, {NOTIFY_SQL} AS notify
+""")
+
 RENEW = text("""
 UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
 FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
@@ -148,6 +172,7 @@ class ClaimedJob:
     model_id: uuid.UUID
     inputs: list[Any]
     total: int
+    fresh: bool = False  # first try: never leased, never re-published
 
 
 @dataclass(frozen=True)
@@ -157,19 +182,71 @@ class Row:
     record: Any
 
 
-def claim_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget: int,
-               lease_seconds: float, max_attempts: int) -> list[ClaimedJob]:
-    """Claim `job_id` (if still claimable) and other waiting inline jobs of the same model.
+def lock_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget: int,
+              max_attempts: int) -> list[ClaimedJob]:
+    """Lock `job_id` (if still claimable) and other waiting inline jobs of the same model, for
+    the rest of the session's transaction; nothing is written yet.
 
     Tenants take turns: within a priority, the jobs come in order of how many rows their tenant
     has queued ahead of them, so one tenant's flood of jobs cannot fill every claim. The jobs are
-    returned in that order, and scored in it.
+    returned in that order, and scored in it. Each carries the attempt its writes will carry.
     """
     rows = session.execute(CLAIM, {"job_id": job_id, "max_jobs": max_jobs, "row_budget": row_budget,
-                                   "lease_seconds": lease_seconds, "max_attempts": max_attempts,
+                                   "max_attempts": max_attempts,
                                    "urgent_seconds": URGENT_SECONDS}).all()
-    return [ClaimedJob(r.id, r.tenant_id, r.attempt, r.model_id, r.inputs or [], r.total_count)
+    return [ClaimedJob(r.id, r.tenant_id, r.attempt, r.model_id, r.inputs or [], r.total_count,
+                       r.fresh)
             for r in sorted(rows, key=lambda r: r.position)]
+
+
+def start_leases(session: Session, jobs: Sequence[ClaimedJob], lease_seconds: float) -> None:
+    """Mark locked jobs running under a lease, with their new attempt (commit to publish it)."""
+    if jobs:
+        session.execute(START_LEASES, {"ids": [j.id for j in jobs], "lease_seconds": lease_seconds})
+
+
+def claim_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget: int,
+               lease_seconds: float, max_attempts: int) -> list[ClaimedJob]:
+    """`lock_jobs`, then lease every job it locked: the claim of a job scored over several
+    transactions."""
+    jobs = lock_jobs(session, job_id, max_jobs=max_jobs, row_budget=row_budget,
+                     max_attempts=max_attempts)
+    start_leases(session, jobs, lease_seconds)
+    return jobs
+
+
+def fits_one_transaction(jobs: Sequence[ClaimedJob], max_rows: int, redelivered: bool) -> bool:
+    """Whether locked jobs can be scored and finished inside the transaction that locked them.
+
+    Only a small claim (one model call, so the row locks are held for milliseconds) of jobs on
+    their first try: a job that was leased before, or re-published by the reconciler, or whose
+    message came back because a worker died holding it, may be what kills workers. Those get
+    leases, whose attempts are counted durably, so such a job fails after KILN_MAX_ATTEMPTS
+    instead of looping.
+    """
+    return (bool(jobs) and not redelivered and all(j.fresh for j in jobs)
+            and sum(j.total for j in jobs) <= max_rows)
+
+
+def finish_in_transaction(session: Session, jobs: list[ClaimedJob], model,
+                          batch_size: int) -> dict[str, int]:
+    """Score locked jobs and end them in the transaction that locked them.
+
+    One row version per job for the whole run (queued -> succeeded) and one commit per claim,
+    where a lease costs two of each. A worker killed meanwhile leaves the jobs queued, as
+    though it never began: its transaction is rolled back and the locks go with it.
+    """
+    rows = [Row(job, index, record) for job in jobs for index, record in enumerate(job.inputs)]
+    outputs, batch_count = [], 0
+    for batch in batches(rows, batch_size):
+        outputs += run_isolated(batch, lambda items: model.run([r.record for r in items]),
+                                lambda _row, exc: error_output(exc))
+        batch_count += 1
+    counts = job_counts(rows, outputs)
+    ended = session.execute(FINISH, {"counts": counts_document(counts, rows)}).all()
+    session.execute(WRITE_RESULTS, {"results": results_document(rows, outputs, counts)})
+    record_ended_jobs(session, ended)
+    return {"rows": len(rows), "batches": batch_count, "jobs_finished": len(ended)}
 
 
 class LeaseKeeper:
@@ -217,6 +294,31 @@ def error_output(exc: Exception) -> dict[str, Any]:
     return {"error": {"code": "inference_error", "message": f"{exc.__class__.__name__}: {exc}"[:500]}}
 
 
+def job_counts(rows: Sequence[Row], outputs: Sequence[dict[str, Any]]
+               ) -> dict[uuid.UUID, list[int]]:
+    """[completed, failed] rows per job."""
+    counts: dict[uuid.UUID, list[int]] = {}
+    for row, output in zip(rows, outputs):
+        counts.setdefault(row.job.id, [0, 0])[1 if "error" in output else 0] += 1
+    return counts
+
+
+def counts_document(counts: dict[uuid.UUID, list[int]], rows: Sequence[Row]) -> str:
+    """Each job's counts with the attempt that fences them, as one JSON document."""
+    attempts = {row.job.id: row.job.attempt for row in rows}
+    return orjson.dumps([{"id": job_id, "attempt": attempts[job_id], "completed": done,
+                          "failed": failed} for job_id, (done, failed) in counts.items()]).decode()
+
+
+def results_document(rows: Sequence[Row], outputs: Sequence[dict[str, Any]], owned) -> str:
+    """The rows of the jobs in `owned`, as `WRITE_RESULTS` reads them."""
+    return orjson.dumps([{"job_id": row.job.id, "index": row.index, "tenant_id": row.job.tenant_id,
+                          "attempt": row.job.attempt,
+                          "output": None if "error" in output else output,
+                          "error": output.get("error")}
+                         for row, output in zip(rows, outputs) if row.job.id in owned]).decode()
+
+
 def write_batch(session: Session, rows: Sequence[Row], outputs: Sequence[dict[str, Any]],
                 lease_seconds: float) -> tuple[set[uuid.UUID], list[uuid.UUID]]:
     """Record one batch's results and progress, fenced by each job's attempt, and end the jobs
@@ -225,23 +327,13 @@ def write_batch(session: Session, rows: Sequence[Row], outputs: Sequence[dict[st
     Returns the ids of jobs whose fence failed (lost or cancelled elsewhere) and of the jobs
     that ended with this batch; their events are in the outbox.
     """
-    counts: dict[uuid.UUID, list[int]] = {}
-    attempts: dict[uuid.UUID, int] = {}
-    for row, output in zip(rows, outputs):
-        attempts[row.job.id] = row.job.attempt
-        counts.setdefault(row.job.id, [0, 0])[1 if "error" in output else 0] += 1
+    counts = job_counts(rows, outputs)
     owned = session.execute(RECORD_PROGRESS, {
-        "counts": orjson.dumps([{"id": job_id, "attempt": attempts[job_id], "completed": done,
-                                 "failed": failed} for job_id, (done, failed) in counts.items()]
-                               ).decode(),
+        "counts": counts_document(counts, rows),
         "lease_seconds": lease_seconds}).all()
     owned_ids = {r.id for r in owned}
-    kept = [{"job_id": row.job.id, "index": row.index, "tenant_id": row.job.tenant_id,
-             "attempt": row.job.attempt, "output": None if "error" in output else output,
-             "error": output.get("error")}
-            for row, output in zip(rows, outputs) if row.job.id in owned_ids]
-    if kept:
-        session.execute(WRITE_RESULTS, {"results": orjson.dumps(kept).decode()})
+    if owned_ids:
+        session.execute(WRITE_RESULTS, {"results": results_document(rows, outputs, owned_ids)})
     ended = [r for r in owned if r.ended]
     record_ended_jobs(session, ended)
     return set(counts) - owned_ids, [r.id for r in ended]

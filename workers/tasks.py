@@ -15,7 +15,8 @@ from app.orm import Job, Model
 from app.queueing import RUN_CHUNK, RUN_JOB
 from workers import chunks
 from workers.context import WorkerContext, worker_context
-from workers.executor import claim_jobs, execute_jobs
+from workers.executor import (ClaimedJob, execute_jobs, finish_in_transaction,
+                              fits_one_transaction, lock_jobs, start_leases)
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0
@@ -46,25 +47,35 @@ def run_job(self, job_id: str) -> dict | None:
     deadline = time.monotonic() + DRAIN_SECONDS
     totals = {"rows": 0, "batches": 0, "jobs_finished": 0}
 
-    def claim():
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    in_transaction_rows = min(settings.single_transaction_rows, batch_size)
+
+    def claim() -> tuple[list[ClaimedJob], dict[str, int] | None]:
+        """Lock waiting jobs; a small first-try claim is scored and finished right there
+        (returned with its stats), any other is leased, to be scored by `execute_jobs`."""
         with context.sessions() as session, session.begin():
-            return claim_jobs(session, wanted, max_jobs=settings.max_jobs_per_claim,
-                              row_budget=batch_size * 4, lease_seconds=settings.lease_seconds,
-                              max_attempts=settings.max_attempts)
+            jobs = lock_jobs(session, wanted, max_jobs=settings.max_jobs_per_claim,
+                             row_budget=batch_size * 4, max_attempts=settings.max_attempts)
+            if fits_one_transaction(jobs, in_transaction_rows, redelivered):
+                model = context.model(session, jobs[0].model_id)
+                return jobs, finish_in_transaction(session, jobs, model, batch_size)
+            start_leases(session, jobs, settings.lease_seconds)
+            return jobs, None
 
     while True:  # drain: keep claiming this model's queued jobs while there are any
         context.drains.mark(model_id, queue)  # the API sends no messages meanwhile
-        claimed = claim()
+        claimed, stats = claim()
         if not claimed:
             context.drains.clear(model_id, queue)
-            claimed = claim()  # a job committed by a submitter that still saw the flag
+            claimed, stats = claim()  # a job committed by a submitter that still saw the flag
             if not claimed:
                 return totals
-        with context.sessions() as session:
-            model = context.model(session, claimed[0].model_id)
-        stats = execute_jobs(context.sessions, claimed, model, batch_size=batch_size,
-                             lease_seconds=settings.lease_seconds,
-                             heartbeat_seconds=settings.lease_heartbeat_seconds)
+        if stats is None:
+            with context.sessions() as session:
+                model = context.model(session, claimed[0].model_id)
+            stats = execute_jobs(context.sessions, claimed, model, batch_size=batch_size,
+                                 lease_seconds=settings.lease_seconds,
+                                 heartbeat_seconds=settings.lease_heartbeat_seconds)
         log.info("scored %d rows of %d job(s) in %d batch(es)", stats["rows"], len(claimed),
                  stats["batches"])
         totals = {k: totals[k] + stats[k] for k in totals}

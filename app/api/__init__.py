@@ -7,7 +7,7 @@ from flask import Request, request
 from flask_openapi3 import Info, OpenAPI
 
 from app.api import files, health, jobs, metrics, models, problems, webhooks
-from app.api.responses import OrjsonProvider
+from app.api.responses import OrjsonProvider, Response
 from app.api.context import ApiContext, caller, close_session
 from app.db import make_engine, make_sessionmaker
 from app.errors import BadRequest
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
                   doc_prefix="/openapi")
     app.json = OrjsonProvider(app)
     app.request_class = KilnRequest
+    app.response_class = Response
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["kiln"] = ApiContext.build(settings, make_sessionmaker(make_engine(settings)))
     if settings.metrics_enabled:  # first, so that it times the other hooks and what they answer

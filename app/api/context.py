@@ -9,7 +9,8 @@ from typing import MutableMapping
 from cachetools import TTLCache
 
 from flask import current_app, g, request
-from sqlalchemy.orm import Session, sessionmaker
+from flask.globals import app_ctx
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from app.db import connect
 from app.groupcommit import GroupCommit
@@ -28,6 +29,7 @@ class ApiContext:
     callers: MutableMapping | None = None  # None: no caching (KILN_CACHE_SECONDS=0)
     models: MutableMapping | None = None
     writer: GroupCommit | None = None  # new jobs, group-committed
+    request_sessions: scoped_session | None = None  # see `db()`
 
     @classmethod
     def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> "ApiContext":
@@ -41,6 +43,7 @@ class ApiContext:
                    coalescer=Coalescer(publisher, window, DrainFlags(settings.redis_url))
                    if window > 0 else None,
                    writer=GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on),
+                   request_sessions=scoped_session(sessions, scopefunc=_app_context_id),
                    **caches)
 
     def announce(self, job) -> None:
@@ -74,11 +77,15 @@ def context() -> ApiContext:
     return current_app.extensions["kiln"]
 
 
+def _app_context_id() -> int:
+    return id(app_ctx._get_current_object())
+
+
 def db() -> Session:
-    """The request's session, opened on first use and closed at teardown."""
-    if "db" not in g:
-        g.db = context().sessions()
-    return g.db
+    """The request's session: a proxy that opens it on first use, closed at teardown. Most
+    submits never open one (the caller and the model come from caches, the job goes through
+    the group-commit writer), and opening and closing one costs more than the rest of auth."""
+    return context().request_sessions
 
 
 def caller() -> Caller:
@@ -88,6 +95,4 @@ def caller() -> Caller:
 
 
 def close_session(_exc: BaseException | None = None) -> None:
-    session = g.pop("db", None)
-    if session is not None:
-        session.close()
+    context().request_sessions.remove()

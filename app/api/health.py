@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, Response, current_app, redirect
+from flask import Blueprint, current_app, redirect
 from sqlalchemy import text
 
 from app.api.context import context, db
-from app.api.responses import json_response
+from app.api.responses import Response, json_response
 
 bp = Blueprint("health", __name__)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Response, request, stream_with_context
+from flask import request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 
 from app.api.context import caller, context, db
-from app.api.responses import json_response
+from app.api.responses import Response, json_response
 from app.api.schemas import FormatQuery, JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
 from app.errors import Conflict
 from app.formats import MEDIA_TYPES

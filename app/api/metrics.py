@@ -9,11 +9,12 @@ import threading
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Flask, Request, Response, current_app, request
+from flask import Blueprint, Flask, Request, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.responses import Response
 from app import metrics
 from app.errors import Unauthorized
 from app.services.queue_depth import queue_depth

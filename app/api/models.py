@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, request
+from flask import request
 from flask_openapi3 import APIBlueprint, FileStorage, Tag
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.context import caller, context, db
-from app.api.responses import json_response
+from app.api.responses import Response, json_response
 from app.api.schemas import ModelList, ModelOut, Problem
 from app.errors import PayloadTooLarge
 from app.orm import Model

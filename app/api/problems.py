@@ -7,11 +7,12 @@ from typing import Any
 
 import orjson
 import psycopg
-from flask import Flask, Response, request
+from flask import Flask, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, StatementError
 from werkzeug.exceptions import HTTPException
 
+from app.api.responses import Response
 from app.errors import KilnError
 
 log = logging.getLogger(__name__)

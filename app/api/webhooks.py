@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from flask import Response, current_app
+from flask import current_app
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from app.api.context import caller, context, db
-from app.api.responses import json_response
+from app.api.responses import Response, json_response
 from app.api.schemas import JobPath, Problem
 from app.secretbox import SecretBox
 from app.services import webhooks

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import uuid
 from types import SimpleNamespace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, MutableMapping, Sequence
 
 import orjson
@@ -40,7 +40,7 @@ class NewJob(SimpleNamespace):
 
 
 def deadline(window_seconds: float) -> datetime:
-    return datetime.now().astimezone() + timedelta(seconds=window_seconds)
+    return datetime.now(timezone.utc) + timedelta(seconds=window_seconds)
 
 
 def route(model: ModelRef, queues: tuple[str | None, str], require_gpu: bool) -> str | None:
@@ -291,7 +291,7 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
                                                JobChunk.status == "queued")
                         .values(status="cancelled"))
     if target is JobStatus.CANCELLED:
-        values["finished_at"] = datetime.now().astimezone()
+        values["finished_at"] = datetime.now(timezone.utc)
     result = session.execute(update(Job).where(Job.id == job.id, Job.status == job.status)
                              .values(**values).returning(Job.status))
     if result.first() is None:  # the job moved on between the read and the update
@@ -312,7 +312,7 @@ def progress(job: Job) -> dict[str, float | None]:
     done = job.completed_count + job.failed_count
     if not job.started_at or not done:
         return {"rows_per_second": None, "eta_seconds": None}
-    end = job.finished_at or datetime.now().astimezone()
+    end = job.finished_at or datetime.now(timezone.utc)
     rate = done / max((end - job.started_at).total_seconds(), 1e-3)
     left = job.total_count - done
     return {"rows_per_second": round(rate, 1),

@@ -7,7 +7,7 @@ from sqlalchemy import text
 from app.services.auth import authenticate
 from app.services.jobs import submit_job
 from workers.demo_models import digits_records, digits_split
-from workers.executor import CLAIM, claim_jobs
+from workers.executor import CLAIM, claim_jobs, fits_one_transaction, lock_jobs
 
 
 def test_the_claim_skips_finished_jobs_old_row_versions(make_stack):
@@ -45,3 +45,37 @@ def test_the_claim_skips_finished_jobs_old_row_versions(make_stack):
         claimed = claim_jobs(session, waiting[0], max_jobs=256, row_budget=4096,
                              lease_seconds=60, max_attempts=3)
     assert {c.id for c in claimed} == set(waiting)
+
+
+def test_only_first_tries_are_fresh_and_only_small_fresh_claims_skip_the_lease(make_stack):
+    """A job re-published by the reconciler (or leased before) is not fresh: a claim holding one
+    is leased, so that a job that kills its worker is counted and given up on."""
+    iso = make_stack()
+    iso.kiln("models", "add-demo", "digits")
+    key = iso.create_key("fresh-tenant")
+    _, x_test, _, _ = digits_split()
+    records = digits_records(x_test[:3])
+    with iso.sessions.begin() as session:
+        caller = authenticate(session, f"Bearer {key}")
+        new, republished = (submit_job(session, caller, model="digits", inputs=records)[0].id
+                            for _ in range(2))
+        session.execute(text("UPDATE jobs SET published_at = now() WHERE id = :id"),
+                        {"id": republished})
+    with iso.sessions.begin() as session:
+        locked = {j.id: j for j in lock_jobs(session, new, max_jobs=10, row_budget=100,
+                                             max_attempts=3)}
+        assert locked[new].fresh and not locked[republished].fresh
+        assert locked[new].attempt == 1  # the attempt its writes will carry
+        assert not fits_one_transaction(list(locked.values()), 100, redelivered=False)
+        assert fits_one_transaction([locked[new]], 100, redelivered=False)
+        assert not fits_one_transaction([locked[new]], 100, redelivered=True)
+        assert not fits_one_transaction([locked[new]], 2, redelivered=False)  # 3 rows > 2
+        session.rollback()
+    with iso.sessions.begin() as session:  # a leased job is not fresh either
+        claimed = claim_jobs(session, new, max_jobs=1, row_budget=100, lease_seconds=60,
+                             max_attempts=3)
+        assert [j.id for j in claimed] == [new]
+    with iso.sessions.begin() as session:
+        session.execute(text("UPDATE jobs SET status = 'queued' WHERE id = :id"), {"id": new})
+        again = lock_jobs(session, new, max_jobs=1, row_budget=100, max_attempts=3)
+        assert [(j.id, j.fresh, j.attempt) for j in again] == [(new, False, 2)]

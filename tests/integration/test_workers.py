@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.client import KilnClient
 from app.orm import Job, JobResult
@@ -172,6 +172,41 @@ def test_a_job_that_keeps_killing_its_worker_fails_with_a_reason(make_stack):
         assert done["status"] == "failed"
         assert done["error"]["code"] == "worker_crashed"
         assert "2 times" in done["error"]["message"]
+
+
+def test_a_claim_scored_in_its_own_transaction_writes_nothing_if_killed_and_is_leased_next(
+        make_stack):
+    """A small first-try claim is scored inside the transaction that locked it: the job reads
+    queued, its row locked, while it is scored. A worker killed then writes nothing, and the
+    job's next try (a redelivered message) is leased, so it counts toward KILN_MAX_ATTEMPTS."""
+    with slow_model_stack(make_stack, KILN_BATCH_SIZE="3000", KILN_SINGLE_TRANSACTION_ROWS="3000",
+                          KILN_WORKER_CONCURRENCY="1") as (iso, name, client, worker):
+        total = 3000
+        job = client.submit(name, slow_records(total))
+        job_id = uuid.UUID(job["id"])
+
+        def scored_while_queued() -> bool:
+            with iso.sessions.begin() as session:
+                status = session.scalar(select(Job.status).where(Job.id == job_id))
+                free = session.execute(text("SELECT id FROM jobs WHERE id = :id "
+                                            "FOR UPDATE SKIP LOCKED"), {"id": job_id}).first()
+            return status == "queued" and free is None
+
+        wait_for(scored_while_queued, timeout=60, interval=0.02, message="the locked claim")
+        for child in worker.children():
+            child.send_signal(signal.SIGKILL)
+        wait_for(lambda: client.job(job["id"])["status"] == "running", timeout=60, interval=0.02,
+                 message="the leased retry")
+        done = client.wait(job["id"], timeout_seconds=120)
+        assert done["status"] == "succeeded", done
+        assert done["attempt"] == 1  # the killed try left no trace; the lease counted
+        assert done["request_counts"] == {"total": total, "completed": total, "failed": 0}
+        with iso.sessions() as session:
+            attempts = session.execute(select(JobResult.attempt, func.count()).where(
+                JobResult.job_id == job_id).group_by(JobResult.attempt)).all()
+        assert attempts == [(1, total)]
+        rows = result_rows(iso, job["id"])
+        assert sorted(i for i, _ in rows) == list(range(total)) and all(n == 1 for _, n in rows)
 
 
 def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stack):
