@@ -15,8 +15,9 @@ class Response(FlaskResponse):
 
     werkzeug hands every body to the server as an iterator. granian writes a list with one
     call, but drives any other iterable from Rust a chunk at a time, taking the GIL for each
-    step: that cost the API about a fifth of its Python time on small JSON responses. Streamed
-    bodies (results, downloads) still go as iterators, so they are never held in memory.
+    step (a bare WSGI app under load: 29-33 us of server CPU per request with a list, 37-60 us
+    with an iterator). Streamed bodies (results, downloads) still go as iterators, so they are
+    never held in memory.
     """
 
     def get_app_iter(self, environ) -> Iterable[bytes]:
