@@ -58,10 +58,14 @@ class Publisher:
             by_queue.setdefault(queue, []).append(job_id)
         return all([self.publish_jobs(ids, queue) for queue, ids in by_queue.items()])
 
-    def publish_jobs(self, job_ids: Iterable[uuid.UUID | str], queue: str | None = None) -> bool:
+    def publish_jobs(self, job_ids: Iterable[uuid.UUID | str], queue: str | None = None,
+                     helper: bool = False) -> bool:
+        """One message per job; `helper` marks a draining worker's call for help (see
+        `workers.tasks.run_job`)."""
         try:
             for job_id in job_ids:
-                self.celery.send_task(RUN_JOB, kwargs={"job_id": str(job_id)},
+                self.celery.send_task(RUN_JOB, kwargs={"job_id": str(job_id),
+                                                       **({"helper": True} if helper else {})},
                                       queue=queue or self.queue)
         except Exception as exc:  # noqa: BLE001 - any broker failure; the job is safe in Postgres
             log.warning("publish failed, the reconciler will re-publish: %s", exc)

@@ -291,7 +291,8 @@ class LeaseKeeper:
 
 
 def error_output(exc: Exception) -> dict[str, Any]:
-    return {"error": {"code": "inference_error", "message": f"{exc.__class__.__name__}: {exc}"[:500]}}
+    message = f"{exc.__class__.__name__}: {exc}"[:500]
+    return {"error": {"code": "inference_error", "message": message}}
 
 
 def job_counts(rows: Sequence[Row], outputs: Sequence[dict[str, Any]]

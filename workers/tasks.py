@@ -23,8 +23,16 @@ DRAIN_SECONDS = 5.0
 
 
 @shared_task(name=RUN_JOB, bind=True)
-def run_job(self, job_id: str) -> dict | None:
-    """Claim the job (and other waiting jobs of its model), score them, write fenced results."""
+def run_job(self, job_id: str, helper: bool = False) -> dict | None:
+    """Claim the job (and other waiting jobs of its model), score them, write fenced results.
+
+    One process drains a model at a time: a message that arrives while another process drains
+    it (its drain flag is set) is done at once, because the drainer claims until nothing is
+    left, and claims once more after clearing its flag. Two drainers would split each window's
+    jobs between them, twice the claims and statements for the same rows. A drainer whose
+    claims come back full is falling behind, and sends one `helper` message, which is not
+    turned away: so a slow model or a flood still gets every worker process it needs.
+    """
     settings = self.app.kiln_settings
     context = worker_context(settings, require_gpu=getattr(self.app, "kiln_require_gpu", False))
     try:
@@ -47,6 +55,7 @@ def run_job(self, job_id: str) -> dict | None:
     deadline = time.monotonic() + DRAIN_SECONDS
     totals = {"rows": 0, "batches": 0, "jobs_finished": 0}
 
+    routing_key = (self.request.delivery_info or {}).get("routing_key")
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     in_transaction_rows = min(settings.single_transaction_rows, batch_size)
 
@@ -62,31 +71,44 @@ def run_job(self, job_id: str) -> dict | None:
             start_leases(session, jobs, settings.lease_seconds)
             return jobs, None
 
-    while True:  # drain: keep claiming this model's queued jobs while there are any
-        context.drains.mark(model_id, queue)  # the API sends no messages meanwhile
-        claimed, stats = claim()
-        if not claimed:
-            context.drains.clear(model_id, queue)
-            claimed, stats = claim()  # a job committed by a submitter that still saw the flag
+    if not helper and context.drains.active(model_id, queue):
+        return totals  # another process is draining this model: it takes this job
+    asked_for_help = False
+    try:
+        while True:  # drain: keep claiming this model's queued jobs while there are any
+            context.drains.mark(model_id, queue)  # the API sends no messages meanwhile
+            claimed, stats = claim()
             if not claimed:
+                context.drains.clear(model_id, queue)
+                claimed, stats = claim()  # a job committed by a submitter that saw the flag
+                if not claimed:
+                    return totals
+            if not asked_for_help and (len(claimed) >= settings.max_jobs_per_claim
+                                       or sum(j.total for j in claimed) >= batch_size * 4):
+                asked_for_help = True  # a full claim: more is waiting than this process takes
+                log.info("claims are full: asking another process to help drain")
+                context.publisher.publish_jobs([wanted], routing_key, helper=True)
+            if stats is None:
+                with context.sessions() as session:
+                    model = context.model(session, claimed[0].model_id)
+                stats = execute_jobs(context.sessions, claimed, model, batch_size=batch_size,
+                                     lease_seconds=settings.lease_seconds,
+                                     heartbeat_seconds=settings.lease_heartbeat_seconds)
+            log.info("scored %d rows of %d job(s) in %d batch(es)", stats["rows"],
+                     len(claimed), stats["batches"])
+            totals = {k: totals[k] + stats[k] for k in totals}
+            if len(claimed) > 1 and stats["rows"] < batch_size and linger > 0:
+                # jobs are arriving together but did not fill a batch: let the next claim find
+                # more company. A claim of one job (an idle system, or jobs one at a time) does
+                # not wait.
+                time.sleep(linger)
+            if time.monotonic() > deadline:  # let other models' messages have this process
+                context.drains.clear(model_id, queue)
+                context.publisher.publish_jobs([wanted], routing_key)
                 return totals
-        if stats is None:
-            with context.sessions() as session:
-                model = context.model(session, claimed[0].model_id)
-            stats = execute_jobs(context.sessions, claimed, model, batch_size=batch_size,
-                                 lease_seconds=settings.lease_seconds,
-                                 heartbeat_seconds=settings.lease_heartbeat_seconds)
-        log.info("scored %d rows of %d job(s) in %d batch(es)", stats["rows"], len(claimed),
-                 stats["batches"])
-        totals = {k: totals[k] + stats[k] for k in totals}
-        if len(claimed) > 1 and stats["rows"] < batch_size and linger > 0:
-            # jobs are arriving together but did not fill a batch: let the next claim find more
-            # company. A claim of one job (an idle system, or jobs one at a time) does not wait.
-            time.sleep(linger)
-        if time.monotonic() > deadline:  # let other models' messages have this process
-            context.drains.clear(model_id, queue)
-            context.publisher.publish_jobs([wanted], self.request.delivery_info.get("routing_key"))
-            return totals
+    except BaseException:
+        context.drains.clear(model_id, queue)  # a failed drain must not turn messages away
+        raise
 
 
 def advance_file_job(context: WorkerContext, job_id: uuid.UUID, status: str) -> dict | None:

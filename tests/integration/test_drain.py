@@ -50,9 +50,11 @@ def test_no_message_is_published_while_a_worker_drains_the_model(make_stack, rec
             with stack.sessions() as session:
                 job = session.get(Job, uuid.UUID(first["id"]))
                 model_id, queue = job.model_id, job.options["queue"]
-            DrainFlags(stack.settings.redis_url, ttl_seconds=30).mark(model_id, queue)
+            flags = DrainFlags(stack.settings.redis_url, ttl_seconds=30)
+            flags.mark(model_id, queue)
             time.sleep(0.05)  # past the coalescing window of the first job's message
             second = client.submit("digits", [records[1]])
+            flags.clear(model_id, queue)  # that (pretend) drain is over
         worker = support.start_worker(stack.env, stack.logdir)
         try:  # only the first job's message exists; its drain claims the second job too
             support.wait_for(lambda: re.search(r"scored \d+ rows", worker.log.read_text()),
@@ -89,4 +91,64 @@ def test_a_burst_of_jobs_all_finish_without_the_reconciler(make_stack, records):
         assert received < 150, f"{received} messages for 300 jobs"
     finally:
         worker.stop()
+        api.stop()
+
+
+def test_one_process_drains_a_model_unless_it_asks_for_help(make_stack, records):
+    """A message for a model that another process is draining is done at once (the drainer
+    takes its job); a drainer's call for help is not turned away."""
+    from app.queueing import Publisher
+    from app.services.auth import authenticate
+    from app.services.jobs import submit_job
+
+    stack = make_stack(KILN_QUEUED_GRACE_SECONDS="600", KILN_RECONCILE_INTERVAL_SECONDS="600")
+    stack.kiln("models", "add-demo", "digits")
+    key = stack.create_key("drain-tenant")
+    with stack.sessions.begin() as session:  # recorded, not published
+        job, _ = submit_job(session, authenticate(session, f"Bearer {key}"), model="digits",
+                            inputs=[records[0]])
+    flags = DrainFlags(stack.settings.redis_url, ttl_seconds=60)
+    flags.mark(job.model_id, job.options["queue"])  # as if another process were draining
+    publisher = Publisher(stack.settings)
+    worker = support.start_worker(stack.env, stack.logdir)
+    try:
+        def status() -> str:
+            with stack.sessions() as session:
+                return session.get(Job, job.id).status
+
+        def finished_tasks() -> int:
+            return len(re.findall(r"Task kiln.run_job\[[^\]]+\] succeeded", worker.log.read_text()))
+
+        publisher.publish_jobs([job.id], job.options["queue"])
+        support.wait_for(lambda: finished_tasks() == 1, timeout=30, message="the first task")
+        assert status() == "queued"  # turned away: no second drainer
+        publisher.publish_jobs([job.id], job.options["queue"], helper=True)
+        support.wait_for(lambda: status() == "succeeded", timeout=30, message="the helper")
+    finally:
+        worker.stop()
+        flags.clear(job.model_id, job.options["queue"])
+
+
+def test_a_drainer_with_full_claims_asks_for_help(make_stack, records):
+    stack = make_stack(KILN_MAX_JOBS_PER_CLAIM="4", KILN_WORKER_CONCURRENCY="2",
+                       KILN_QUEUED_GRACE_SECONDS="600", KILN_RECONCILE_INTERVAL_SECONDS="600")
+    stack.kiln("models", "add-demo", "digits")
+    api = support.start_api(stack.env, stack.logdir)
+    try:
+        with KilnClient(api.url, stack.create_key()) as client:
+            with ThreadPoolExecutor(8) as pool:  # queued before any worker runs
+                ids = list(pool.map(lambda i: client.submit("digits", [records[i]])["id"],
+                                    range(60)))
+            worker = support.start_worker(stack.env, stack.logdir)
+            try:
+                for job_id in ids:
+                    assert client.wait(job_id, timeout_seconds=60)["status"] == "succeeded"
+                log = worker.log.read_text()
+            finally:
+                worker.stop()
+        assert "asking another process to help drain" in log
+        assert re.search(r"Task kiln.run_job\[[^\]]+\] received", log)
+        claims = [int(n) for n in re.findall(r"scored \d+ rows of (\d+) job", log)]
+        assert sum(claims) == 60 and max(claims) <= 4
+    finally:
         api.stop()
