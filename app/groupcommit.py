@@ -8,6 +8,12 @@ its own autocommit connection (one round trip, one flush) and wakes each caller 
 result. Rows gather while the previous statement runs, so batches grow with the load and a lone
 request waits only for its own statement.
 
+Under load (the previous statement carried several rows) the writer waits `gather_seconds`
+before taking the next batch, so that each statement, commit and WAL flush serves more jobs:
+with 16 clients on 2 cores, 2 ms took the jobs per statement from ~2.5 to ~5, Postgres from
+0.26 to 0.19 ms of CPU per job and the API from 0.72 to 0.58 ms, and submit latency went down,
+not up (less CPU queueing). A statement of one row (an idle system) is not followed by a wait.
+
 `execute(connection, rows)` must return one result per row and be safe to run twice for the
 same rows: after a connection failure the batch is retried once on a fresh connection, and the
 first attempt may have committed. A batch that fails otherwise is retried row by row, so one
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
@@ -32,8 +39,10 @@ CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 class GroupCommit:
     def __init__(self, connect: Callable[[], psycopg.Connection],
                  execute: Callable[[psycopg.Connection, Sequence[Any]], list[Any]],
-                 max_rows: int = 500, timeout_seconds: float = 30.0, name: str = "kiln-writer"):
+                 max_rows: int = 500, timeout_seconds: float = 30.0, name: str = "kiln-writer",
+                 gather_seconds: float = 0.0):
         self.connect, self.execute = connect, execute
+        self.gather = gather_seconds
         self.max_rows, self.timeout, self.name = max_rows, timeout_seconds, name
         self._queue: queue.SimpleQueue[tuple[Any, Future]] = queue.SimpleQueue()
         self._conn: psycopg.Connection | None = None
@@ -60,13 +69,17 @@ class GroupCommit:
                     self._thread.start()
 
     def _loop(self) -> None:
+        busy = False
         while True:
             batch = [self._queue.get()]
+            if busy and self.gather > 0:
+                time.sleep(self.gather)
             while len(batch) < self.max_rows:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            busy = len(batch) > 1
             live = [(row, future) for row, future in batch if future.set_running_or_notify_cancel()]
             if live:
                 self._write(live)

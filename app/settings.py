@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     max_running_chunks_per_tenant: int = Field(
         default=0, ge=0,
         description="chunks of all of one tenant's file jobs queued or running at once; 0 = no limit")
+    group_commit_wait_ms: float = Field(
+        default=2.0, ge=0,
+        description="under load, the API's writer waits this long for more submits before "
+                    "its next INSERT; 0 = never")
     max_batch_wait_ms: float = Field(
         default=20.0, description="the API sends at most one message per model per this window")
     batch_size: int = Field(default=1024, description="rows per model call on CPU workers")

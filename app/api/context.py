@@ -42,7 +42,8 @@ class ApiContext:
         return cls(settings=settings, sessions=sessions, publisher=publisher,
                    coalescer=Coalescer(publisher, window, DrainFlags(settings.redis_url))
                    if window > 0 else None,
-                   writer=GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on),
+                   writer=GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on,
+                                      gather_seconds=settings.group_commit_wait_ms / 1000),
                    request_sessions=scoped_session(sessions, scopefunc=_app_context_id),
                    **caches)
 

@@ -1,6 +1,7 @@
 """Group commit against real Postgres: shared statements, isolated failures, reconnects."""
 
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -100,3 +101,30 @@ def test_an_unreachable_database_fails_the_caller_promptly():
     writer = GroupCommit(refuse, lambda conn, rows: [None] * len(rows), timeout_seconds=10)
     with pytest.raises(psycopg.OperationalError):
         writer.run(("row",))
+
+
+def test_under_load_the_writer_waits_for_more_rows_and_a_lone_row_does_not_wait(table):
+    engine, name = table
+    calls = []
+    writer = writer_for(engine, name, calls)
+    writer.gather = 0.3  # long, so that the test can see it
+
+    started = time.monotonic()
+    writer.run((uuid.uuid4(), '{"n": 1}'))  # a lone row: written at once
+    assert time.monotonic() - started < 0.25 and calls == [1]
+    barrier = threading.Barrier(8)
+
+    def together(_):
+        barrier.wait()
+        return writer.run((uuid.uuid4(), '{"n": 2}'))
+
+    with ThreadPoolExecutor(8) as pool:  # several rows at once: the writer is now busy
+        list(pool.map(together, range(8)))
+    assert sum(calls[1:]) == 8 and len(calls[1:]) < 8 and calls[-1] > 1
+    calls.clear()
+    with ThreadPoolExecutor(2) as pool:  # two rows 0.1 s apart share the next statement
+        first = pool.submit(writer.run, (uuid.uuid4(), '{"n": 3}'))
+        time.sleep(0.1)
+        second = pool.submit(writer.run, (uuid.uuid4(), '{"n": 4}'))
+        first.result(), second.result()
+    assert calls == [2]
