@@ -244,7 +244,8 @@ def finish_in_transaction(session: Session, jobs: list[ClaimedJob], model,
         batch_count += 1
     counts = job_counts(rows, outputs)
     ended = session.execute(FINISH, {"counts": counts_document(counts, rows)}).all()
-    session.execute(WRITE_RESULTS, {"results": results_document(rows, outputs, counts)})
+    session.execute(WRITE_RESULTS, {"results": results_document(rows, outputs,
+                                                                {r.id for r in ended})})
     record_ended_jobs(session, ended)
     return {"rows": len(rows), "batches": batch_count, "jobs_finished": len(ended)}
 
