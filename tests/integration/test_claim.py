@@ -10,15 +10,20 @@ from workers.demo_models import digits_records, digits_split
 from workers.executor import CLAIM, claim_jobs, fits_one_transaction, lock_jobs
 
 
+def digits_stack(make_stack, tenant: str, records: int):
+    """An isolated stack with the digits model, a tenant's key and `records` digit records."""
+    iso = make_stack()
+    iso.kiln("models", "add-demo", "digits")
+    key = iso.create_key(tenant)
+    _, x_test, _, _ = digits_split()
+    return iso, key, digits_records(x_test[:records])
+
+
 def test_the_claim_skips_finished_jobs_old_row_versions(make_stack):
     """Every finished job leaves an old row version in `ix_jobs_active_lease` until vacuum
     (thousands a second under load). The claim must not read them: before, its search for
     expired leases made a bitmap scan fetch every one of those heap rows on each claim."""
-    iso = make_stack()
-    iso.kiln("models", "add-demo", "digits")
-    key = iso.create_key("claim-tenant")
-    _, x_test, _, _ = digits_split()
-    record = digits_records(x_test[:1])
+    iso, key, record = digits_stack(make_stack, "claim-tenant", 1)
     with iso.sessions.begin() as session:
         caller = authenticate(session, f"Bearer {key}")
         finished = [submit_job(session, caller, model="digits", inputs=record)[0].id
@@ -50,11 +55,7 @@ def test_the_claim_skips_finished_jobs_old_row_versions(make_stack):
 def test_only_first_tries_are_fresh_and_only_small_fresh_claims_skip_the_lease(make_stack):
     """A job re-published by the reconciler (or leased before) is not fresh: a claim holding one
     is leased, so that a job that kills its worker is counted and given up on."""
-    iso = make_stack()
-    iso.kiln("models", "add-demo", "digits")
-    key = iso.create_key("fresh-tenant")
-    _, x_test, _, _ = digits_split()
-    records = digits_records(x_test[:3])
+    iso, key, records = digits_stack(make_stack, "fresh-tenant", 3)
     with iso.sessions.begin() as session:
         caller = authenticate(session, f"Bearer {key}")
         new, republished = (submit_job(session, caller, model="digits", inputs=records)[0].id
