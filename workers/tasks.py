@@ -73,6 +73,8 @@ def run_job(self, job_id: str, helper: bool = False) -> dict | None:
 
     if not helper and context.drains.active(model_id, queue):
         return totals  # another process is draining this model: it takes this job
+    if helper:
+        log.info("helping to drain model %s", model_id)
     asked_for_help = False
     try:
         while True:  # drain: keep claiming this model's queued jobs while there are any
