@@ -236,11 +236,10 @@ def finish_in_transaction(session: Session, jobs: list[ClaimedJob], model,
     where a lease costs two of each. A worker killed meanwhile leaves the jobs queued, as
     though it never began: its transaction is rolled back and the locks go with it.
     """
-    rows = [Row(job, index, record) for job in jobs for index, record in enumerate(job.inputs)]
+    rows = job_rows(jobs)
     outputs, batch_count = [], 0
     for batch in batches(rows, batch_size):
-        outputs += run_isolated(batch, lambda items: model.run([r.record for r in items]),
-                                lambda _row, exc: error_output(exc))
+        outputs += score(model, batch)
         batch_count += 1
     counts = job_counts(rows, outputs)
     ended = session.execute(FINISH, {"counts": counts_document(counts, rows)}).all()
@@ -289,6 +288,17 @@ class LeaseKeeper:
                                             "lease_seconds": self.lease_seconds})
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next tick
                 log.warning("lease renewal failed: %s", exc)
+
+
+def job_rows(jobs: Sequence[ClaimedJob]) -> list[Row]:
+    """Every input row of the jobs, in claim order."""
+    return [Row(job, index, record) for job in jobs for index, record in enumerate(job.inputs)]
+
+
+def score(model, rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """One model call for the rows; a row that makes the model raise gets an error alone."""
+    return run_isolated(rows, lambda items: model.run([r.record for r in items]),
+                        lambda _row, exc: error_output(exc))
 
 
 def error_output(exc: Exception) -> dict[str, Any]:
@@ -345,7 +355,7 @@ def execute_jobs(sessions: sessionmaker[Session], claimed: list[ClaimedJob], mod
                  batch_size: int, lease_seconds: float, heartbeat_seconds: float,
                  on_batch=None) -> dict[str, int]:
     """Score every row of the claimed jobs in shared batches; each job keeps its own results."""
-    rows = [Row(job, index, record) for job in claimed for index, record in enumerate(job.inputs)]
+    rows = job_rows(claimed)
     dropped: set[uuid.UUID] = set()
     stats = {"rows": 0, "batches": 0, "jobs_finished": 0}
     with LeaseKeeper(sessions, lease_seconds, heartbeat_seconds) as keeper:
@@ -354,8 +364,7 @@ def execute_jobs(sessions: sessionmaker[Session], claimed: list[ClaimedJob], mod
             live = [row for row in batch if row.job.id not in dropped]
             if not live:
                 continue
-            outputs = run_isolated(live, lambda items: model.run([r.record for r in items]),
-                                   lambda _row, exc: error_output(exc))
+            outputs = score(model, live)
             with sessions() as session, session.begin():
                 lost, ended = write_batch(session, live, outputs, lease_seconds)
             dropped |= lost | set(ended)

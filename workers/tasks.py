@@ -55,8 +55,8 @@ def run_job(self, job_id: str, helper: bool = False) -> dict | None:
     deadline = time.monotonic() + DRAIN_SECONDS
     totals = {"rows": 0, "batches": 0, "jobs_finished": 0}
 
-    routing_key = (self.request.delivery_info or {}).get("routing_key")
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    delivery = self.request.delivery_info or {}
+    routing_key, redelivered = delivery.get("routing_key"), bool(delivery.get("redelivered"))
     in_transaction_rows = min(settings.single_transaction_rows, batch_size)
 
     def claim() -> tuple[list[ClaimedJob], dict[str, int] | None]:
