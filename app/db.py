@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import InvalidInput
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def to_json(value) -> str:
@@ -51,3 +54,14 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One session, one transaction: commit on success, roll back on error."""
     with factory() as session, session.begin():
         yield session
+
+
+def close_quietly(session: Session) -> None:
+    """Close a session whose work is done: its answer has been made or sent. Closing rolls back
+    an open transaction, and when the database went away after the last query that rollback
+    raises; the error is logged, not raised, so that it cannot turn a finished answer into a
+    500 or cut off a streamed body."""
+    try:
+        session.close()
+    except Exception as exc:  # noqa: BLE001 - nothing is left to undo; the pool drops the connection
+        log.warning("closing a database session failed: %s", str(exc).splitlines()[0])

@@ -12,7 +12,7 @@ from flask import current_app, g, request
 from flask.globals import app_ctx
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from app.db import connect
+from app.db import close_quietly, connect
 from app.groupcommit import GroupCommit
 from app.queueing import Coalescer, DrainFlags, Publisher
 from app.services import jobs
@@ -96,4 +96,12 @@ def caller() -> Caller:
 
 
 def close_session(_exc: BaseException | None = None) -> None:
-    context().request_sessions.remove()
+    """Teardown: the request's session is closed and always forgotten. `scoped_session.remove()`
+    keeps a session whose close raised, and the next app context at the same address would be
+    handed it."""
+    sessions = context().request_sessions
+    try:
+        if sessions.registry.has():
+            close_quietly(sessions.registry())
+    finally:
+        sessions.registry.clear()

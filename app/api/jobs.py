@@ -8,6 +8,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from app.api.context import caller, context, db
 from app.api.responses import Response, json_response
 from app.api.schemas import FormatQuery, JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
+from app.db import close_quietly
 from app.errors import Conflict
 from app.formats import MEDIA_TYPES
 from app.services import jobs, outputs, webhooks
@@ -110,14 +111,14 @@ def file_job_rows(job, kind: str, fmt: str | None) -> Response:
     try:
         pieces, out_fmt = outputs.stream_file_job(session, job, kind, fmt)
     except BaseException:
-        session.close()
+        close_quietly(session)
         raise
 
     def body():
         try:
             yield from pieces
         finally:
-            session.close()
+            close_quietly(session)
 
     return Response(stream_with_context(body()), mimetype=MEDIA_TYPES[out_fmt],
                     headers={"X-Job-Status": job.status,

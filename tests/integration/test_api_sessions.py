@@ -1,0 +1,51 @@
+"""The request's database session when Postgres goes away between a request's last query and
+its teardown (the chaos suite once saw a 500 on GET /v1/jobs while Postgres restarted)."""
+
+from __future__ import annotations
+
+import psycopg
+from flask import g
+
+from app.api import create_app
+from app.api.context import context, db
+
+
+def terminate_request_backend(response):
+    """after_request: kill the request session's server process, as a Postgres restart would,
+    after the view's query and before teardown closes (and rolls back) the session."""
+    if g.get("kill_backend"):
+        pid = db().connection().connection.dbapi_connection.info.backend_pid
+        with psycopg.connect(g.admin_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        g.killed_pid = pid
+    return response
+
+
+def test_a_database_lost_before_teardown_neither_fails_the_answer_nor_leaks_the_session(stack):
+    key = stack.create_key()
+    app = create_app(stack.settings)
+    app.after_request(terminate_request_backend)
+    killed = []
+
+    @app.before_request
+    def mark():
+        g.kill_backend = not killed
+        g.admin_dsn = stack.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+
+    @app.teardown_request
+    def note(_exc=None):
+        if "killed_pid" in g:
+            killed.append(g.killed_pid)
+
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    first = client.get("/v1/jobs", headers=headers)  # raised from teardown before the fix
+    assert first.status_code == 200, first.data
+    assert killed, "the hook did not kill the request's backend"
+    with app.app_context():
+        assert not context().request_sessions.registry.has()
+
+    for _ in range(3):  # later requests get working sessions
+        answer = client.get("/v1/jobs", headers=headers)
+        assert answer.status_code == 200, answer.data
+    assert len(killed) == 1
