@@ -4,38 +4,27 @@ its teardown (the chaos suite once saw a 500 on GET /v1/jobs while Postgres rest
 from __future__ import annotations
 
 import psycopg
-from flask import g
 
 from app.api import create_app
 from app.api.context import context, db
 
 
-def terminate_request_backend(response):
-    """after_request: kill the request session's server process, as a Postgres restart would,
-    after the view's query and before teardown closes (and rolls back) the session."""
-    if g.get("kill_backend"):
-        pid = db().connection().connection.dbapi_connection.info.backend_pid
-        with psycopg.connect(g.admin_dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        g.killed_pid = pid
-    return response
-
-
 def test_a_database_lost_before_teardown_neither_fails_the_answer_nor_leaks_the_session(stack):
     key = stack.create_key()
     app = create_app(stack.settings)
-    app.after_request(terminate_request_backend)
+    admin_dsn = stack.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
     killed = []
 
-    @app.before_request
-    def mark():
-        g.kill_backend = not killed
-        g.admin_dsn = stack.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
-
-    @app.teardown_request
-    def note(_exc=None):
-        if "killed_pid" in g:
-            killed.append(g.killed_pid)
+    @app.after_request
+    def terminate_request_backend(response):
+        """Kill the first request session's server process, as a Postgres restart would, after
+        the view's query and before teardown closes (and rolls back) the session."""
+        if not killed:
+            pid = db().connection().connection.dbapi_connection.info.backend_pid
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            killed.append(pid)
+        return response
 
     client = app.test_client()
     headers = {"Authorization": f"Bearer {key}"}
