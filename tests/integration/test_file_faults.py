@@ -84,7 +84,12 @@ def test_sigkilled_worker_mid_chunk_gives_exactly_one_row_per_input(slow_stack):
 
 
 def test_a_huge_file_does_not_starve_another_tenants_small_job(slow_stack, make_stack):
-    iso, model, client, _ = slow_stack
+    iso, _, client, _ = slow_stack
+    # a model 4x slower than slow_stack's (chunks of ~0.4 s instead of ~0.1 s here): the bound
+    # below is in rows, and the polls and requests around the small job must stay small beside
+    # a chunk, or a loaded machine counts them as rows the small job waited behind
+    model = f"slower-{uuid.uuid4().hex[:6]}"
+    register_slow_model(iso, model, hidden=2048)
     other = KilnClient(str(client.http.base_url), iso.create_key())
     meta = upload(client, "big.jsonl", to_jsonl(rows_with_ids(20000)))
     big = submit(client, model, meta["id"])
