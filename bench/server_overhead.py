@@ -69,7 +69,7 @@ def phase(wait_ms: float, requests: int, clients: int, workers: int, threads: in
 def _answers(url: str, raw: bytes) -> bool:
     try:
         return run_load(url, 1, 1, lambda _: raw).statuses == {202: 1}
-    except OSError:
+    except (OSError, EOFError):  # refused, or closed by a server still starting
         return False
 
 
