@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
+from app.cpus import apply_cpu_policy
 from app.settings import Settings, load_settings
 
 err = Console(stderr=True)
@@ -147,6 +148,7 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     from app.server import ApiServer
 
     settings = settings_from(ctx)
+    apply_cpu_policy(settings.cpu_policy)  # before granian starts its processes and threads
     with multiprocess_metrics("api") if settings.metrics_enabled else nullcontext():
         ApiServer(settings, host or settings.api_host, port or settings.api_port).run()
 

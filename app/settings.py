@@ -6,7 +6,7 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_workers: int = Field(default=0, description="API (granian) processes; 0 = one per usable CPU")
     api_threads: int = 8
+    cpu_policy: Literal["batch", "normal"] = Field(
+        default="batch",
+        description="Linux scheduling policy of kiln api and kiln worker: batch (SCHED_BATCH, a "
+                    "thread woken up does not preempt the running one) or normal (the default)")
     worker_concurrency: int = Field(default=0, description="Celery prefork children; 0 = CPU count")
     queue: str = "cpu"
     gpu_queue: str = Field(default="gpu", description="queue of jobs that need a GPU")

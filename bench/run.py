@@ -25,6 +25,7 @@ import httpx
 import orjson
 import psycopg
 
+from app.cpus import apply_cpu_policy
 from bench.loadgen import post_request, run_load
 from tests import support
 from workers.demo_models import build_digits, digits_records, digits_split
@@ -100,10 +101,11 @@ def kiln_bench(env: dict[str, str], logdir: Path, dsn: str, records: list[dict],
 
 
 def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
-                   records: list[dict], jobs: int, clients: int) -> dict:
+                   records: list[dict], jobs: int, clients: int, cpu_policy: str = "normal") -> dict:
     """Plain Celery, one task per record: enqueued straight from this process, then through
     the HTTP endpoint a user would put in front of it (`bench.baseline:http_app`, on the same
-    server, processes and threads as `kiln api`)."""
+    server, processes and threads as `kiln api`). `cpu_policy` is the Linux scheduling policy of
+    its worker and server (`normal`: what a user's glue gets; `batch`: what Kiln uses)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE baseline_results (id bigserial PRIMARY KEY, job int, output jsonb)")
     model = logdir / "digits.onnx"
@@ -115,7 +117,8 @@ def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.baseline", "worker",
                                "-c", "2", "-P", "prefork", "--prefetch-multiplier", "1",
                                "--without-gossip", "--without-mingle", "-Q", queue,
-                               "--loglevel", "WARNING"], env=benv, stdout=log, stderr=log)
+                               "--loglevel", "WARNING"], env=benv, stdout=log, stderr=log,
+                              preexec_fn=lambda: apply_cpu_policy(cpu_policy))
     os.environ.update({k: v for k, v in benv.items() if k.startswith("BASELINE_")})
     from bench.baseline import app, score
 
@@ -134,7 +137,7 @@ def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
         direct = jobs / (wait_count(dsn, done, jobs) - start)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("TRUNCATE baseline_results")
-        http = http_baseline(benv, logdir, dsn, records, jobs, clients, done)
+        http = http_baseline(benv, logdir, dsn, records, jobs, clients, done, cpu_policy)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -142,7 +145,7 @@ def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
 
 
 def http_baseline(env: dict[str, str], logdir: Path, dsn: str, records: list[dict], jobs: int,
-                  clients: int, done: str) -> float:
+                  clients: int, done: str, cpu_policy: str = "normal") -> float:
     from app.settings import Settings
 
     settings = Settings(api_workers=int(env.get("KILN_API_WORKERS", 0)),
@@ -153,7 +156,8 @@ def http_baseline(env: dict[str, str], logdir: Path, dsn: str, records: list[dic
                                "--host", "127.0.0.1", "--port", str(port),
                                "--workers", str(settings.effective_api_workers),
                                "--blocking-threads", str(settings.api_threads),
-                               "bench.baseline:http_app"], env=env, stdout=log, stderr=log)
+                               "bench.baseline:http_app"], env=env, stdout=log, stderr=log,
+                              preexec_fn=lambda: apply_cpu_policy(cpu_policy))
     url = f"http://127.0.0.1:{port}"
     bodies = [post_request(url, "/score", orjson.dumps(
         {"job": i, "inputs": [records[i % len(records)]]}), {}) for i in range(jobs)]
@@ -192,6 +196,11 @@ def main() -> int:
                         help="KILN_API_WORKERS for the API under test (default: Kiln's default)")
     parser.add_argument("--api-threads", type=int, default=None,
                         help="KILN_API_THREADS for the API under test (default: Kiln's default)")
+    parser.add_argument("--cpu-policy", choices=["batch", "normal"], default=None,
+                        help="KILN_CPU_POLICY for Kiln's API and worker (default: Kiln's, batch)")
+    parser.add_argument("--baseline-cpu-policy", choices=["batch", "normal"], default="normal",
+                        help="scheduling policy of the baseline's worker and server (default: "
+                             "normal, what plain Celery gets; batch gives it Kiln's)")
     args = parser.parse_args()
 
     admin = support.LOCAL_POSTGRES if support.local_postgres_up() else None
@@ -215,7 +224,8 @@ def main() -> int:
                             **({"KILN_API_WORKERS": str(args.api_workers)} if args.api_workers
                                else {}),
                             **({"KILN_API_THREADS": str(args.api_threads)} if args.api_threads
-                               else {})})
+                               else {}),
+                            **({"KILN_CPU_POLICY": args.cpu_policy} if args.cpu_policy else {})})
     from app.migrate import upgrade
     from app.settings import Settings
     upgrade(Settings(database_url=dsn))
@@ -223,7 +233,8 @@ def main() -> int:
     records = digits_records(x_test)
     try:
         kiln = kiln_bench(env, logdir, dsn, records, args.jobs, args.latency_jobs, args.clients)
-        base = baseline_bench(env, logdir, dsn, redis_url, records, args.jobs, args.clients)
+        base = baseline_bench(env, logdir, dsn, redis_url, records, args.jobs, args.clients,
+                              args.baseline_cpu_policy)
     finally:
         support.drop_database(admin, name)
         for server in embedded:
@@ -233,7 +244,9 @@ def main() -> int:
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "jobs": args.jobs,
               "clients": args.clients,
               "api": f"{env.get('KILN_API_WORKERS', 'default')} processes x "
-                     f"{env.get('KILN_API_THREADS', 'default')} threads", "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
+                     f"{env.get('KILN_API_THREADS', 'default')} threads",
+              "cpu_policy": {"kiln": env.get("KILN_CPU_POLICY", "default (batch)"),
+                             "baseline": args.baseline_cpu_policy}, "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
               "baseline": base, "ratio": ratio, "http_ratio": http_ratio, "batch_size_histogram": histogram(kiln["batch_sizes"])}
     print(json.dumps(report, indent=2))
     print(f"""

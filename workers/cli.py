@@ -15,7 +15,7 @@ import orjson
 from celery import signals
 
 from app.cli import cli, err, sessions, settings_from
-from app.cpus import cpus
+from app.cpus import apply_cpu_policy, cpus
 from app.cli import models as models_group
 from app.settings import Settings
 
@@ -112,6 +112,7 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     configure_logging(settings.log_level)
+    apply_cpu_policy(settings.cpu_policy)  # inherited by the prefork children and their threads
     celery = create_celery(settings, require_gpu=require_gpu)
 
     if not no_reconciler:

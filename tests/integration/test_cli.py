@@ -100,3 +100,68 @@ def test_a_gpu_worker_refuses_to_start_without_cuda(stack):
     result = run_kiln(stack.env, "worker", "-Q", "gpu", check=False, timeout=60)
     assert result.returncode != 0
     assert "CUDAExecutionProvider" in result.stderr and "Traceback" not in result.stderr
+
+
+def process_tree_threads(pid: int) -> dict[int, int]:
+    """Every thread of `pid` and of its descendants: {thread id: process id}."""
+    from pathlib import Path
+
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the command name (field 2) may hold spaces and parentheses: split after it
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass  # exited meanwhile
+    tree, grew = {pid}, True
+    while grew:
+        found = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grew = bool(found)
+    threads = {}
+    for process in tree:
+        for task in Path(f"/proc/{process}/task").glob("[0-9]*"):
+            threads[int(task.name)] = process
+    return threads
+
+
+def policies(pid: int) -> dict[int, int]:
+    """{thread id: scheduling policy} over the process tree of `pid`."""
+    import os
+
+    found = {}
+    for thread in process_tree_threads(pid):
+        try:
+            found[thread] = os.sched_getscheduler(thread)
+        except (ProcessLookupError, PermissionError):
+            pass  # the thread ended meanwhile
+    return found
+
+
+def test_api_and_worker_run_every_thread_under_sched_batch(stack, client, api, worker):
+    """KILN_CPU_POLICY (default batch): every process and thread `kiln api` and `kiln worker`
+    start is SCHED_BATCH, so a woken thread never preempts the GIL holder of its process;
+    `normal` keeps the OS default."""
+    import os
+
+    import pytest
+
+    from tests.support import start_api
+
+    if not hasattr(os, "SCHED_BATCH"):
+        pytest.fail("this test needs Linux scheduling policies")
+    _, x_test, _, _ = digits_split()
+    job = client.wait(client.submit("digits", digits_records(x_test[:3]))["id"])
+    assert job["status"] == "succeeded"  # the request, writer and scoring threads all exist now
+    for process in (api, worker):
+        found = policies(process.process.pid)
+        # granian's or Celery's processes, and their threads (ONNX Runtime's, the writer's, …)
+        assert len(set(process_tree_threads(process.process.pid).values())) > 1
+        assert len(found) > 5, found
+        assert set(found.values()) == {os.SCHED_BATCH}, (process.name, found)
+
+    normal = start_api(dict(stack.env, KILN_CPU_POLICY="normal"), stack.logdir)
+    try:
+        found = policies(normal.process.pid)
+        assert len(found) > 5 and set(found.values()) == {os.SCHED_OTHER}, found
+    finally:
+        normal.stop()
