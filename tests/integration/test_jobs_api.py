@@ -1,9 +1,12 @@
 """Journey 1 over HTTP against real `kiln api` and `kiln worker` processes."""
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
+import psycopg
 import pytest
 
 from tests.support import start_api, wait_for
@@ -239,3 +242,35 @@ def test_models_list_digits_with_its_accuracy(client):
     assert digits["metrics"]["heldout_accuracy"] >= 0.95
     assert digits["signature"]["columns"][:2] == ["p0", "p1"]
     assert digits["builtin"] is True and digits["version"] >= 1
+
+
+def test_a_burst_of_polls_reuses_pooled_connections(stack, client):
+    """Each API request thread keeps a pooled Postgres connection: a burst of concurrent polls
+    opens no new database sessions once the pools are warm (a pool smaller than the thread count
+    used to close and reopen connections, a backend fork every few requests)."""
+    job = client.submit("digits", heldout(1)[0])
+
+    def burst() -> None:
+        def poll(_):
+            with httpx.Client(base_url=client.http.base_url,
+                              headers=client.http.headers) as http:
+                for _ in range(40):
+                    assert http.get(f"/v1/jobs/{job['id']}").status_code == 200
+
+        with ThreadPoolExecutor(16) as pool:  # more connections than API threads in all
+            list(pool.map(poll, range(16)))
+
+    database = stack.settings.database_url.rsplit("/", 1)[1]
+    with psycopg.connect(stack.settings.database_url, autocommit=True) as conn:
+        def sessions_opened() -> int:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            # a session is counted when its backend reports its stats: at the latest when it
+            # exits, which is what a closed pool connection does
+            return conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s",
+                                (database,)).fetchone()[0]
+
+        burst()  # fills the pools
+        before = sessions_opened()
+        burst()
+        time.sleep(1.5)  # Postgres folds a backend's counters into the view at most once a second
+        assert sessions_opened() - before <= 2
