@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from typing import MutableMapping
-
-from cachetools import TTLCache
 
 from flask import current_app, g, request
 from flask.globals import app_ctx
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from app.caching import LoadingCache
 from app.db import close_quietly, connect
 from app.groupcommit import GroupCommit
 from app.queueing import Coalescer, DrainFlags, Publisher
@@ -26,15 +23,15 @@ class ApiContext:
     sessions: sessionmaker[Session]
     publisher: Publisher
     coalescer: Coalescer | None = None
-    callers: MutableMapping | None = None  # None: no caching (KILN_CACHE_SECONDS=0)
-    models: MutableMapping | None = None
+    callers: LoadingCache | None = None  # None: no caching (KILN_CACHE_SECONDS=0)
+    models: LoadingCache | None = None
     writer: GroupCommit | None = None  # new jobs, group-committed
     request_sessions: scoped_session | None = None  # see `db()`
 
     @classmethod
     def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> "ApiContext":
         ttl = settings.cache_seconds
-        caches = ({"callers": LockedTTLCache(10_000, ttl), "models": LockedTTLCache(1_000, ttl)}
+        caches = ({"callers": LoadingCache(10_000, ttl), "models": LoadingCache(1_000, ttl)}
                   if ttl > 0 else {})
         publisher = Publisher(settings)
         window = settings.max_batch_wait_ms / 1000
@@ -56,22 +53,6 @@ class ApiContext:
                                   None if wait_ms is None else wait_ms / 1000)
         else:
             self.publisher.publish_jobs([job.id], queue)
-
-
-class LockedTTLCache(TTLCache):
-    """cachetools' TTLCache is not thread-safe; the API's request threads share it."""
-
-    def __init__(self, maxsize: int, ttl: float):
-        super().__init__(maxsize, ttl)
-        self._lock = threading.Lock()
-
-    def get(self, key, default=None):
-        with self._lock:
-            return super().get(key, default)
-
-    def __setitem__(self, key, value) -> None:
-        with self._lock:
-            super().__setitem__(key, value)
 
 
 def context() -> ApiContext:

@@ -6,11 +6,11 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import MutableMapping
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.caching import LoadingCache, cached_or_loaded
 from app.errors import NotFound, Unauthorized
 from app.orm import ApiKey, Tenant
 
@@ -78,24 +78,23 @@ def revoke_key(session: Session, prefix: str) -> ApiKey:
 
 
 def authenticate(session: Session, authorization: str | None,
-                 cache: MutableMapping[str, Caller] | None = None) -> Caller:
+                 cache: LoadingCache[Caller] | None = None) -> Caller:
     """Resolve `Authorization: Bearer KEY` to its tenant, or raise Unauthorized.
 
-    `cache` (keyed by the key's hash, e.g. a short TTL cache) saves a query per request; a
-    revoked key then stops working when its entry expires.
+    `cache` (keyed by the key's hash, a short TTL) saves a query per request; a revoked key
+    then stops working when its entry expires.
     """
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("send the API key as 'Authorization: Bearer KEY'")
     key_hash = hash_key(authorization[len("Bearer "):].strip())
-    if cache is not None and (hit := cache.get(key_hash)) is not None:
-        return hit
-    row = session.execute(
-        select(ApiKey.tenant_id, Tenant.name).join(Tenant)
-        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    ).first()
-    if row is None:
-        raise Unauthorized("the API key is unknown or revoked")
-    caller = Caller(tenant_id=row.tenant_id, tenant_name=row.name)
-    if cache is not None:
-        cache[key_hash] = caller
-    return caller
+
+    def load() -> Caller:
+        row = session.execute(
+            select(ApiKey.tenant_id, Tenant.name).join(Tenant)
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        ).first()
+        if row is None:
+            raise Unauthorized("the API key is unknown or revoked")
+        return Caller(tenant_id=row.tenant_id, tenant_name=row.name)
+
+    return cached_or_loaded(cache, key_hash, load)

@@ -7,13 +7,14 @@ import hashlib
 import uuid
 from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, MutableMapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 import psycopg
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.caching import LoadingCache
 from app.domain.states import JobStatus, cancel_target
 from app.domain.validation import check_records
 from app.errors import BadRequest, Conflict, DatabaseUnavailable, InvalidInput, PayloadTooLarge
@@ -62,7 +63,7 @@ def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any
                webhook_url: str | None = None, idempotency_key: str | None = None,
                fingerprint: str | None = None, max_inline_inputs: int = 10_000,
                variant: str | None = None,
-               model_cache: MutableMapping | None = None,
+               model_cache: LoadingCache | None = None,
                completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
                queues: tuple[str | None, str] = (None, "gpu"),
                require_gpu: bool = False,
@@ -101,7 +102,7 @@ def submit_file_job(session: Session, caller: Caller, *, model: str, input_file:
                     webhook_url: str | None = None, idempotency_key: str | None = None,
                     fingerprint: str | None = None, parent_id: uuid.UUID | None = None,
                     variant: str | None = None,
-                    model_cache: MutableMapping | None = None,
+                    model_cache: LoadingCache | None = None,
                     completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
                     queues: tuple[str | None, str] = (None, "gpu"),
                     require_gpu: bool = False, queue: str | None = None,

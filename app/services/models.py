@@ -9,13 +9,13 @@ or the version's default variant (`fp32` unless its fp32 row's processing says
 from __future__ import annotations
 
 import uuid
-from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
+from app.caching import LoadingCache, cached_or_loaded
 from app.domain.onnx_check import check_alias, check_model, check_model_name
 from app.errors import Conflict, InvalidInput, NotFound
 from app.orm import Model
@@ -132,22 +132,20 @@ class ModelRef:
 
 
 def resolve_model_ref(session: Session, tenant_id: uuid.UUID, name: str,
-                      cache: MutableMapping[tuple, ModelRef] | None = None,
+                      cache: LoadingCache[ModelRef] | None = None,
                       variant: str | None = None) -> ModelRef:
     """`resolve_model` for a reference (`name`, `name@alias`, `name@N`), reduced to a ModelRef
     and optionally cached (a new version or a moved alias shows up when the entry expires)."""
-    key = (tenant_id, name, variant)
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit
-    plain, alias, version = parse_reference(name)
-    model = resolve_model(session, tenant_id, plain, version, alias=alias, variant=variant)
-    ref = ModelRef(model.id, model.name, model.version, dict(model.signature), model.variant,
-                   requires_gpu=bool(model.processing.get("requires_gpu"))
-                   or model.variant == "fp16",
-                   batch_wait_ms=model.processing.get("max_batch_wait_ms"))
-    if cache is not None:
-        cache[key] = ref
-    return ref
+    def load() -> ModelRef:
+        plain, alias, version = parse_reference(name)
+        model = resolve_model(session, tenant_id, plain, version, alias=alias, variant=variant)
+        return ModelRef(model.id, model.name, model.version, dict(model.signature),
+                        model.variant,
+                        requires_gpu=bool(model.processing.get("requires_gpu"))
+                        or model.variant == "fp16",
+                        batch_wait_ms=model.processing.get("max_batch_wait_ms"))
+
+    return cached_or_loaded(cache, (tenant_id, name, variant), load)
 
 
 def owned_model(session: Session, tenant_id: uuid.UUID | None, name: str,
