@@ -3,10 +3,12 @@ granian (the processes and threads of `kiln api`), answering at once against the
 waiting a few milliseconds before it answers, as every Kiln submit waits for its commit.
 
     python -m bench.server_overhead [--requests 5000] [--clients 16] [--wait-ms 4]
+                                    [--cpu-policies normal,batch]
 
 No database and no Kiln code: the route parses a one-record `digits` body and answers 202, so
 the difference between the two phases is the wait alone. It reports the server's CPU per
-request (granian's processes, from psutil) for each phase and their ratio.
+request (granian's processes, from psutil) for each phase and their ratio, with the server
+under each Linux scheduling policy asked for (`KILN_CPU_POLICY`: `batch` is Kiln's default).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import orjson
 import psutil
 from flask import Flask, Response, request
 
+from app.cpus import apply_cpu_policy
 from bench.loadgen import post_request, run_load
 from tests import support
 
@@ -42,13 +45,15 @@ def server_cpu(pid: int) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in [parent, *parent.children(recursive=True)])
 
 
-def phase(wait_ms: float, requests: int, clients: int, workers: int, threads: int) -> dict:
+def phase(wait_ms: float, requests: int, clients: int, workers: int, threads: int,
+          cpu_policy: str = "normal") -> dict:
     port = support.free_port()
     server = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "wsgi",
                                "--workers", str(workers), "--blocking-threads", str(threads),
                                "--port", str(port), "--no-ws", "bench.server_overhead:app"],
                               env=dict(os.environ, BENCH_WAIT_MS=str(wait_ms)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=lambda: apply_cpu_policy(cpu_policy))
     url = f"http://127.0.0.1:{port}"
     body = orjson.dumps({"model": "digits", "inputs": [{f"p{i}": 1.0 for i in range(64)}]})
     raw = post_request(url, "/v1/jobs", body, {"Authorization": "Bearer bench"})
@@ -79,22 +84,26 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--wait-ms", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cpu-policies", default="normal,batch",
+                        help="comma-separated scheduling policies to serve under, each round")
     args = parser.parse_args()
+    policies = args.cpu_policies.split(",")
     from app.settings import Settings
 
     settings = Settings()
     workers, threads = settings.effective_api_workers, settings.api_threads
     print(f"granian {workers} processes x {threads} threads, {args.clients} clients, "
           f"{args.requests} requests per phase\n")
-    print("| round | at once (req/s) | at once (server CPU us/req) "
+    print("| round | CPU policy | at once (req/s) | at once (server CPU us/req) "
           f"| waiting {args.wait_ms:g} ms (req/s) | waiting (server CPU us/req) | CPU ratio |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for round_ in range(1, args.rounds + 1):  # interleaved: the machine's speed drifts
-        plain = phase(0, args.requests, args.clients, workers, threads)
-        waiting = phase(args.wait_ms, args.requests, args.clients, workers, threads)
-        print(f"| {round_} | {plain['per_s']:,.0f} | {plain['cpu_us']:.0f} "
-              f"| {waiting['per_s']:,.0f} | {waiting['cpu_us']:.0f} "
-              f"| {waiting['cpu_us'] / plain['cpu_us']:.2f}x |", flush=True)
+        for policy in policies:
+            plain = phase(0, args.requests, args.clients, workers, threads, policy)
+            waiting = phase(args.wait_ms, args.requests, args.clients, workers, threads, policy)
+            print(f"| {round_} | {policy} | {plain['per_s']:,.0f} | {plain['cpu_us']:.0f} "
+                  f"| {waiting['per_s']:,.0f} | {waiting['cpu_us']:.0f} "
+                  f"| {waiting['cpu_us'] / plain['cpu_us']:.2f}x |", flush=True)
     return 0
 
 
