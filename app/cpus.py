@@ -62,8 +62,8 @@ def apply_cpu_policy(policy: str) -> bool:
     wake-up. A submit wakes threads several times (server to request thread, request thread to
     the group-commit writer and back, the reply back to the server). Under SCHED_BATCH a woken
     thread waits for the running one to block or for the scheduler tick instead. On the 2-core
-    benchmark machine this took `kiln api` from 0.72 to 0.65 ms of CPU per submit and end-to-end
-    throughput up by 14-16% (docs/benchmarks.md). Other processes (Postgres, Redis) keep their
+    benchmark machine this took `kiln api` from 0.68-0.71 to 0.62-0.66 ms of CPU per submit and
+    small-job throughput up by 7-16% (docs/benchmarks.md). Other processes (Postgres, Redis) keep their
     policy; Kiln's threads never preempt them on wake-up, and they still preempt Kiln's.
 
     Lowering one's own policy to SCHED_BATCH needs no privilege. Where the call is missing (not
