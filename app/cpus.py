@@ -63,8 +63,9 @@ def apply_cpu_policy(policy: str) -> bool:
     the group-commit writer and back, the reply back to the server). Under SCHED_BATCH a woken
     thread waits for the running one to block or for the scheduler tick instead. On the 2-core
     benchmark machine this took `kiln api` from 0.68-0.71 to 0.62-0.66 ms of CPU per submit and
-    small-job throughput up by 7-16% (docs/benchmarks.md). Other processes (Postgres, Redis) keep their
-    policy; Kiln's threads never preempt them on wake-up, and they still preempt Kiln's.
+    small-job throughput up by 7-16% (docs/benchmarks.md). Other processes (Postgres, Redis)
+    keep their policy: Kiln's threads never preempt them on wake-up, and they still preempt
+    Kiln's.
 
     Lowering one's own policy to SCHED_BATCH needs no privilege. Where the call is missing (not
     Linux) or refused (a seccomp profile), the process keeps its policy and a warning says so.
@@ -76,15 +77,15 @@ def apply_cpu_policy(policy: str) -> bool:
         if policy == "batch":
             log.warning("SCHED_BATCH is not available on this platform; keeping the default policy")
         return False
-    try:
-        for thread in _threads():  # the policy is per thread: also those imports have started
+    for thread in _threads():  # the policy is per thread: also those imports have started
+        try:
             if os.sched_getscheduler(thread) != wanted[policy]:
                 os.sched_setscheduler(thread, wanted[policy], os.sched_param(0))
-    except ProcessLookupError:
-        pass  # a thread ended meanwhile
-    except OSError as exc:
-        log.warning("could not set the %s CPU policy: %s", policy, exc)
-        return False
+        except ProcessLookupError:
+            continue  # the thread ended meanwhile
+        except OSError as exc:
+            log.warning("could not set the %s CPU policy: %s", policy, exc)
+            return False
     return True
 
 

@@ -246,7 +246,8 @@ def main() -> int:
               "api": f"{env.get('KILN_API_WORKERS', 'default')} processes x "
                      f"{env.get('KILN_API_THREADS', 'default')} threads",
               "cpu_policy": {"kiln": env.get("KILN_CPU_POLICY", "default (batch)"),
-                             "baseline": args.baseline_cpu_policy}, "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
+                             "baseline": args.baseline_cpu_policy},
+              "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
               "baseline": base, "ratio": ratio, "http_ratio": http_ratio, "batch_size_histogram": histogram(kiln["batch_sizes"])}
     print(json.dumps(report, indent=2))
     print(f"""

@@ -6,7 +6,7 @@ waiting a few milliseconds before it answers, as every Kiln submit waits for its
                                     [--cpu-policies normal,batch]
 
 No database and no Kiln code: the route parses a one-record `digits` body and answers 202, so
-the difference between the two phases is the wait alone. It reports the server's CPU per
+the difference between the two phases is the wait (and the lower request rate it brings). It reports the server's CPU per
 request (granian's processes, from psutil) for each phase and their ratio, with the server
 under each Linux scheduling policy asked for (`KILN_CPU_POLICY`: `batch` is Kiln's default).
 """
