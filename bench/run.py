@@ -25,7 +25,7 @@ import httpx
 import orjson
 import psycopg
 
-from app.cpus import apply_cpu_policy
+from bench import with_policy
 from bench.loadgen import post_request, run_load
 from tests import support
 from workers.demo_models import build_digits, digits_records, digits_split
@@ -114,11 +114,10 @@ def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
     benv = dict(env, BASELINE_BROKER_URL=redis_url, BASELINE_DSN=dsn, BASELINE_MODEL=str(model),
                 BASELINE_QUEUE=queue)
     log = (logdir / "baseline.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.baseline", "worker",
-                               "-c", "2", "-P", "prefork", "--prefetch-multiplier", "1",
-                               "--without-gossip", "--without-mingle", "-Q", queue,
-                               "--loglevel", "WARNING"], env=benv, stdout=log, stderr=log,
-                              preexec_fn=lambda: apply_cpu_policy(cpu_policy))
+    worker = subprocess.Popen(with_policy.command(cpu_policy, [
+        sys.executable, "-m", "celery", "-A", "bench.baseline", "worker", "-c", "2",
+        "-P", "prefork", "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
+        "-Q", queue, "--loglevel", "WARNING"]), env=benv, stdout=log, stderr=log)
     os.environ.update({k: v for k, v in benv.items() if k.startswith("BASELINE_")})
     from bench.baseline import app, score
 
@@ -152,12 +151,11 @@ def http_baseline(env: dict[str, str], logdir: Path, dsn: str, records: list[dic
                         api_threads=int(env.get("KILN_API_THREADS", Settings().api_threads)))
     port = support.free_port()
     log = (logdir / "baseline-http.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "wsgi",
-                               "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", str(settings.effective_api_workers),
-                               "--blocking-threads", str(settings.api_threads),
-                               "bench.baseline:http_app"], env=env, stdout=log, stderr=log,
-                              preexec_fn=lambda: apply_cpu_policy(cpu_policy))
+    server = subprocess.Popen(with_policy.command(cpu_policy, [
+        sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(settings.effective_api_workers),
+        "--blocking-threads", str(settings.api_threads), "bench.baseline:http_app"]),
+        env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     bodies = [post_request(url, "/score", orjson.dumps(
         {"job": i, "inputs": [records[i % len(records)]]}), {}) for i in range(jobs)]

@@ -23,7 +23,7 @@ import orjson
 import psutil
 from flask import Flask, Response, request
 
-from app.cpus import apply_cpu_policy
+from bench import with_policy
 from bench.loadgen import post_request, run_load
 from tests import support
 
@@ -48,12 +48,11 @@ def server_cpu(pid: int) -> float:
 def phase(wait_ms: float, requests: int, clients: int, workers: int, threads: int,
           cpu_policy: str = "normal") -> dict:
     port = support.free_port()
-    server = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "wsgi",
-                               "--workers", str(workers), "--blocking-threads", str(threads),
-                               "--port", str(port), "--no-ws", "bench.server_overhead:app"],
-                              env=dict(os.environ, BENCH_WAIT_MS=str(wait_ms)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              preexec_fn=lambda: apply_cpu_policy(cpu_policy))
+    server = subprocess.Popen(with_policy.command(cpu_policy, [
+        sys.executable, "-m", "granian", "--interface", "wsgi", "--workers", str(workers),
+        "--blocking-threads", str(threads), "--port", str(port), "--no-ws",
+        "bench.server_overhead:app"]), env=dict(os.environ, BENCH_WAIT_MS=str(wait_ms)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     body = orjson.dumps({"model": "digits", "inputs": [{f"p{i}": 1.0 for i in range(64)}]})
     raw = post_request(url, "/v1/jobs", body, {"Authorization": "Bearer bench"})
