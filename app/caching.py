@@ -11,7 +11,8 @@ loads again.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 from cachetools import TTLCache, cached
 

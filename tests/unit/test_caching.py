@@ -54,4 +54,5 @@ def test_an_entry_is_loaded_again_after_its_ttl():
 
 
 def test_no_cache_loads_every_time():
-    assert [cached_or_loaded(None, "key", lambda: n) for n in range(3)] == [0, 1, 2]
+    loads = iter(range(3))
+    assert [cached_or_loaded(None, "key", lambda: next(loads)) for _ in range(3)] == [0, 1, 2]
