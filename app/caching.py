@@ -21,8 +21,7 @@ V = TypeVar("V")
 
 class LoadingCache(Generic[V]):
     def __init__(self, maxsize: int, ttl_seconds: float):
-        self.entries: TTLCache = TTLCache(maxsize, ttl_seconds)
-        self._get = cached(self.entries, key=lambda key, _load: key,
+        self._get = cached(TTLCache(maxsize, ttl_seconds), key=lambda key, _load: key,
                            condition=threading.Condition())(lambda _key, load: load())
 
     def get(self, key: Hashable, load: Callable[[], V]) -> V:

@@ -1,6 +1,10 @@
 """The `kiln` client commands as a user types them."""
 
+import os
+from pathlib import Path
+
 import orjson
+import pytest
 
 from workers.demo_models import digits_records, digits_split
 
@@ -104,8 +108,6 @@ def test_a_gpu_worker_refuses_to_start_without_cuda(stack):
 
 def process_tree_threads(pid: int) -> dict[int, int]:
     """Every thread of `pid` and of its descendants: {thread id: process id}."""
-    from pathlib import Path
-
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:  # the command name (field 2) may hold spaces and parentheses: split after it
@@ -124,16 +126,14 @@ def process_tree_threads(pid: int) -> dict[int, int]:
     return threads
 
 
-def policies(pid: int) -> dict[int, int]:
-    """{thread id: scheduling policy} over the process tree of `pid`."""
-    import os
-
+def policies(threads) -> dict[int, int]:
+    """{thread id: scheduling policy} of `threads` still running."""
     found = {}
-    for thread in process_tree_threads(pid):
+    for thread in threads:
         try:
             found[thread] = os.sched_getscheduler(thread)
         except (ProcessLookupError, PermissionError):
-            pass  # the thread ended meanwhile
+            pass  # the thread ended meanwhile (its id may even belong to another user's now)
     return found
 
 
@@ -141,10 +141,6 @@ def test_api_and_worker_run_every_thread_under_sched_batch(stack, client, api, w
     """KILN_CPU_POLICY (default batch): every process and thread `kiln api` and `kiln worker`
     start is SCHED_BATCH, so a woken thread never preempts the GIL holder of its process;
     `normal` keeps the OS default."""
-    import os
-
-    import pytest
-
     from tests.support import start_api
 
     if not hasattr(os, "SCHED_BATCH"):
@@ -153,15 +149,16 @@ def test_api_and_worker_run_every_thread_under_sched_batch(stack, client, api, w
     job = client.wait(client.submit("digits", digits_records(x_test[:3]))["id"])
     assert job["status"] == "succeeded"  # the request, writer and scoring threads all exist now
     for process in (api, worker):
-        found = policies(process.process.pid)
+        threads = process_tree_threads(process.process.pid)
+        found = policies(threads)
         # granian's or Celery's processes, and their threads (ONNX Runtime's, the writer's, …)
-        assert len(set(process_tree_threads(process.process.pid).values())) > 1
+        assert len(set(threads.values())) > 1
         assert len(found) > 5, found
         assert set(found.values()) == {os.SCHED_BATCH}, (process.name, found)
 
     normal = start_api(dict(stack.env, KILN_CPU_POLICY="normal"), stack.logdir)
     try:
-        found = policies(normal.process.pid)
+        found = policies(process_tree_threads(normal.process.pid))
         assert len(found) > 5 and set(found.values()) == {os.SCHED_OTHER}, found
     finally:
         normal.stop()
