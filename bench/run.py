@@ -1,6 +1,6 @@
 """Kiln against plain Celery, measured in one run on this machine.
 
-    python -m bench.run [--jobs 2000] [--latency-jobs 100] [--clients 16]
+    python -m bench.run [--jobs 2000] [--latency-jobs 100] [--clients 16] [--repeat 1]
 
 Starts its own database, `kiln api` (granian) and `kiln worker`, then the baseline Celery
 worker, on the local Postgres and Redis (or embedded ones), and prints a Markdown report.
@@ -33,7 +33,7 @@ from workers.demo_models import build_digits, digits_records, digits_split
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def count(dsn: str, sql: str) -> int:
@@ -185,11 +185,47 @@ def histogram(sizes: list[int]) -> dict[str, int]:
             for lo, hi in buckets}
 
 
+def one_round(args, admin: str, redis_url: str, records: list[dict]) -> dict:
+    """Kiln, then the baseline, each on a fresh database of its own round."""
+    name = f"kiln_bench_{uuid.uuid4().hex[:8]}"
+    logdir = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    dsn = support.create_database(admin, name)
+    env = support.test_env({"KILN_DATABASE_URL": dsn, "KILN_REDIS_URL": redis_url,
+                            "KILN_HOME": str(logdir), "KILN_QUEUE": f"bench-{name}",
+                            "KILN_LOG_LEVEL": "INFO", "KILN_WORKER_CONCURRENCY": "2",
+                            **({"KILN_API_WORKERS": str(args.api_workers)} if args.api_workers
+                               else {}),
+                            **({"KILN_API_THREADS": str(args.api_threads)} if args.api_threads
+                               else {}),
+                            **({"KILN_CPU_POLICY": args.cpu_policy} if args.cpu_policy else {})})
+    from app.migrate import upgrade
+    from app.settings import Settings
+    upgrade(Settings(database_url=dsn))
+    try:
+        kiln = kiln_bench(env, logdir, dsn, records, args.jobs, args.latency_jobs, args.clients)
+        base = baseline_bench(env, logdir, dsn, redis_url, records, args.jobs, args.clients,
+                              args.baseline_cpu_policy)
+    finally:
+        support.drop_database(admin, name)
+    return {"env": env, "kiln": kiln, "baseline": base,
+            "ratio": kiln["jobs_per_s"] / base["jobs_per_s"],
+            "http_ratio": kiln["jobs_per_s"] / base["http_jobs_per_s"]}
+
+
+def pooled(rounds: list[dict], side: str, key: str) -> float:
+    """Jobs/s over every round together: all jobs ÷ all their seconds (a harmonic mean), so a
+    fast round counts no more than a slow one per job."""
+    return len(rounds) / sum(1 / r[side][key] for r in rounds)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds, each Kiln then the baseline on a fresh database; the ratio "
+                             "is reported per round and pooled over all of them")
     parser.add_argument("--api-workers", type=int, default=None,
                         help="KILN_API_WORKERS for the API under test (default: Kiln's default)")
     parser.add_argument("--api-threads", type=int, default=None,
@@ -203,60 +239,65 @@ def main() -> int:
 
     admin = support.LOCAL_POSTGRES if support.local_postgres_up() else None
     embedded = []
-    logdir = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    serverdir = Path(tempfile.mkdtemp(prefix="kiln-bench-servers-"))
     if admin is None:
         from app.embedded import EmbeddedPostgres
-        embedded.append(EmbeddedPostgres(logdir))
+        embedded.append(EmbeddedPostgres(serverdir))
         admin = embedded[-1].start()
     if support.local_redis_up():
         redis_url = f"{support.LOCAL_REDIS}/14"
     else:
         from app.embedded import EmbeddedRedis
-        embedded.append(EmbeddedRedis(logdir))
+        embedded.append(EmbeddedRedis(serverdir))
         redis_url = embedded[-1].start()
-    name = f"kiln_bench_{uuid.uuid4().hex[:8]}"
-    dsn = support.create_database(admin, name)
-    env = support.test_env({"KILN_DATABASE_URL": dsn, "KILN_REDIS_URL": redis_url,
-                            "KILN_HOME": str(logdir), "KILN_QUEUE": f"bench-{name}",
-                            "KILN_LOG_LEVEL": "INFO", "KILN_WORKER_CONCURRENCY": "2",
-                            **({"KILN_API_WORKERS": str(args.api_workers)} if args.api_workers
-                               else {}),
-                            **({"KILN_API_THREADS": str(args.api_threads)} if args.api_threads
-                               else {}),
-                            **({"KILN_CPU_POLICY": args.cpu_policy} if args.cpu_policy else {})})
-    from app.migrate import upgrade
-    from app.settings import Settings
-    upgrade(Settings(database_url=dsn))
     _, x_test, _, _ = digits_split()
     records = digits_records(x_test)
+    rounds = []
     try:
-        kiln = kiln_bench(env, logdir, dsn, records, args.jobs, args.latency_jobs, args.clients)
-        base = baseline_bench(env, logdir, dsn, redis_url, records, args.jobs, args.clients,
-                              args.baseline_cpu_policy)
+        for number in range(1, args.repeat + 1):
+            rounds.append(one_round(args, admin, redis_url, records))
+            if args.repeat > 1:
+                last = rounds[-1]
+                print(f"round {number}: Kiln {last['kiln']['jobs_per_s']:.0f} jobs/s, Celery "
+                      f"{last['baseline']['jobs_per_s']:.0f} direct ({last['ratio']:.2f}x), "
+                      f"{last['baseline']['http_jobs_per_s']:.0f} behind HTTP "
+                      f"({last['http_ratio']:.2f}x)", file=sys.stderr, flush=True)
     finally:
-        support.drop_database(admin, name)
         for server in embedded:
             server.stop()
-    ratio = kiln["jobs_per_s"] / base["jobs_per_s"]
-    http_ratio = kiln["jobs_per_s"] / base["http_jobs_per_s"]
+    env = rounds[-1]["env"]
+    kiln_rate = pooled(rounds, "kiln", "jobs_per_s")
+    ratio = kiln_rate / pooled(rounds, "baseline", "jobs_per_s")
+    http_ratio = kiln_rate / pooled(rounds, "baseline", "http_jobs_per_s")
+    sizes = [size for r in rounds for size in r["kiln"]["batch_sizes"]]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "jobs": args.jobs,
-              "clients": args.clients,
+              "clients": args.clients, "rounds": args.repeat,
               "api": f"{env.get('KILN_API_WORKERS', 'default')} processes x "
                      f"{env.get('KILN_API_THREADS', 'default')} threads",
               "cpu_policy": {"kiln": env.get("KILN_CPU_POLICY", "default (batch)"),
                              "baseline": args.baseline_cpu_policy},
-              "kiln": {k: v for k, v in kiln.items() if k != "batch_sizes"},
-              "baseline": base, "ratio": ratio, "http_ratio": http_ratio, "batch_size_histogram": histogram(kiln["batch_sizes"])}
+              "per_round": [{"kiln": {k: v for k, v in r["kiln"].items() if k != "batch_sizes"},
+                             "baseline": r["baseline"], "ratio": r["ratio"],
+                             "http_ratio": r["http_ratio"]} for r in rounds],
+              "ratio": ratio, "http_ratio": http_ratio, "batch_size_histogram": histogram(sizes)}
     print(json.dumps(report, indent=2))
+    rows = "\n".join(
+        f"| {i} | {r['kiln']['jobs_per_s']:.0f} | {r['baseline']['jobs_per_s']:.0f} | "
+        f"{r['ratio']:.2f}x | {r['baseline']['http_jobs_per_s']:.0f} | {r['http_ratio']:.2f}x | "
+        f"{r['kiln']['submit_p50_ms']:.1f} / {r['kiln']['submit_p99_ms']:.1f} | "
+        f"{r['kiln']['latency_p50_ms']:.1f} / {r['kiln']['latency_p99_ms']:.1f} |"
+        for i, r in enumerate(rounds, 1))
+    pooled_row = (f"\n| pooled | {kiln_rate:.0f} | {pooled(rounds, 'baseline', 'jobs_per_s'):.0f} | "
+                  f"{ratio:.2f}x | {pooled(rounds, 'baseline', 'http_jobs_per_s'):.0f} | "
+                  f"{http_ratio:.2f}x | | |" if len(rounds) > 1 else "")
     print(f"""
-| measure | Kiln | plain Celery task per record | ratio |
-| --- | --- | --- | --- |
-| {args.jobs} one-record jobs, {args.clients} clients (jobs/s) | {kiln['jobs_per_s']:.0f} | {base['jobs_per_s']:.0f} | {ratio:.2f}x |
-| the same, the baseline behind its own HTTP endpoint (jobs/s) | {kiln['jobs_per_s']:.0f} | {base['http_jobs_per_s']:.0f} | {http_ratio:.2f}x |
-| submit latency p50 / p99 under that load (ms) | {kiln['submit_p50_ms']:.1f} / {kiln['submit_p99_ms']:.1f} | | |
-| idle latency submit→succeeded p50 / p99 (ms, {args.latency_jobs} jobs) | {kiln['latency_p50_ms']:.1f} / {kiln['latency_p99_ms']:.1f} | | |
+{args.jobs} one-record jobs, {args.clients} clients; jobs/s until all have succeeded.
 
-Batch sizes (rows per model call) during the throughput run: {report['batch_size_histogram']}
+| round | Kiln (jobs/s) | plain Celery task per record (jobs/s) | ratio | the same behind its own HTTP endpoint (jobs/s) | ratio | submit latency p50 / p99 under that load (ms) | idle submit→succeeded p50 / p99 (ms, {args.latency_jobs} jobs) |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}{pooled_row}
+
+Batch sizes (rows per model call) during the throughput runs: {report['batch_size_histogram']}
 """)
     return 0
 
