@@ -27,7 +27,7 @@ chaos: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest tests/chaos -m chaos -s
 
 bench: $(VENV)/.dev-installed
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --jobs 5000 --latency-jobs 100 --repeat 3
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check app workers tests bench
