@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -40,7 +41,7 @@ class KilnClient:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "KilnClient":
+    def __enter__(self) -> KilnClient:
         return self
 
     def __exit__(self, *exc) -> None:

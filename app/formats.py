@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import fsspec
 import orjson
@@ -169,8 +170,8 @@ class CsvReader(LineReader):
         for first, lines in self.lines(chunk, batch_rows):
             bad: list[int] = []
 
-            def skip(row) -> str:
-                bad.append(row.number - 2)  # line 1 is the header; rows are 0-based
+            def skip(row) -> str:  # called by read_csv, within this iteration
+                bad.append(row.number - 2)  # noqa: B023 - line 1 is the header; rows 0-based
                 return "skip"
 
             try:
@@ -287,7 +288,7 @@ class Writer(ABC):
     @abstractmethod
     def write(self, rows: list[dict[str, Any]]) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most formats have no footer
         """Finish the format (footers); the sink stays open."""
 
 

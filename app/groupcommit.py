@@ -26,7 +26,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 
@@ -40,7 +41,7 @@ class _Waiting:
     released once, is the cheapest hand-off between two threads (a `concurrent.futures.Future`
     and its condition cost ~10 us more of CPU per round trip here)."""
 
-    __slots__ = ("row", "done", "result", "error")
+    __slots__ = ("done", "error", "result", "row")
 
     def __init__(self, row: Any):
         self.row, self.result, self.error = row, None, None

@@ -26,7 +26,8 @@ JOB_STATUSES = ", ".join(f"'{s.value}'" for s in JobStatus)
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSONB,  # noqa: RUF012 - SQLAlchemy's own attribute
+                           list[Any]: JSONB, datetime: DateTime(timezone=True)}
 
 
 def _uuid() -> uuid.UUID:

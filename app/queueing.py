@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
 
@@ -56,7 +57,8 @@ class Publisher:
         by_queue: dict[str | None, list] = {}
         for job_id, queue in jobs:
             by_queue.setdefault(queue, []).append(job_id)
-        return all([self.publish_jobs(ids, queue) for queue, ids in by_queue.items()])
+        # a list, not a generator: every queue is published to even after one fails
+        return all([self.publish_jobs(ids, queue) for queue, ids in by_queue.items()])  # noqa: C419
 
     def publish_jobs(self, job_ids: Iterable[uuid.UUID | str], queue: str | None = None,
                      helper: bool = False) -> bool:

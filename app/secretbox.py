@@ -29,7 +29,7 @@ class SecretBox:
         self._fernet = MultiFernet([Fernet(_fernet_key(k)) for k in keys])
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "SecretBox":
+    def from_settings(cls, settings: Settings) -> SecretBox:
         if settings.secret_key:
             return cls([k.strip() for k in settings.secret_key.split(",") if k.strip()])
         return cls([load_or_create_key(settings.home / KEY_FILE)])

@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     def services_file(self) -> Path:
         return self.home / "services.json"
 
-    def with_embedded(self) -> "Settings":
+    def with_embedded(self) -> Settings:
         """Fill unset URLs from the embedded services that `kiln up` records under `home`."""
         if self.database_url and self.redis_url:
             return self

@@ -126,7 +126,7 @@ def baseline_bench(env: dict[str, str], logdir: Path, dsn: str, redis_url: str,
     vectors = [[r[c] for c in columns] for r in records]
     done = "SELECT count(*) FROM baseline_results WHERE job >= 0"
     try:
-        for i in range(20):
+        for _ in range(20):
             score.apply_async(args=(-1, vectors[0]), queue=queue)
         wait_count(dsn, "SELECT count(*) FROM baseline_results", 20, timeout=120)
         start = time.perf_counter()

@@ -71,7 +71,7 @@ def build_digits() -> BuiltModel:
                    "outputs": {"label": "int", "probabilities": "float[10]"}},
         processing={"kind": "tabular_classifier", "label_output": "label",
                     "probability_output": "probabilities"},
-        metrics={"heldout_accuracy": round(accuracy, 4), "heldout_rows": int(len(y_test))},
+        metrics={"heldout_accuracy": round(accuracy, 4), "heldout_rows": len(y_test)},
         provenance={"source": "sklearn.datasets.load_digits", "trainer": "sklearn MLPClassifier",
                     "exporter": "skl2onnx", "opset": 17},
     )

@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 from sqlalchemy import text
@@ -259,7 +260,7 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="kiln-lease", daemon=True)
 
-    def __enter__(self) -> "LeaseKeeper":
+    def __enter__(self) -> LeaseKeeper:
         self._thread.start()
         return self
 

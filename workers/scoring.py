@@ -7,8 +7,9 @@ a row that makes the model raise is isolated by bisection; the rest of the batch
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

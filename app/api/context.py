@@ -29,7 +29,7 @@ class ApiContext:
     request_sessions: scoped_session | None = None  # see `db()`
 
     @classmethod
-    def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> "ApiContext":
+    def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> ApiContext:
         ttl = settings.cache_seconds
         caches = ({"callers": LoadingCache(10_000, ttl), "models": LoadingCache(1_000, ttl)}
                   if ttl > 0 else {})

@@ -3,7 +3,8 @@ the server in one piece."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 from flask import Response as FlaskResponse

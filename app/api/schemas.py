@@ -43,7 +43,7 @@ class SubmitJob(BaseModel):
         return float(self.completion_window[:-1]) * units[self.completion_window[-1]]
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SubmitJob":
+    def _one_source(self) -> SubmitJob:
         if (self.inputs is None) == (self.input_file is None):
             raise ValueError("send exactly one of `inputs` and `input_file`")
         return self

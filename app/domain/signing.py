@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from typing import Mapping
+from collections.abc import Mapping
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32

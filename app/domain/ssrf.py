@@ -7,8 +7,8 @@ submission and at send time (when DNS may have changed), and tests need no netwo
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -33,7 +33,7 @@ class UrlPolicy:
     allowed_networks: tuple[Network, ...] = field(default=())
 
     @classmethod
-    def build(cls, *, allow_private: bool, allowed: Iterable[str] = ()) -> "UrlPolicy":
+    def build(cls, *, allow_private: bool, allowed: Iterable[str] = ()) -> UrlPolicy:
         """Split the allowlist into host names and CIDRs (a bare IP is a /32 or /128)."""
         hosts, networks = set(), []
         for entry in (e.strip().lower() for e in allowed):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from types import SimpleNamespace
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import psycopg
@@ -41,7 +42,7 @@ class NewJob(SimpleNamespace):
 
 
 def deadline(window_seconds: float) -> datetime:
-    return datetime.now(timezone.utc) + timedelta(seconds=window_seconds)
+    return datetime.now(UTC) + timedelta(seconds=window_seconds)
 
 
 def route(model: ModelRef, queues: tuple[str | None, str], require_gpu: bool) -> str | None:
@@ -134,7 +135,7 @@ JOBS = Job.__table__
 # row whose Idempotency-Key is taken is skipped, not an error.
 INSERTED = [(column, Job.__mapper__.get_property_by_column(column).key, str(column.name))
             for column in JOBS.c if column.server_default is None]
-_NAMES = ", ".join('"%s"' % name for _, _, name in INSERTED)
+_NAMES = ", ".join(f'"{name}"' for _, _, name in INSERTED)
 INSERT_JOBS = (f"INSERT INTO {JOBS.name} ({_NAMES}) SELECT {_NAMES} "
                f"FROM jsonb_populate_recordset(NULL::{JOBS.name}, %s::jsonb) "
                "ON CONFLICT DO NOTHING RETURNING id, created_at")
@@ -292,7 +293,7 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
                                                JobChunk.status == "queued")
                         .values(status="cancelled"))
     if target is JobStatus.CANCELLED:
-        values["finished_at"] = datetime.now(timezone.utc)
+        values["finished_at"] = datetime.now(UTC)
     result = session.execute(update(Job).where(Job.id == job.id, Job.status == job.status)
                              .values(**values).returning(Job.status))
     if result.first() is None:  # the job moved on between the read and the update
@@ -313,7 +314,7 @@ def progress(job: Job) -> dict[str, float | None]:
     done = job.completed_count + job.failed_count
     if not job.started_at or not done:
         return {"rows_per_second": None, "eta_seconds": None}
-    end = job.finished_at or datetime.now(timezone.utc)
+    end = job.finished_at or datetime.now(UTC)
     rate = done / max((end - job.started_at).total_seconds(), 1e-3)
     left = job.total_count - done
     return {"rows_per_second": round(rate, 1),

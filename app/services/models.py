@@ -179,7 +179,7 @@ def set_alias(session: Session, tenant_id: uuid.UUID, name: str, alias: str,
                        f"(versions: {', '.join(str(m.version) for m in rows)})")
     for model in rows:
         kept = [a for a in model.aliases if a not in (alias, LATEST)]
-        model.aliases = kept + [alias] if model is target else kept
+        model.aliases = [*kept, alias] if model is target else kept
     session.flush()
     return target
 
@@ -210,7 +210,7 @@ def version_facts(models: list[Model]) -> dict[tuple, VersionFacts]:
         if m.variant == BASE_VARIANT:
             named = [a for a in m.aliases if a != LATEST]
             if newest[(m.tenant_id, m.name)] == m.version:
-                named = [LATEST] + named
+                named = [LATEST, *named]
             facts[(m.tenant_id, m.name, m.version)] = VersionFacts(
                 named, m.processing.get("default_variant", BASE_VARIANT))
     return facts

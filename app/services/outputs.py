@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import fsspec
 import orjson
@@ -103,9 +104,9 @@ def finished_parts(session: Session, job: Job, kind: str,
     if input_order is None:
         input_order = job.status != "running"
     order = (JobChunk.index,) if input_order else (JobChunk.finished_at, JobChunk.index)
-    return [uri for uri in session.scalars(
+    return list(session.scalars(
         select(column).where(JobChunk.job_id == job.id, JobChunk.status == "succeeded",
-                             column.is_not(None)).order_by(*order))]
+                             column.is_not(None)).order_by(*order)))
 
 
 def stream_file_job(session: Session, job: Job, kind: str, fmt: str | None) -> tuple[Iterator[bytes], str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import socket
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
@@ -93,7 +94,7 @@ def rotate_endpoint_secret(session: Session, caller: Caller, box: SecretBox,
     endpoint = get_endpoint(session, caller, endpoint_id)
     secret = generate_secret()
     endpoint.secret_ciphertext = box.encrypt(secret)
-    endpoint.secret_rotated_at = datetime.now(timezone.utc)
+    endpoint.secret_rotated_at = datetime.now(UTC)
     session.flush()
     return endpoint, secret
 
@@ -131,7 +132,7 @@ def job_secret_info(session: Session, caller: Caller) -> dict[str, Any]:
 def rotate_job_secret(session: Session, caller: Caller, box: SecretBox) -> dict[str, Any]:
     """Create or replace the job secret; the plain value is in the answer, once."""
     secret = generate_secret()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     statement = insert(TenantWebhookSecret).values(tenant_id=caller.tenant_id,
                                                    secret_ciphertext=box.encrypt(secret))
     session.execute(statement.on_conflict_do_update(
@@ -238,7 +239,7 @@ def record_progress_event(session: Session, job_id: uuid.UUID, min_interval_seco
         .params(interval=min_interval_seconds).limit(1))
     if recent is not None:
         return 0
-    payload = {"type": PROGRESS, "timestamp": datetime.now(timezone.utc).isoformat(),
+    payload = {"type": PROGRESS, "timestamp": datetime.now(UTC).isoformat(),
                "data": {**job_service.job_summary(job), "links": job_links(job)}}
     message_id = new_message_id()
     session.execute(insert(WebhookDelivery), [
@@ -259,7 +260,7 @@ def _endpoints_by_tenant(session: Session, tenant_ids: set[uuid.UUID]) -> dict:
 
 def event_payload(job: Job, event: str) -> dict[str, Any]:
     """The body receivers get: `{type, timestamp, data}`, data being the job as the API shows it."""
-    when = job.finished_at or datetime.now(timezone.utc)
+    when = job.finished_at or datetime.now(UTC)
     return {"type": event, "timestamp": when.isoformat(),
             "data": {**job_service.job_summary(job), "links": job_links(job)}}
 

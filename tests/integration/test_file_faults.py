@@ -36,7 +36,7 @@ def submit(client, model, file_id, **options):
 
 
 def test_partial_results_while_running_then_cancel_mid_file(slow_stack):
-    iso, model, client, _ = slow_stack
+    _, model, client, _ = slow_stack
     meta = upload(client, "slow.jsonl", to_jsonl(rows_with_ids(8000)))
     job = submit(client, model, meta["id"])
     running = wait_for(lambda: (j := client.job(job["id"]))["request_counts"]["completed"] >= 500 and j,

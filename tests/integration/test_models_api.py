@@ -161,7 +161,7 @@ def test_a_models_own_batch_wait_travels_with_its_jobs(kiln, client):
     artifact = slow_classifier(hidden=16, layers=1)
     assert register(client, name, artifact,
                     processing={**PROCESSING, "max_batch_wait_ms": 0}).status_code == 201
-    records = [{c: 0.5 for c in COLUMNS}]
+    records = [dict.fromkeys(COLUMNS, 0.5)]
     ids = [client.submit(name, records)["id"] for _ in range(4)]
     assert all(client.wait(i, timeout_seconds=60)["status"] == "succeeded" for i in ids)
     with kiln.sessions() as session:

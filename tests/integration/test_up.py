@@ -49,7 +49,7 @@ def test_kiln_up_runs_everything_embedded_and_reuses_its_data(tmp_path):
         assert services["redis_url"].startswith("unix://")
         env["KILN_API_KEY"] = run_kiln(env, "keys", "create", "--tenant", "me").stdout.strip().splitlines()[-1]
         records = tmp_path / "r.jsonl"
-        _, x_test, _, y_test = digits_split()
+        _, x_test, _, _ = digits_split()
         records.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in digits_records(x_test[:10])))
         job = orjson.loads(run_kiln(env, "submit", "--model", "digits", "--input", str(records),
                                     "--wait").stdout)

@@ -103,7 +103,7 @@ def test_cancel_a_queued_job_is_immediate(make_stack):
 
 
 def test_cancel_a_running_job_stops_at_a_batch_boundary_and_keeps_results(make_stack):
-    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1") as (iso, name, client, worker):
+    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1") as (iso, name, client, _):
         job = client.submit(name, slow_records(6000))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
                  message="the first batch")
@@ -160,10 +160,10 @@ def test_sigkilled_worker_child_loses_nothing_and_duplicates_nothing(make_stack)
 
 
 def test_a_job_that_keeps_killing_its_worker_fails_with_a_reason(make_stack):
-    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_MAX_ATTEMPTS="2") as (iso, name, client, worker):
+    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_MAX_ATTEMPTS="2") as (_, name, client, worker):
         job = client.submit(name, slow_records(10000))
         for attempt in (1, 2):
-            wait_for(lambda: client.job(job["id"])["attempt"] == attempt
+            wait_for(lambda: client.job(job["id"])["attempt"] == attempt  # noqa: B023 - waited for here
                      and client.job(job["id"])["request_counts"]["completed"] > 0,
                      timeout=60, message=f"attempt {attempt} running")
             for child in worker.children():

@@ -128,7 +128,7 @@ def resolve_kiln_command(args: list[str]) -> click.Command:
         assert rest, f"`{' '.join(path)}` needs a subcommand"
         name = rest.pop(0)
         assert name in command.commands, f"`{' '.join(path)}` has no subcommand {name!r}"
-        command, path = command.commands[name], path + [name]
+        command, path = command.commands[name], [*path, name]
     command.make_context(" ".join(path), rest)  # raises on an unknown option or a bad value
     return command
 
@@ -343,7 +343,7 @@ def test_containers_run_as_non_root_on_a_read_only_root():
 
 
 def test_containers_have_requests_and_a_memory_limit():
-    for workload, container in all_containers():
+    for _, container in all_containers():
         resources = container.get("resources", {})
         assert {"cpu", "memory"} <= resources.get("requests", {}).keys(), container["name"]
         assert "memory" in resources.get("limits", {}), container["name"]

@@ -55,7 +55,7 @@ def test_external_data_is_refused():
     weight.ClearField("float_data")
     weight.data_location = TensorProto.EXTERNAL
     weight.external_data.add(key="location", value="../../etc/weights.bin")
-    with pytest.raises(ModelLoadError, match="external data .*w0"):
+    with pytest.raises(ModelLoadError, match=r"external data .*w0"):
         check_model(model.SerializeToString(), SIGNATURE, PROCESSING)
 
 
@@ -80,7 +80,7 @@ def test_text_models_need_the_tokenizer_inside_the_file():
                               "text", [ids, mask], [out], [table])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     processing = {"kind": "text_embedding", "max_tokens": 16}
-    with pytest.raises(ModelLoadError, match="tokenizer.json"):
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.json"):
         check_model(model.SerializeToString(), {"kind": "text"}, processing)
     model.metadata_props.add(key="tokenizer.json", value="{}")
     signature, _ = check_model(model.SerializeToString(), {"kind": "text"}, processing)
@@ -88,7 +88,7 @@ def test_text_models_need_the_tokenizer_inside_the_file():
 
 
 def test_processing_and_signature_kinds_must_fit():
-    with pytest.raises(InvalidInput, match="processing.kind"):
+    with pytest.raises(InvalidInput, match=r"processing\.kind"):
         check_model(tiny(), SIGNATURE, {"kind": "regressor"})
     with pytest.raises(InvalidInput, match="does not fit"):
         check_model(tiny(), {**SIGNATURE, "kind": "text"}, PROCESSING)

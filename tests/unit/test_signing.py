@@ -3,7 +3,7 @@
 import base64
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -87,7 +87,7 @@ def test_interoperates_with_the_standardwebhooks_library():
     import standardwebhooks  # the dev extra installs it: interop is checked, never skipped
     secret = generate_secret()
     body = b'{"type":"job.succeeded","data":{"id":"x"}}'
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ours = signature_headers(secret, "msg_1", int(now.timestamp()), body)
     library = standardwebhooks.Webhook(secret)
     assert library.verify(body.decode(), ours) == {"type": "job.succeeded", "data": {"id": "x"}}

@@ -82,7 +82,7 @@ def test_only_texts_past_the_limit_are_flagged_truncated(embedder):
 
 
 def test_an_artifact_without_its_tokenizer_is_refused():
-    with pytest.raises(ValueError, match="tokenizer.json"):
+    with pytest.raises(ValueError, match=r"tokenizer\.json"):
         load_model(tiny_encoder().SerializeToString(), SIGNATURE, PROCESSING, threads=1)
 
 

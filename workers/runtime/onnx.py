@@ -3,8 +3,9 @@ and the runtimes over them: a tabular classifier and a text embedder."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
