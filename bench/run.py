@@ -236,6 +236,8 @@ def main() -> int:
                         help="scheduling policy of the baseline's worker and server (default: "
                              "normal, what plain Celery gets; batch gives it Kiln's)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     admin = support.LOCAL_POSTGRES if support.local_postgres_up() else None
     embedded = []
