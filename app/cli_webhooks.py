@@ -20,7 +20,7 @@ def receiver_handler(secret: str | None, answer_status: int) -> type[BaseHTTPReq
     """A request handler that verifies each POST (when given the secret) and prints it."""
 
     class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
+        def do_POST(self) -> None:  # http.server's naming
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             verdict, status = "unverified (no --secret)", answer_status
             if secret:
