@@ -95,3 +95,8 @@ class ModelLoadError(PermanentError):
     status = 422
     code = "model_load_error"
     title = "Model cannot be loaded"
+
+
+def describe_error(exc: BaseException, limit: int = 500) -> str:
+    """An exception as one short line for a job's or a row's record: its class and message."""
+    return f"{exc.__class__.__name__}: {exc}"[:limit]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -98,8 +98,10 @@ class Reader(ABC):
         """Column names (JSONL: the keys of the first object line)."""
 
     @abstractmethod
-    def plan(self, chunk_rows: int) -> list[ChunkPlan]:
-        """Split the file into chunks of at most `chunk_rows` rows, in one streaming pass."""
+    def plan(self, chunk_rows: int,
+             checkpoint: Callable[[], None] | None = None) -> list[ChunkPlan]:
+        """Split the file into chunks of at most `chunk_rows` rows, in one streaming pass;
+        `checkpoint` is called at each chunk boundary and may raise to stop the pass."""
 
     @abstractmethod
     def read(self, chunk: ChunkPlan, batch_rows: int,
@@ -112,7 +114,8 @@ class LineReader(Reader):
 
     header_lines = 0
 
-    def plan(self, chunk_rows: int) -> list[ChunkPlan]:
+    def plan(self, chunk_rows: int,
+             checkpoint: Callable[[], None] | None = None) -> list[ChunkPlan]:
         plans: list[ChunkPlan] = []
         with open_decoded(self.uri, self.compression) as handle:
             offset = sum(len(handle.readline()) for _ in range(self.header_lines))
@@ -123,6 +126,8 @@ class LineReader(Reader):
                     continue
                 rows += 1
                 if rows - start_row == chunk_rows:
+                    if checkpoint is not None:
+                        checkpoint()
                     plans.append(ChunkPlan(start_row, rows, start_offset, offset))
                     start_row, start_offset = rows, offset
             if rows > start_row:
@@ -237,7 +242,8 @@ class ParquetReader(Reader):
         except (pa.ArrowInvalid, OSError) as exc:
             raise InvalidInput(f"not a readable Parquet file: {exc}") from None
 
-    def plan(self, chunk_rows: int) -> list[ChunkPlan]:
+    def plan(self, chunk_rows: int,
+             checkpoint: Callable[[], None] | None = None) -> list[ChunkPlan]:
         total = self._file().metadata.num_rows
         return [ChunkPlan(start, min(start + chunk_rows, total))
                 for start in range(0, total, chunk_rows)]

@@ -147,6 +147,9 @@ class Job(Base):
     expires_at: Mapped[datetime | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # why the last attempt of a leased phase (validating, finalizing) stopped, when it raised:
+    # a job given up after KILN_MAX_ATTEMPTS says this instead of `worker_crashed`
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class JobResult(Base):
@@ -183,6 +186,7 @@ class JobChunk(Base):
     output_uri: Mapped[str | None] = mapped_column(Text)
     error_uri: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)  # why the last attempt raised, if it did
 
 
 class WebhookDelivery(Base):

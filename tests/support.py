@@ -60,8 +60,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def kiln_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "workers.cli", *args]
+def kiln_command(*args: str, module: str = "workers.cli") -> list[str]:
+    """`kiln ARGS` as a subprocess; `module` runs it through a wrapper such as tests.slowdisk."""
+    return [sys.executable, "-m", module, *args]
 
 
 def run_kiln(env: dict[str, str], *args: str, check: bool = True,
@@ -105,10 +106,12 @@ class KilnProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_process(name: str, env: dict[str, str], logdir: Path, *args: str) -> KilnProcess:
+def start_process(name: str, env: dict[str, str], logdir: Path, *args: str,
+                  module: str = "workers.cli") -> KilnProcess:
     log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
     handle = log.open("wb")
-    process = subprocess.Popen(kiln_command(*args), env=env, stdout=handle, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(kiln_command(*args, module=module), env=env, stdout=handle,
+                               stderr=subprocess.STDOUT)
     return KilnProcess(name, process, log)
 
 
@@ -131,8 +134,9 @@ def start_api(env: dict[str, str], logdir: Path, timeout: float = 30,
     raise AssertionError(f"kiln api did not become healthy:\n{api.tail()}")
 
 
-def start_worker(env: dict[str, str], logdir: Path, *args: str, timeout: float = 60) -> KilnProcess:
-    worker = start_process("worker", env, logdir, "worker", *args)
+def start_worker(env: dict[str, str], logdir: Path, *args: str, timeout: float = 60,
+                 module: str = "workers.cli") -> KilnProcess:
+    worker = start_process("worker", env, logdir, "worker", *args, module=module)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.process.poll() is not None:

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, LeaseLost, describe_error
 from app.formats import ChunkPlan, open_reader
 from app.orm import File, Job, Model
 from app.services.files import record_output_file
@@ -26,12 +26,13 @@ from app.services.outputs import finished_parts, part_uri, write_joined
 from app.services.webhooks import record_job_events, record_progress_event
 from app.settings import Settings
 from workers.context import WorkerContext
+from workers.leases import PhaseLease
 from workers.scoring import RowContext, score_batch
 
 log = logging.getLogger(__name__)
 
 CLAIM_PHASE = text("""
-UPDATE jobs SET attempt = attempt + 1,
+UPDATE jobs SET attempt = attempt + 1, last_error = NULL,
     lease_expires_at = now() + make_interval(secs => :lease_seconds),
     started_at = coalesce(started_at, now())
 WHERE id = :job_id AND kind = 'file' AND status = :status
@@ -40,7 +41,7 @@ RETURNING attempt
 """)
 
 CLAIM_CHUNK = text("""
-UPDATE job_chunks c SET status = 'running', attempt = c.attempt + 1,
+UPDATE job_chunks c SET status = 'running', attempt = c.attempt + 1, last_error = NULL,
     lease_expires_at = now() + make_interval(secs => :lease_seconds)
 FROM jobs j
 WHERE c.job_id = :job_id AND c.index = :index AND j.id = c.job_id AND j.status = 'running'
@@ -54,6 +55,33 @@ FROM jobs j
 WHERE c.job_id = :job_id AND c.index = :index AND c.attempt = :attempt AND c.status = 'running'
   AND j.id = c.job_id
 RETURNING j.status
+""")
+
+RENEW_PHASE = text("""
+UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+WHERE id = :job_id AND attempt = :attempt AND status = :status
+RETURNING status
+""")
+
+# A phase that raised lets its lease go at once (the reconciler retries it without waiting a
+# lease) and says why, so that a job given up after KILN_MAX_ATTEMPTS names the error.
+RELEASE_PHASE = text("""
+UPDATE jobs SET lease_expires_at = now(), last_error = :error
+WHERE id = :job_id AND attempt = :attempt AND status = :status
+""")
+
+RELEASE_CHUNK = text("""
+UPDATE job_chunks SET lease_expires_at = now(), last_error = :error
+WHERE job_id = :job_id AND index = :index AND attempt = :attempt AND status = 'running'
+""")
+
+# Finalize records each joined file as it is written, so that an attempt that follows a lost
+# lease joins only what is missing.
+RECORD_JOINED = text("""
+UPDATE jobs SET options = jsonb_set(options, '{joined}',
+    coalesce(options->'joined', '{}'::jsonb) || jsonb_build_object(:kind, CAST(:joined AS jsonb)))
+WHERE id = :job_id AND attempt = :attempt AND status = 'finalizing'
+RETURNING id
 """)
 
 FINISH_CHUNK = text("""
@@ -101,6 +129,32 @@ def dispatch_limits(settings: Settings) -> dict[str, float]:
             "grace_seconds": settings.queued_grace_seconds}
 
 
+def phase_lease(context: WorkerContext, job_id: uuid.UUID, attempt: int,
+                status: str) -> PhaseLease:
+    """The heartbeat of a job-wide phase (`validating` or `finalizing`) held by `attempt`."""
+    params = {"job_id": job_id, "attempt": attempt, "status": status,
+              "lease_seconds": context.settings.lease_seconds}
+    return PhaseLease(context.sessions, lambda session: session.execute(RENEW_PHASE, params).first(),
+                      context.settings.lease_heartbeat_seconds, name=f"{status} {job_id}")
+
+
+def chunk_lease(context: WorkerContext, job_id: uuid.UUID, index: int, attempt: int) -> PhaseLease:
+    """The heartbeat of one chunk held by `attempt`, between (and during) its model batches."""
+    params = {"job_id": job_id, "index": index, "attempt": attempt,
+              "lease_seconds": context.settings.lease_seconds}
+    return PhaseLease(context.sessions, lambda session: session.execute(RENEW_CHUNK, params).first(),
+                      context.settings.lease_heartbeat_seconds, name=f"chunk {job_id}/{index}")
+
+
+def release_phase(context: WorkerContext, job_id: uuid.UUID, attempt: int, status: str,
+                  exc: BaseException) -> None:
+    """Let a phase that raised go at once, saying why, for the reconciler to retry or give up."""
+    log.exception("%s of job %s failed on attempt %d", status, job_id, attempt)
+    with context.sessions.begin() as session:
+        session.execute(RELEASE_PHASE, {"job_id": job_id, "attempt": attempt, "status": status,
+                                        "error": describe_error(exc)})
+
+
 def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[tuple]:
     """Check the input file against the model and split it into chunks; returns those to publish."""
     settings = context.settings
@@ -109,7 +163,21 @@ def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[tuple]:
                                                 "lease_seconds": settings.lease_seconds}).first()
     if claimed is None:
         return []
-    attempt = claimed.attempt
+    try:
+        with phase_lease(context, job_id, claimed.attempt, "validating") as lease:
+            return plan_chunks(context, job_id, claimed.attempt, lease)
+    except LeaseLost:
+        log.info("validating %s: lost the lease; another attempt owns it", job_id)
+        return []
+    except Exception as exc:
+        release_phase(context, job_id, claimed.attempt, "validating", exc)
+        raise
+
+
+def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
+                lease: PhaseLease) -> list[tuple]:
+    """The validating phase under its lease: check columns, plan chunks, start the job."""
+    settings = context.settings
     with context.sessions() as session:
         job = job_row(session, job_id)
         source = session.get(File, job.input_file_id) if job.input_file_id else None
@@ -119,7 +187,7 @@ def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[tuple]:
         if source is None:
             raise InvalidInput("the input file was deleted")
         if job.parent_id is not None and not options.get("retry_input_ready"):
-            source = extract_failed_rows(context, job.id, job.parent_id, source)
+            source = extract_failed_rows(context, job.id, job.parent_id, source, lease.check)
             options["retry_input_ready"] = True
         reader = open_reader(source.format, source.uri, source.compression)
         columns = reader.columns()
@@ -129,14 +197,27 @@ def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[tuple]:
         missing = [c for c in wanted if c not in columns]
         if missing:
             raise InvalidInput(f"the input file lacks column(s) {missing}; it has {columns[:20]}")
-        plans = reader.plan(settings.chunk_rows)
+        plans = reader.plan(settings.chunk_rows, checkpoint=lease.check)
     except (InvalidInput, OSError, ValueError) as exc:
-        detail = getattr(exc, "detail", None) or f"{exc.__class__.__name__}: {exc}"
+        detail = getattr(exc, "detail", None) or describe_error(exc, 2000)
+        lease.check()
         with context.sessions.begin() as session:
             fail_job(session, job_id, attempt, "invalid_file", detail)
         return []
     total = plans[-1].end_row if plans else 0
+    lease.check()
+    options.update(id_column=id_column, chunk_offsets=[[p.start_offset, p.end_offset]
+                                                       for p in plans])
     with context.sessions.begin() as session:
+        moved = session.execute(text("""
+            UPDATE jobs SET status = 'running', total_count = :total, lease_expires_at = NULL,
+                options = CAST(:options AS jsonb), input_file_id = :input_file_id
+            WHERE id = :job_id AND attempt = :attempt AND status = 'validating'
+            RETURNING id
+        """), {"job_id": job_id, "attempt": attempt, "total": total,
+               "options": orjson.dumps(options).decode(), "input_file_id": source.id}).first()
+        if moved is None:  # fenced: only the attempt that owns the phase plans the chunks
+            return []
         if plans:
             session.execute(text("""
                 INSERT INTO job_chunks (job_id, index, tenant_id, start_row, end_row, status,
@@ -148,17 +229,6 @@ def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[tuple]:
             """), {"job_id": job_id, "tenant_id": job.tenant_id,
                    "indexes": list(range(len(plans))), "starts": [p.start_row for p in plans],
                    "ends": [p.end_row for p in plans]})
-        options.update(id_column=id_column, chunk_offsets=[[p.start_offset, p.end_offset]
-                                                           for p in plans])
-        moved = session.execute(text("""
-            UPDATE jobs SET status = 'running', total_count = :total, lease_expires_at = NULL,
-                options = CAST(:options AS jsonb), input_file_id = :input_file_id
-            WHERE id = :job_id AND attempt = :attempt AND status = 'validating'
-            RETURNING id
-        """), {"job_id": job_id, "attempt": attempt, "total": total,
-               "options": orjson.dumps(options).decode(), "input_file_id": source.id}).first()
-    if moved is None:
-        return []
     if not plans:
         finalize_if_done(context, job_id)
         return []
@@ -213,7 +283,7 @@ def dispatch_chunks(session: Session, tenant_id: uuid.UUID, *, job_window: int, 
 
 
 def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uuid.UUID,
-                        source: File) -> File:
+                        source: File, checkpoint) -> File:
     """Copy the rows the parent job failed into a new input file of the same format."""
     from app.formats import CsvReader, LineReader
     from app.services.outputs import part_rows
@@ -231,7 +301,8 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
         if isinstance(reader, LineReader):
             if isinstance(reader, CsvReader):
                 out.write(reader.header())
-            for plan in reader.plan(context.settings.chunk_rows):
+            for plan in reader.plan(context.settings.chunk_rows, checkpoint=checkpoint):
+                checkpoint()
                 for first, lines in reader.lines(plan, 4096):
                     picked = [line for i, line in enumerate(lines) if first + i in wanted]
                     out.write(b"".join(picked))
@@ -241,7 +312,8 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
             import pyarrow.parquet as pq
 
             writer = None
-            for plan in reader.plan(context.settings.chunk_rows):
+            for plan in reader.plan(context.settings.chunk_rows, checkpoint=checkpoint):
+                checkpoint()
                 for batch in reader.read(plan, 4096):
                     keep = [i for i, row in enumerate(batch.rows) if row in wanted]
                     if not keep:
@@ -275,6 +347,25 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
                                                 "lease_seconds": settings.lease_seconds}).first()
     if claimed is None:
         return None
+    try:
+        with chunk_lease(context, job_id, index, claimed.attempt) as lease:
+            return score_chunk(context, job_id, index, claimed, lease)
+    except LeaseLost:
+        log.info("chunk %s/%d lost its lease; another attempt owns it", job_id, index)
+        return None
+    except Exception as exc:
+        log.exception("chunk %s/%d failed on attempt %d", job_id, index, claimed.attempt)
+        with context.sessions.begin() as session:
+            session.execute(RELEASE_CHUNK, {"job_id": job_id, "index": index,
+                                            "attempt": claimed.attempt,
+                                            "error": describe_error(exc)})
+        raise
+
+
+def score_chunk(context: WorkerContext, job_id: uuid.UUID, index: int, claimed,
+                lease: PhaseLease) -> dict[str, int] | None:
+    """A claimed chunk under its lease: score it batch by batch, then commit it fenced."""
+    settings = context.settings
     attempt = claimed.attempt
     with context.sessions() as session:
         job = job_row(session, job_id)
@@ -300,6 +391,7 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
         handles[kind] = fs.open(path, "wb")
     try:
         for batch in reader.read(plan, batch_rows, string_columns=strings):
+            lease.check()
             results, errors = score_batch(batch, model, signature, row_context)
             handles["results"].write(b"".join(orjson.dumps(r) + b"\n" for r in results))
             handles["errors"].write(b"".join(orjson.dumps(e) + b"\n" for e in errors))
@@ -325,6 +417,7 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
     finally:
         for handle in handles.values():
             handle.close()
+    lease.check()
     with context.sessions.begin() as session:
         done = session.execute(FINISH_CHUNK, {
             "job_id": job_id, "index": index, "attempt": attempt, "completed": completed,
@@ -368,7 +461,7 @@ def finalize_if_done(context: WorkerContext, job_id: uuid.UUID) -> str | None:
         if state.status != "running" or state.open_chunks:
             return None
         claimed = session.execute(text("""
-            UPDATE jobs SET status = 'finalizing', attempt = attempt + 1,
+            UPDATE jobs SET status = 'finalizing', attempt = attempt + 1, last_error = NULL,
                 lease_expires_at = now() + make_interval(secs => :lease_seconds)
             WHERE id = :job_id AND status = 'running' RETURNING attempt"""),
             {"job_id": job_id, "lease_seconds": settings.lease_seconds}).first()
@@ -378,18 +471,57 @@ def finalize_if_done(context: WorkerContext, job_id: uuid.UUID) -> str | None:
 
 
 def finalize(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> str | None:
-    """Join the parts in input order into output and error files; decide success by failures."""
+    """Join the parts under the finalizing lease, then end the job; a lost lease writes nothing
+    more, and an error lets the lease go at once for the reconciler to retry."""
+    try:
+        with phase_lease(context, job_id, attempt, "finalizing") as lease:
+            written = join_parts(context, job_id, attempt, lease)
+            lease.check()
+            return end_finalized(context, job_id, attempt, written)
+    except LeaseLost:
+        log.info("finalizing %s: lost the lease; another attempt owns it", job_id)
+        return None
+    except Exception as exc:
+        release_phase(context, job_id, attempt, "finalizing", exc)
+        raise
+
+
+def join_parts(context: WorkerContext, job_id: uuid.UUID, attempt: int,
+               lease: PhaseLease) -> dict[str, tuple[str, int, str]]:
+    """Join the parts in input order into output and error files, as (uri, bytes, sha256) per
+    kind. A file an earlier attempt joined and recorded is kept, not joined again: the parts
+    of a finalizing job no longer change."""
     base = context.settings.resolved_storage_url
     with context.sessions() as session:
         job = job_row(session, job_id)
         fmt = job.options.get("output_format", "jsonl")
+        joined = dict(job.options.get("joined") or {})
         parts = {kind: finished_parts(session, job, kind, input_order=True)
                  for kind in ("results", "errors")}
     written = {}
     for kind, uris in parts.items():
+        earlier = joined.get(kind)
+        if earlier and earlier.get("format") == fmt and earlier.get("parts") == len(uris):
+            written[kind] = (earlier["uri"], earlier["bytes"], earlier["sha256"])
+            continue
         uri = f"{base.rstrip('/')}/jobs/{job_id}/{kind}.a{attempt}.{fmt}"
-        size, sha256 = write_joined(uri, fmt, uris)
+        size, sha256 = write_joined(uri, fmt, uris, checkpoint=lease.check)
         written[kind] = (uri, size, sha256)
+        record = {"uri": uri, "bytes": size, "sha256": sha256, "format": fmt, "parts": len(uris)}
+        with context.sessions.begin() as session:
+            if session.execute(RECORD_JOINED, {"job_id": job_id, "attempt": attempt, "kind": kind,
+                                               "joined": orjson.dumps(record).decode()}
+                               ).first() is None:
+                raise LeaseLost(f"finalizing {job_id}: the lease is another attempt's now")
+        log.info("finalizing %s: joined %s (%d bytes, %d parts)", job_id, kind, size, len(uris))
+    return written
+
+
+def end_finalized(context: WorkerContext, job_id: uuid.UUID, attempt: int,
+                  written: dict[str, tuple[str, int, str]]) -> str | None:
+    """Record the joined files and end the job, fenced by the finalizing attempt."""
+    with context.sessions() as session:
+        fmt = job_row(session, job_id).options.get("output_format", "jsonl")
     with context.sessions.begin() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.attempt != attempt or job.status != "finalizing":

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.batching import batches, run_isolated
+from app.errors import describe_error
 from app.services.webhooks import NOTIFY_SQL, record_ended_jobs
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ def score(model, rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def error_output(exc: Exception) -> dict[str, Any]:
-    message = f"{exc.__class__.__name__}: {exc}"[:500]
+    message = describe_error(exc)
     return {"error": {"code": "inference_error", "message": message}}
 
 

@@ -29,7 +29,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, describe_error
 from app.orm import Model, Tenant
 from app.services.models import owned_model, register_model, set_default_variant
 from app.storage import Storage
@@ -286,7 +286,7 @@ def optimize_model(sessions: sessionmaker[Session], storage: Storage, name: str,
         if variant != "fp16":
             raise
         metrics = {"measured": False, "needs": "CUDAExecutionProvider",
-                   "reason": f"{exc.__class__.__name__}: {exc}"[:500]}
+                   "reason": describe_error(exc)}
     provenance.update(derived_from=base_id, fp32_sha256=base_sha, onnxruntime=ort.__version__)
     with sessions.begin() as session:
         model = register_model(session, storage, name=name, artifact=built, signature=signature,

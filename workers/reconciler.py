@@ -18,12 +18,17 @@ from workers.chunks import dispatch_chunks, record_events
 
 log = logging.getLogger(__name__)
 
+# A job given up says why: the error its last attempt recorded before it let the lease go
+# (`phase_failed`), or, when none did, that its worker died holding it (`worker_crashed`).
 GIVE_UP = text("""
 UPDATE jobs
 SET status = CASE WHEN status = 'cancelling' THEN 'cancelled' ELSE 'failed' END,
     finished_at = now(), lease_expires_at = NULL,
-    error_code = CASE WHEN status = 'cancelling' THEN error_code ELSE 'worker_crashed' END,
+    error_code = CASE WHEN status = 'cancelling' THEN error_code
+        WHEN last_error IS NOT NULL THEN 'phase_failed' ELSE 'worker_crashed' END,
     error_message = CASE WHEN status = 'cancelling' THEN error_message
+        WHEN last_error IS NOT NULL THEN status || ' failed on attempt ' || attempt
+            || ' of KILN_MAX_ATTEMPTS: ' || last_error
         ELSE 'the job stopped its worker ' || attempt || ' times (KILN_MAX_ATTEMPTS)' END
 WHERE lease_expires_at < now() AND (
       (kind = 'inline' AND status IN ('running', 'cancelling')
@@ -36,11 +41,15 @@ GIVE_UP_CHUNKS = text("""
 WITH poisoned AS (
     UPDATE job_chunks SET status = 'failed', lease_expires_at = NULL, finished_at = now()
     WHERE status = 'running' AND lease_expires_at < now() AND attempt >= :max_attempts
-    RETURNING job_id, index, attempt)
+    RETURNING job_id, index, attempt, last_error)
 UPDATE jobs SET status = 'failed', finished_at = now(), lease_expires_at = NULL,
-    error_code = 'worker_crashed',
-    error_message = 'chunk ' || poisoned.index || ' stopped its worker ' || poisoned.attempt
-        || ' times (KILN_MAX_ATTEMPTS)'
+    error_code = CASE WHEN poisoned.last_error IS NULL THEN 'worker_crashed'
+                      ELSE 'phase_failed' END,
+    error_message = CASE WHEN poisoned.last_error IS NULL
+        THEN 'chunk ' || poisoned.index || ' stopped its worker ' || poisoned.attempt
+             || ' times (KILN_MAX_ATTEMPTS)'
+        ELSE 'chunk ' || poisoned.index || ' failed on attempt ' || poisoned.attempt
+             || ' of KILN_MAX_ATTEMPTS: ' || poisoned.last_error END
 FROM poisoned
 WHERE jobs.id = poisoned.job_id AND jobs.status IN ('running', 'cancelling')
 RETURNING jobs.id

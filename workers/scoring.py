@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from app.domain.batching import run_isolated
 from app.domain.validation import record_checker
+from app.errors import describe_error
 from app.formats import Batch, RowError
 
 
@@ -118,7 +119,7 @@ def score_batch(batch: Batch, model: Any, signature: dict[str, Any],
 
 
 def model_error(_item: Any, exc: Exception) -> dict[str, str]:
-    return {"__error__": f"{exc.__class__.__name__}: {exc}"[:500]}
+    return {"__error__": describe_error(exc)}
 
 
 def row_tags(batch: Batch, context: RowContext) -> dict[int, dict[str, Any]]:

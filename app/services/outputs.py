@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -126,16 +126,24 @@ def _read(uri: str) -> Iterator[bytes]:
             yield piece
 
 
-def write_joined(uri: str, fmt: str, parts: list[str]) -> tuple[int, str]:
-    """Join parts into one stored file; returns (bytes, sha256)."""
+def write_joined(uri: str, fmt: str, parts: list[str],
+                 checkpoint: Callable[[], None] | None = None) -> tuple[int, str]:
+    """Join parts into one stored file; returns (bytes, sha256). `checkpoint` is called between
+    pieces and may raise to stop: the partial file is then removed."""
     digest, size = hashlib.sha256(), 0
     fs, path = fsspec.core.url_to_fs(uri)
     fs.makedirs(fs._parent(path), exist_ok=True)
-    with fs.open(path, "wb") as out:
-        for data in encode_parts(fmt, parts):
-            digest.update(data)
-            size += len(data)
-            out.write(data)
+    try:
+        with fs.open(path, "wb") as out:
+            for data in encode_parts(fmt, parts):
+                if checkpoint is not None:
+                    checkpoint()
+                digest.update(data)
+                size += len(data)
+                out.write(data)
+    except BaseException:
+        fs.rm(path)
+        raise
     return size, digest.hexdigest()
 
 
