@@ -1,4 +1,4 @@
-"""Heartbeats for leased phases: validating and planning a file, a chunk, finalizing a job.
+"""Heartbeats for leases: a file job's phases (validating, a chunk, finalizing) and inline jobs.
 
 A phase holds its lease for as long as it works, however long that is: a thread renews it every
 heartbeat with a statement fenced by the phase's attempt. Only the job's `completion_window`
@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import LeaseLost
+from app.store.jobs import ClaimedJob, renew_leases
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +67,43 @@ class PhaseLease:
                 self.lost.set()
                 return
             self.renewals += 1
+
+
+class LeaseKeeper:
+    """Renews the leases of the inline jobs a worker holds until it is stopped."""
+
+    def __init__(self, sessions: sessionmaker[Session], lease_seconds: float, every_seconds: float):
+        self.sessions, self.lease_seconds, self.every = sessions, lease_seconds, every_seconds
+        self.held: dict[uuid.UUID, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="kiln-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def hold(self, jobs: Iterable[ClaimedJob]) -> None:
+        with self._lock:
+            self.held.update({j.id: j.attempt for j in jobs})
+
+    def release(self, job_ids: Iterable[uuid.UUID]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self.held.pop(job_id, None)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            with self._lock:
+                held = dict(self.held)
+            if not held:
+                continue
+            try:
+                with self.sessions() as session, session.begin():
+                    renew_leases(session, held, self.lease_seconds)
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next tick
+                log.warning("lease renewal failed: %s", exc)

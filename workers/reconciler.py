@@ -1,7 +1,8 @@
 """The safety net: Postgres is the record, Redis only carries hints.
 
 Re-publishes queued jobs whose message may have been lost, returns jobs whose lease expired to
-the queue, and fails jobs that keep killing their worker instead of looping forever.
+the queue, and fails jobs that keep killing their worker instead of looping forever. Every
+statement is a named function of `app.store.rescue`.
 """
 
 from __future__ import annotations
@@ -10,104 +11,13 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.queueing import Publisher
-from workers.chunks import dispatch_chunks, record_events
+from app.store import rescue
+from app.store.chunks import dispatch_chunks
 
 log = logging.getLogger(__name__)
-
-# A job given up says why: the error its last attempt recorded before it let the lease go
-# (`phase_failed`), or, when none did, that its worker died holding it (`worker_crashed`).
-GIVE_UP = text("""
-UPDATE jobs
-SET status = CASE WHEN status = 'cancelling' THEN 'cancelled' ELSE 'failed' END,
-    finished_at = now(), lease_expires_at = NULL,
-    error_code = CASE WHEN status = 'cancelling' THEN error_code
-        WHEN last_error IS NOT NULL THEN 'phase_failed' ELSE 'worker_crashed' END,
-    error_message = CASE WHEN status = 'cancelling' THEN error_message
-        WHEN last_error IS NOT NULL THEN status || ' failed on attempt ' || attempt
-            || ' of KILN_MAX_ATTEMPTS: ' || last_error
-        ELSE 'the job stopped its worker ' || attempt || ' times (KILN_MAX_ATTEMPTS)' END
-WHERE lease_expires_at < now() AND (
-      (kind = 'inline' AND status IN ('running', 'cancelling')
-       AND (attempt >= :max_attempts OR status = 'cancelling'))
-   OR (kind = 'file' AND status IN ('validating', 'finalizing') AND attempt >= :max_attempts))
-RETURNING id
-""")
-
-GIVE_UP_CHUNKS = text("""
-WITH poisoned AS (
-    UPDATE job_chunks SET status = 'failed', lease_expires_at = NULL, finished_at = now()
-    WHERE status = 'running' AND lease_expires_at < now() AND attempt >= :max_attempts
-    RETURNING job_id, index, attempt, last_error)
-UPDATE jobs SET status = 'failed', finished_at = now(), lease_expires_at = NULL,
-    error_code = CASE WHEN poisoned.last_error IS NULL THEN 'worker_crashed'
-                      ELSE 'phase_failed' END,
-    error_message = CASE WHEN poisoned.last_error IS NULL
-        THEN 'chunk ' || poisoned.index || ' stopped its worker ' || poisoned.attempt
-             || ' times (KILN_MAX_ATTEMPTS)'
-        ELSE 'chunk ' || poisoned.index || ' failed on attempt ' || poisoned.attempt
-             || ' of KILN_MAX_ATTEMPTS: ' || poisoned.last_error END
-FROM poisoned
-WHERE jobs.id = poisoned.job_id AND jobs.status IN ('running', 'cancelling')
-RETURNING jobs.id
-""")
-
-REQUEUE_CHUNKS = text("""
-UPDATE job_chunks c
-SET status = 'queued', lease_expires_at = now() + make_interval(secs => :grace_seconds)
-FROM jobs j
-WHERE j.id = c.job_id AND j.status = 'running' AND c.lease_expires_at < now()
-  AND ((c.status = 'running' AND c.attempt < :max_attempts) OR c.status = 'queued')
-RETURNING c.job_id, c.index, j.options->>'queue' AS queue
-""")
-
-TENANTS_WITH_HELD_CHUNKS = text("""
-SELECT DISTINCT c.tenant_id FROM job_chunks c JOIN jobs j ON j.id = c.job_id
-WHERE c.status = 'queued' AND c.lease_expires_at IS NULL AND j.status = 'running'
-ORDER BY c.tenant_id LIMIT :limit
-""")
-
-NUDGE_FILE_JOBS = text("""
-UPDATE jobs SET published_at = now()
-WHERE id IN (
-    SELECT j.id FROM jobs j
-    WHERE j.kind = 'file' AND coalesce(j.published_at, j.created_at)
-          < now() - make_interval(secs => :grace_seconds)
-      AND ((j.status IN ('validating', 'finalizing')
-            AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now()))
-        OR (j.status IN ('running', 'cancelling') AND NOT EXISTS (
-            SELECT 1 FROM job_chunks c WHERE c.job_id = j.id
-            AND c.status IN ('queued', 'running'))))
-    LIMIT :limit FOR UPDATE SKIP LOCKED)
-RETURNING id, options->>'queue' AS queue
-""")
-
-EXPIRE = text("""
-UPDATE jobs SET status = 'expired', finished_at = now(), lease_expires_at = NULL,
-    error_code = 'expired', error_message = 'the job did not finish within its completion_window'
-WHERE expires_at < now()
-  AND status IN ('validating', 'queued', 'running', 'cancelling', 'finalizing')
-RETURNING id
-""")
-
-REQUEUE_EXPIRED = text("""
-UPDATE jobs SET status = 'queued', lease_expires_at = NULL, published_at = now()
-WHERE kind = 'inline' AND status = 'running' AND lease_expires_at < now()
-  AND attempt < :max_attempts
-RETURNING id, options->>'queue' AS queue
-""")
-
-REPUBLISH_QUEUED = text("""
-UPDATE jobs SET published_at = now()
-WHERE id IN (SELECT id FROM jobs WHERE status = 'queued'
-             AND coalesce(published_at, created_at) < now() - make_interval(secs => :grace_seconds)
-             ORDER BY priority DESC, created_at LIMIT :limit FOR UPDATE SKIP LOCKED)
-RETURNING id, options->>'queue' AS queue
-""")
-
 
 @dataclass
 class Report:
@@ -127,22 +37,18 @@ def reconcile_once(session: Session, *, max_attempts: int, grace_seconds: float,
     Held-back chunks (queued, never published) are not lost: each pass hands the free slots of
     every tenant that has some to them, in tenant order so that passes never deadlock.
     """
-    params = {"max_attempts": max_attempts, "grace_seconds": grace_seconds, "limit": limit}
-    given_up = [r.id for r in session.execute(EXPIRE, params)]
-    given_up += [r.id for r in session.execute(GIVE_UP, params)]
-    given_up += [r.id for r in session.execute(GIVE_UP_CHUNKS, params)]
-    if given_up:
-        record_events(session, given_up)
-    return Report(given_up=given_up,
-                  requeued=[(r.id, r.queue) for r in session.execute(REQUEUE_EXPIRED, params)],
-                  republished=[(r.id, r.queue) for r in session.execute(REPUBLISH_QUEUED, params)]
-                  + [(r.id, r.queue) for r in session.execute(NUDGE_FILE_JOBS, params)],
-                  chunks=[(r.job_id, r.index, r.queue)
-                          for r in session.execute(REQUEUE_CHUNKS, params)]
-                  + [chunk for tenant_id in session.scalars(TENANTS_WITH_HELD_CHUNKS, params).all()
-                     for chunk in dispatch_chunks(session, tenant_id, job_window=chunk_window,
-                                                  tenant_limit=tenant_chunk_limit,
-                                                  grace_seconds=grace_seconds)])
+    given_up = [job.id for job in rescue.expire_overdue(session, limit)]
+    given_up += [job.id for job in rescue.give_up_crashed(session, max_attempts, limit)]
+    given_up += [job.id for job in rescue.give_up_chunks(session, max_attempts)]
+    requeued = rescue.requeue_expired(session, max_attempts)
+    republished = rescue.republish_queued(session, grace_seconds, limit) \
+        + rescue.nudge_file_jobs(session, grace_seconds, limit)
+    chunks = rescue.requeue_chunks(session, max_attempts, grace_seconds)
+    chunks += [chunk for tenant_id in rescue.tenants_with_held_chunks(session, limit)
+               for chunk in dispatch_chunks(session, tenant_id, job_window=chunk_window,
+                                            tenant_limit=tenant_chunk_limit,
+                                            grace_seconds=grace_seconds)]
+    return Report(given_up, requeued, republished, chunks)
 
 
 def reconcile_and_publish(sessions: sessionmaker[Session], publisher: Publisher, *,

@@ -24,7 +24,6 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 import psycopg
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,7 +32,9 @@ from app.db import make_engine, make_sessionmaker
 from app.domain.signing import signature_headers
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
 from app.secretbox import SecretBox
-from app.services.webhooks import NOTIFY_CHANNEL, signing_secret, system_resolver, url_policy
+from app.services.webhooks import signing_secret, system_resolver, url_policy
+from app.store import deliveries
+from app.store.outbox import NOTIFY_CHANNEL
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,60 +42,11 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT_PER_HOST = 2
 LEASE_MARGIN_SECONDS = 30.0
 USER_AGENT = "Kiln-Webhooks/1"
-PENDING = "delivered_at IS NULL AND failed_at IS NULL"
 
-CANDIDATES = text(f"""
-WITH due AS (
-    SELECT id, next_attempt_at,
-           row_number() OVER (PARTITION BY lower(substring(url FROM '^[^:]+://([^/?#]+)'))
-                              ORDER BY next_attempt_at, id) AS host_place,
-           row_number() OVER (PARTITION BY tenant_id ORDER BY next_attempt_at, id) AS tenant_place
-    FROM webhook_deliveries
-    WHERE {PENDING} AND next_attempt_at <= now()
-      AND (sending_until IS NULL OR sending_until <= now()))
-SELECT d.id, d.tenant_id, d.endpoint_id, d.event_id, d.url, d.payload
-FROM webhook_deliveries d JOIN due ON due.id = d.id
-WHERE due.host_place <= :per_host AND due.tenant_place <= :per_tenant
-  AND d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= now()
-  AND (d.sending_until IS NULL OR d.sending_until <= now())
-ORDER BY due.next_attempt_at, d.id
-LIMIT :scan
-FOR UPDATE OF d SKIP LOCKED
-""")
 
-CLAIM = text("""
-UPDATE webhook_deliveries
-SET attempts = attempts + 1, sending_until = now() + make_interval(secs => :lease_seconds)
-WHERE id = ANY(CAST(:ids AS uuid[]))
-RETURNING id, attempts
-""")
 
-RECORD = text(f"""
-UPDATE webhook_deliveries
-SET sending_until = NULL, last_status_code = :status_code, last_error = :error,
-    response_ms = :response_ms,
-    delivered_at = CASE WHEN :state = 'delivered' THEN now() END,
-    failed_at = CASE WHEN :state = 'failed' THEN now() END,
-    next_attempt_at = now() + make_interval(secs => :delay_seconds),
-    history = history || jsonb_build_array(jsonb_build_object(
-        'attempt', attempts, 'at', now(), 'status_code', CAST(:status_code AS int),
-        'error', CAST(:error AS text), 'response_ms', CAST(:response_ms AS int)))
-WHERE id = :id AND attempts = :attempt AND {PENDING}
-""")
 
-DISABLE_ENDPOINT = text(f"""
-WITH disabled AS (
-    UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = CAST(:reason AS text)
-    WHERE id = :endpoint_id AND disabled_at IS NULL RETURNING id)
-UPDATE webhook_deliveries SET failed_at = now(), sending_until = NULL,
-    last_error = 'endpoint disabled: ' || CAST(:reason AS text)
-WHERE endpoint_id = :endpoint_id AND {PENDING}
-""")
 
-NEXT_DUE = text(f"""
-SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM webhook_deliveries
-WHERE {PENDING} AND sending_until IS NULL
-""")
 
 
 @dataclass(frozen=True)
@@ -175,16 +127,15 @@ def receiver_host(url: str) -> str:
 def claim_deliveries(session: Session, load: Load, *, room: int,
                      lease_seconds: float) -> list[Claimed]:
     """Lock due rows (a few per host and tenant), keep those the caps admit, start an attempt."""
-    candidates = session.execute(CANDIDATES, {"per_host": load.per_host,
-                                              "per_tenant": load.per_tenant, "scan": room * 4})
+    candidates = deliveries.due_deliveries(session, per_host=load.per_host,
+                                           per_tenant=load.per_tenant, scan=room * 4)
     picked = []
     for row in candidates:
         if len(picked) < room and load.take(row.tenant_id, row.url):
             picked.append(row)
     if not picked:
         return []
-    attempts = dict(session.execute(CLAIM, {"ids": [r.id for r in picked],
-                                            "lease_seconds": lease_seconds}).all())
+    attempts = deliveries.start_attempts(session, [r.id for r in picked], lease_seconds)
     return [Claimed(r.id, r.tenant_id, r.endpoint_id, r.event_id, r.url, r.payload, attempts[r.id])
             for r in picked]
 
@@ -193,13 +144,12 @@ def record_attempt(session: Session, claimed: Claimed, attempt: Attempt,
                    schedule: Sequence[float]) -> str:
     """Store the outcome (a stale attempt changes nothing); a 410 disables the endpoint."""
     state, delay = next_state(attempt, claimed.attempt, schedule)
-    session.execute(RECORD, {"id": claimed.id, "attempt": claimed.attempt,
-                             "status_code": attempt.status_code, "error": attempt.error,
-                             "response_ms": attempt.response_ms, "delay_seconds": delay,
-                             "state": "failed" if state == "gone" else state})
+    deliveries.record_attempt(session, claimed.id, claimed.attempt,
+                              state="failed" if state == "gone" else state,
+                              status_code=attempt.status_code, error=attempt.error,
+                              response_ms=attempt.response_ms, delay_seconds=delay)
     if state == "gone" and claimed.endpoint_id is not None:
-        session.execute(DISABLE_ENDPOINT, {"endpoint_id": claimed.endpoint_id,
-                                           "reason": "the receiver answered 410 Gone"})
+        deliveries.disable_endpoint(session, claimed.endpoint_id, "the receiver answered 410 Gone")
     return state
 
 
@@ -336,7 +286,7 @@ class WebhookDispatcher:
         for item in claimed:
             self.pool.submit(self._send, item)
         with self.sessions() as session:
-            due_in = session.scalar(NEXT_DUE)
+            due_in = deliveries.next_due_seconds(session)
         return poll if due_in is None or due_in <= 0 else min(float(due_in), poll)
 
     def _send(self, claimed: Claimed) -> None:

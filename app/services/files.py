@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import fsspec
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, PayloadTooLarge
@@ -16,6 +16,7 @@ from app.formats import detect_format
 from app.orm import File, Job
 from app.services.auth import Caller, get_owned
 from app.storage import Storage
+from app.store import jobs as job_store
 
 COPY_BYTES = 1024 * 1024
 
@@ -84,8 +85,7 @@ def delete_file(session: Session, caller: Caller, file_id: str) -> None:
     if in_use is not None:
         raise Conflict(f"file {file_id} is the input of unfinished job {in_use}")
     uri = found.uri
-    for column in (Job.input_file_id, Job.output_file_id, Job.error_file_id):
-        session.execute(update(Job).where(column == found.id).values({column: None}))
+    job_store.forget_file(session, found.id)
     session.delete(found)
     session.flush()
     fs, path = fsspec.core.url_to_fs(uri)

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.caching import LoadingCache
@@ -23,7 +23,7 @@ from app.groupcommit import GroupCommit
 from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller, get_owned
-from app.services import webhooks
+from app.store import jobs as job_store
 from app.services.models import ModelRef, resolve_model_ref
 
 
@@ -285,40 +285,21 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
         if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
             return job
         raise Conflict(f"job {job.id} is {job.status} and cannot be cancelled")
-    values: dict[str, Any] = {"status": target.value}
     if target is JobStatus.CANCELLING and job.kind == "file" and not _running_chunks(session, job):
         target = JobStatus.CANCELLED  # nobody is scoring it: end it now
-        values["status"] = target.value
-        session.execute(update(JobChunk).where(JobChunk.job_id == job.id,
-                                               JobChunk.status == "queued")
-                        .values(status="cancelled"))
     if target is JobStatus.CANCELLED:
-        values["finished_at"] = datetime.now(UTC)
-    result = session.execute(update(Job).where(Job.id == job.id, Job.status == job.status)
-                             .values(**values).returning(Job.status))
-    if result.first() is None:  # the job moved on between the read and the update
-        session.refresh(job)
-        return cancel_job(session, caller, job_id)
-    webhooks.record_job_events(session, [job.id])
+        moved = bool(job_store.cancel_now(session, job.id, job.status))
+    else:
+        moved = job_store.request_cancel(session, job.id)
     session.refresh(job)
+    if not moved:  # the job moved on between the read and the update
+        return cancel_job(session, caller, job_id)
     return job
 
 
 def _running_chunks(session: Session, job: Job) -> int:
     return session.scalar(select(func.count()).select_from(JobChunk).where(
         JobChunk.job_id == job.id, JobChunk.status == "running"))
-
-
-def progress(job: Job) -> dict[str, float | None]:
-    """Rows per second since the job started, and the time left at that rate."""
-    done = job.completed_count + job.failed_count
-    if not job.started_at or not done:
-        return {"rows_per_second": None, "eta_seconds": None}
-    end = job.finished_at or datetime.now(UTC)
-    rate = done / max((end - job.started_at).total_seconds(), 1e-3)
-    left = job.total_count - done
-    return {"rows_per_second": round(rate, 1),
-            "eta_seconds": round(left / rate, 1) if left > 0 and not job.finished_at else 0.0}
 
 
 def iter_result_lines(factory: sessionmaker[Session], job_id: uuid.UUID,
@@ -341,36 +322,3 @@ def iter_result_lines(factory: sessionmaker[Session], job_id: uuid.UUID,
         if len(rows) < page_rows:
             return
         after = rows[-1].index
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """The public view of a job."""
-    return {
-        "id": str(job.id),
-        "object": "job",
-        "kind": job.kind,
-        "status": job.status,
-        "model": job.model_name,
-        "model_version": (job.options or {}).get("model_version"),
-        "variant": (job.options or {}).get("variant", "fp32"),
-        "priority": job.priority,
-        "queue": (job.options or {}).get("queue"),
-        "request_counts": {"total": job.total_count, "completed": job.completed_count,
-                           "failed": job.failed_count},
-        "metadata": job.job_metadata or {},
-        "webhook_url": job.webhook_url,
-        "attempt": job.attempt,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "expires_at": job.expires_at,
-        "error": ({"code": job.error_code, "message": job.error_message}
-                  if job.error_code else None),
-        **progress(job),
-        **({"input_file": str(job.input_file_id) if job.input_file_id else None,
-            "output_file": str(job.output_file_id) if job.output_file_id else None,
-            "error_file": str(job.error_file_id) if job.error_file_id else None,
-            "output_format": job.options.get("output_format"),
-            "parent_id": str(job.parent_id) if job.parent_id else None}
-           if job.kind == "file" else {}),
-    }

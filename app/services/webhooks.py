@@ -1,7 +1,7 @@
-"""Webhook use cases: endpoints and their secrets, outbox rows for job events, delivery records.
+"""Webhook use cases: endpoints and their secrets, and delivery records.
 
-Outbox rows are written by `record_job_events` in the transaction that ended the job, so an event
-exists exactly when the status change does; `workers.webhooks` sends them.
+Outbox rows are written by the store (`app.store.outbox`) in the transaction that ended the job,
+so an event exists exactly when the status change does; `workers.webhooks` sends them.
 """
 
 from __future__ import annotations
@@ -12,26 +12,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
-from app import metrics
-from app.domain.signing import generate_secret, new_message_id
+from app.domain.signing import generate_secret
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
-from app.domain.states import JobStatus
 from app.errors import Conflict, InvalidInput
-from app.orm import Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
+from app.orm import TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
 from app.secretbox import SecretBox
 from app.services import jobs as job_service
 from app.services.auth import Caller, get_owned
+from app.store.outbox import EVENT_TYPES, notify_dispatchers
 from app.settings import Settings
 
-EVENT_BY_STATUS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed",
-                   JobStatus.CANCELLED: "job.cancelled", JobStatus.EXPIRED: "job.expired"}
-EVENT_TYPES = tuple(EVENT_BY_STATUS.values())
-PROGRESS = "job.progress"  # opt-in: only endpoints that list it get it
-NOTIFY_CHANNEL = "kiln_webhooks"
 
 
 # ---------------------------------------------------------------- URL safety
@@ -159,125 +153,6 @@ def signing_secret(session: Session, box: SecretBox, tenant_id: uuid.UUID,
     ciphertext = session.scalar(select(TenantWebhookSecret.secret_ciphertext)
                                 .where(TenantWebhookSecret.tenant_id == tenant_id))
     return box.decrypt(ciphertext)
-
-
-# ---------------------------------------------------------------- the outbox
-
-def record_job_events(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
-    """Write one outbox row per (event, target URL) for jobs that have reached a final status,
-    and count them in `kiln_jobs_finished_total`.
-
-    Call it in the transaction that changed the status (every path that ends a job does). Safe to
-    call twice for the outbox: an event already recorded for a job is not recorded again. Returns
-    the number of rows written.
-    """
-    if not job_ids:
-        return 0
-    ended = session.execute(ENDED_JOBS, {"ids": list(dict.fromkeys(job_ids)),
-                                         "final": [s.value for s in EVENT_BY_STATUS]}).all()
-    return record_ended_jobs(session, ended)
-
-
-# Whether an ended job `j` has anyone to tell. A statement that ends jobs can return
-# `j.id, j.status, <NOTIFY_SQL> AS notify` and hand its rows to `record_ended_jobs` directly.
-NOTIFY_SQL = ("(j.webhook_url IS NOT NULL OR EXISTS (SELECT 1 FROM webhook_endpoints e "
-              "WHERE e.tenant_id = j.tenant_id AND e.disabled_at IS NULL))")
-ENDED_JOBS = text(f"SELECT j.id, j.status, {NOTIFY_SQL} AS notify FROM jobs j "
-                  "WHERE j.id = ANY(:ids) AND j.status = ANY(:final)")
-
-
-def record_ended_jobs(session: Session, ended: Sequence[Any]) -> int:
-    """`record_job_events` for jobs already known to be final: rows of (id, status, notify),
-    where notify says whether the job has a webhook URL or its tenant an enabled endpoint."""
-    metrics.count_finished_jobs(row.status for row in ended)
-    notify = [row.id for row in ended if row.notify]
-    if not notify:
-        return 0
-    ended = list(session.scalars(
-        select(Job).options(defer(Job.inputs)).where(Job.id.in_(notify))
-        .execution_options(populate_existing=True)))
-    recorded = {(r.job_id, r.event) for r in session.execute(
-        select(WebhookDelivery.job_id, WebhookDelivery.event)
-        .where(WebhookDelivery.job_id.in_([j.id for j in ended])))}
-    endpoints = _endpoints_by_tenant(session, {j.tenant_id for j in ended})
-    rows = []
-    for job in ended:
-        event = EVENT_BY_STATUS[JobStatus(job.status)]
-        if (job.id, event) in recorded:
-            continue
-        targets = {e.url: e.id for e in endpoints.get(job.tenant_id, ())
-                   if not e.events or event in e.events}
-        if job.webhook_url and job.webhook_url not in targets:
-            targets[job.webhook_url] = None
-        payload, message_id = event_payload(job, event), new_message_id()
-        rows += [{"id": uuid.uuid4(), "tenant_id": job.tenant_id, "job_id": job.id,
-                  "endpoint_id": endpoint_id, "event_id": message_id, "url": url, "event": event,
-                  "payload": payload} for url, endpoint_id in targets.items()]
-    if rows:
-        session.execute(insert(WebhookDelivery), rows)
-        notify_dispatchers(session)
-    return len(rows)
-
-
-def record_progress_event(session: Session, job_id: uuid.UUID, min_interval_seconds: float) -> int:
-    """An opt-in `job.progress` event for a running job, at most one per interval.
-
-    Call it in a transaction that already updated the job's row (a chunk's commit): that row
-    lock serialises concurrent callers, so the interval check cannot race.
-    """
-    job = session.scalar(select(Job).options(defer(Job.inputs)).where(Job.id == job_id)
-                         .execution_options(populate_existing=True))
-    if job is None or job.status != JobStatus.RUNNING:
-        return 0
-    targets = [e for e in _endpoints_by_tenant(session, {job.tenant_id}).get(job.tenant_id, ())
-               if e.events and PROGRESS in e.events]
-    if not targets:
-        return 0
-    recent = session.scalar(select(WebhookDelivery.id).where(
-        WebhookDelivery.job_id == job.id, WebhookDelivery.event == PROGRESS,
-        WebhookDelivery.created_at > text("now() - make_interval(secs => :interval)"))
-        .params(interval=min_interval_seconds).limit(1))
-    if recent is not None:
-        return 0
-    payload = {"type": PROGRESS, "timestamp": datetime.now(UTC).isoformat(),
-               "data": {**job_service.job_summary(job), "links": job_links(job)}}
-    message_id = new_message_id()
-    session.execute(insert(WebhookDelivery), [
-        {"id": uuid.uuid4(), "tenant_id": job.tenant_id, "job_id": job.id, "endpoint_id": e.id,
-         "event_id": message_id, "url": e.url, "event": PROGRESS, "payload": payload}
-        for e in targets])
-    notify_dispatchers(session)
-    return len(targets)
-
-
-def _endpoints_by_tenant(session: Session, tenant_ids: set[uuid.UUID]) -> dict:
-    found: dict[uuid.UUID, list[WebhookEndpoint]] = {}
-    for endpoint in session.scalars(select(WebhookEndpoint).where(
-            WebhookEndpoint.tenant_id.in_(tenant_ids), WebhookEndpoint.disabled_at.is_(None))):
-        found.setdefault(endpoint.tenant_id, []).append(endpoint)
-    return found
-
-
-def event_payload(job: Job, event: str) -> dict[str, Any]:
-    """The body receivers get: `{type, timestamp, data}`, data being the job as the API shows it."""
-    when = job.finished_at or datetime.now(UTC)
-    return {"type": event, "timestamp": when.isoformat(),
-            "data": {**job_service.job_summary(job), "links": job_links(job)}}
-
-
-def job_links(job: Job) -> dict[str, str | None]:
-    """API paths (relative to the API's base URL) where the receiver fetches what it needs."""
-    base = f"/v1/jobs/{job.id}"
-    def file_link(file_id: uuid.UUID | None) -> str | None:
-        return f"/v1/files/{file_id}/content" if file_id else None
-
-    return {"job": base, "results": base + "/results", "output_file": file_link(job.output_file_id),
-            "errors": file_link(job.error_file_id), "webhooks": base + "/webhooks"}
-
-
-def notify_dispatchers(session: Session) -> None:
-    """Wake the dispatchers when (and only if) this transaction commits."""
-    session.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
 
 
 # ---------------------------------------------------------------- delivery records

@@ -15,8 +15,8 @@ from tests.integration.test_file_faults import rows_with_ids, submit
 from tests.integration.test_files import to_jsonl, upload
 from tests.integration.test_workers import register_slow_model, slow_records
 from tests.support import start_api, start_worker
-from workers.chunks import dispatch_chunks
-from workers.executor import claim_jobs
+from app.store.chunks import dispatch_chunks
+from app.store.jobs import claim_inline
 from workers.reconciler import reconcile_once
 
 CLAIM = {"lease_seconds": 30, "max_attempts": 3}
@@ -65,7 +65,7 @@ def test_a_claim_takes_turns_between_tenants(db):
         late = queue_inline(session, other, model, 3, start=start + timedelta(seconds=10))
         bulky = queue_inline(session, big, model, 2, rows=6, start=start + timedelta(seconds=20))
     with iso.sessions.begin() as session:
-        claimed = [j.id for j in claim_jobs(session, flood[0], max_jobs=12, row_budget=1000,
+        claimed = [j.id for j in claim_inline(session, flood[0], max_jobs=12, row_budget=1000,
                                             **CLAIM)]
     # The job the message named, then the tenants in turn by the rows each has had so far (the
     # bulky tenant's 6-row job waits for the flooder's sixth row): first come, first served
@@ -88,7 +88,7 @@ def test_deadline_and_priority_come_before_turns(db):
                                  start=start + timedelta(seconds=6))
         queue_inline(session, other, model, 5, start=start + timedelta(seconds=7))
     with iso.sessions.begin() as session:
-        claimed = [j.id for j in claim_jobs(session, flood[0], max_jobs=4, row_budget=1000,
+        claimed = [j.id for j in claim_inline(session, flood[0], max_jobs=4, row_budget=1000,
                                             **CLAIM)]
     assert claimed[:3] == [flood[0], urgent[0], important[0]]
 
@@ -100,7 +100,7 @@ def test_claims_fill_up_to_the_row_budget_in_turn_order(db):
         mine = queue_inline(session, first, model, 50, rows=10)
         theirs = queue_inline(session, second, model, 50, rows=10)
     with iso.sessions.begin() as session:
-        claimed = [j.id for j in claim_jobs(session, mine[0], max_jobs=50, row_budget=100, **CLAIM)]
+        claimed = [j.id for j in claim_inline(session, mine[0], max_jobs=50, row_budget=100, **CLAIM)]
     assert len(claimed) == 10 and sum(j in theirs for j in claimed) == 5
 
 

@@ -1,0 +1,158 @@
+"""One chunk of a file job: claim it, score it batch by batch into attempt-named parts, commit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import orjson
+
+from app.errors import LeaseLost, describe_error
+from app.formats import ChunkPlan, open_reader
+from app.orm import File, Job, Model
+from app.services.outputs import part_uri
+from app.store import chunks as chunk_store
+from app.store.outbox import record_progress_event
+from workers.context import WorkerContext
+from workers.files.finalizing import finalize_if_done
+from workers.files.phases import dispatch_next
+from workers.leases import PhaseLease
+from workers.scoring import RowContext, score_batch
+
+log = logging.getLogger(__name__)
+
+
+def chunk_lease(context: WorkerContext, job_id: uuid.UUID, index: int, attempt: int) -> PhaseLease:
+    """The heartbeat of one chunk held by `attempt`, between (and during) its model batches."""
+    lease_seconds = context.settings.lease_seconds
+    return PhaseLease(context.sessions,
+                      lambda session: chunk_store.renew_chunk(session, job_id, index, attempt,
+                                                              lease_seconds),
+                      context.settings.lease_heartbeat_seconds, name=f"chunk {job_id}/{index}")
+
+
+def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str, int] | None:
+    """Score one chunk in batches into attempt-named parts; commit counts and parts at the end."""
+    with context.sessions.begin() as session:
+        claimed = chunk_store.claim_chunk(session, job_id, index, context.settings.lease_seconds)
+    if claimed is None:
+        return None
+    try:
+        with chunk_lease(context, job_id, index, claimed.attempt) as lease:
+            scored = ChunkRun.load(context, job_id, index, claimed).score(lease)
+    except LeaseLost:
+        log.info("chunk %s/%d lost its lease; another attempt owns it", job_id, index)
+        return None
+    except Exception as exc:
+        log.exception("chunk %s/%d failed on attempt %d", job_id, index, claimed.attempt)
+        with context.sessions.begin() as session:
+            chunk_store.release_chunk(session, job_id, index, claimed.attempt,
+                                      describe_error(exc))
+        raise
+    if scored is None:
+        return None
+    dispatch_next(context, scored.tenant_id)  # the slot may go to another job of the tenant
+    finalize_if_done(context, job_id)
+    return {"rows": scored.completed + scored.failed, "completed": scored.completed,
+            "failed": scored.failed}
+
+
+@dataclass
+class ChunkRun:
+    """A claimed chunk with what scoring it needs, and its counts so far."""
+
+    context: WorkerContext
+    job_id: uuid.UUID
+    index: int
+    attempt: int
+    tenant_id: uuid.UUID
+    plan: ChunkPlan
+    source: File
+    model: Any
+    signature: dict[str, Any]
+    batch_rows: int
+    rows: RowContext
+    completed: int = 0
+    failed: int = 0
+
+    @classmethod
+    def load(cls, context: WorkerContext, job_id: uuid.UUID, index: int, claimed) -> ChunkRun:
+        with context.sessions() as session:
+            job = session.get(Job, job_id)
+            source = session.get(File, job.input_file_id)
+            model_row = session.get(Model, job.model_id)
+            options = dict(job.options)
+            model = context.model(session, job.model_id)
+        offsets = options.get("chunk_offsets") or []
+        start_offset, end_offset = offsets[index] if index < len(offsets) else (0, 0)
+        return cls(context, job_id, index, claimed.attempt, job.tenant_id,
+                   ChunkPlan(claimed.start_row, claimed.end_row, start_offset, end_offset),
+                   source, model, dict(model_row.signature),
+                   context.batch_size(dict(model_row.processing)),
+                   RowContext(options.get("id_column"), tuple(options.get("keep_columns") or ())))
+
+    def score(self, lease: PhaseLease) -> ChunkRun | None:
+        """Score every batch into the parts, then commit; None when the chunk stopped (lost,
+        cancelled, or its job ended elsewhere)."""
+        base = self.context.settings.resolved_storage_url
+        uris = {kind: part_uri(base, self.job_id, self.index, self.attempt, kind)
+                for kind in ("results", "errors")}
+        handles = {kind: open_part(uri) for kind, uri in uris.items()}
+        try:
+            if not self.score_batches(handles, lease):
+                return None
+        finally:
+            for handle in handles.values():
+                handle.close()
+        lease.check()
+        return self if self.commit(uris) else None
+
+    def score_batches(self, handles: dict[str, Any], lease: PhaseLease) -> bool:
+        reader = open_reader(self.source.format, self.source.uri, self.source.compression)
+        strings = (self.rows.id_column,) if self.rows.id_column else ()
+        for batch in reader.read(self.plan, self.batch_rows, string_columns=strings):
+            lease.check()
+            results, errors = score_batch(batch, self.model, self.signature, self.rows)
+            handles["results"].write(b"".join(orjson.dumps(r) + b"\n" for r in results))
+            handles["errors"].write(b"".join(orjson.dumps(e) + b"\n" for e in errors))
+            self.completed, self.failed = self.completed + len(results), self.failed + len(errors)
+            if not self.still_wanted():
+                return False
+        return True
+
+    def still_wanted(self) -> bool:
+        """Renew the lease after a batch; stop when it is lost or the job no longer runs, and
+        on a cancel stop the chunk where it is."""
+        settings = self.context.settings
+        with self.context.sessions.begin() as session:
+            status = chunk_store.renew_chunk(session, self.job_id, self.index, self.attempt,
+                                             settings.lease_seconds)
+        if status is None:
+            raise LeaseLost(f"chunk {self.job_id}/{self.index}: the lease is another attempt's")
+        if status == "cancelling":
+            with self.context.sessions.begin() as session:
+                chunk_store.cancel_chunk(session, self.job_id, self.index, self.attempt)
+            finalize_if_done(self.context, self.job_id)
+            return False
+        return status == "running"  # else the job ended elsewhere (failed, expired)
+
+    def commit(self, uris: dict[str, str]) -> bool:
+        """The chunk's parts and counts, fenced by attempt, with an opt-in progress event."""
+        with self.context.sessions.begin() as session:
+            done = chunk_store.commit_chunk(
+                session, self.job_id, self.index, self.attempt, completed=self.completed,
+                failed=self.failed, output_uri=uris["results"] if self.completed else None,
+                error_uri=uris["errors"] if self.failed else None)
+            if done:
+                record_progress_event(session, self.job_id,
+                                      self.context.settings.progress_event_seconds)
+        return done
+
+
+def open_part(uri: str):
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    return fs.open(path, "wb")

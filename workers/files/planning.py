@@ -1,0 +1,102 @@
+"""The validating phase: check the input file against the model, plan its chunks, start the job."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from app.errors import InvalidInput, LeaseLost, describe_error
+from app.formats import open_reader
+from app.orm import File, Job, Model
+from app.store import chunks as chunk_store
+from app.store import phases as phase_store
+from workers.context import WorkerContext
+from workers.files.finalizing import finalize_if_done
+from workers.files.phases import dispatch_limits, phase_lease, release_phase
+from workers.files.retrying import extract_failed_rows
+from workers.leases import PhaseLease
+
+log = logging.getLogger(__name__)
+
+
+def required_columns(signature: dict[str, Any]) -> list[str]:
+    if signature.get("kind") == "text":
+        return [signature.get("text_field", "text")]
+    return list(signature.get("columns", []))
+
+
+def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[tuple]:
+    """Check the input file against the model and split it into chunks; returns those to publish."""
+    with context.sessions.begin() as session:
+        attempt = phase_store.claim_phase(session, job_id, "validating",
+                                          context.settings.lease_seconds)
+    if attempt is None:
+        return []
+    try:
+        with phase_lease(context, job_id, attempt, "validating") as lease:
+            return plan_chunks(context, job_id, attempt, lease)
+    except LeaseLost:
+        log.info("validating %s: lost the lease; another attempt owns it", job_id)
+        return []
+    except Exception as exc:
+        release_phase(context, job_id, attempt, "validating", exc)
+        raise
+
+
+def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
+                lease: PhaseLease) -> list[tuple]:
+    """The validating phase under its lease: check columns, plan chunks, start the job."""
+    settings = context.settings
+    with context.sessions() as session:
+        job = session.get(Job, job_id)
+        source = session.get(File, job.input_file_id) if job.input_file_id else None
+        signature = dict(session.get(Model, job.model_id).signature)
+        options = dict(job.options)
+    try:
+        source = usable_input(context, job, source, options, lease)
+        reader = open_reader(source.format, source.uri, source.compression)
+        options["id_column"] = check_columns(reader.columns(), signature, options)
+        plans = reader.plan(settings.chunk_rows, checkpoint=lease.check)
+    except (InvalidInput, OSError, ValueError) as exc:
+        lease.check()
+        with context.sessions.begin() as session:
+            phase_store.fail_validation(session, job_id, attempt, "invalid_file",
+                                        getattr(exc, "detail", None) or describe_error(exc, 2000))
+        return []
+    lease.check()
+    options["chunk_offsets"] = [[p.start_offset, p.end_offset] for p in plans]
+    with context.sessions.begin() as session:
+        if not phase_store.start_running(session, job, attempt,
+                                         total=plans[-1].end_row if plans else 0,
+                                         options=options, input_file_id=source.id,
+                                         chunks=[(p.start_row, p.end_row) for p in plans]):
+            return []
+    if not plans:
+        finalize_if_done(context, job_id)
+        return []
+    with context.sessions.begin() as session:
+        return chunk_store.dispatch_chunks(session, job.tenant_id, **dispatch_limits(settings))
+
+
+def usable_input(context: WorkerContext, job: Job, source: File | None, options: dict[str, Any],
+                 lease: PhaseLease) -> File:
+    """The file to plan: the job's input, or for a retry job the parent's failed rows."""
+    if source is None:
+        raise InvalidInput("the input file was deleted")
+    if job.parent_id is not None and not options.get("retry_input_ready"):
+        source = extract_failed_rows(context, job.id, job.parent_id, source, lease.check)
+        options["retry_input_ready"] = True
+    return source
+
+
+def check_columns(columns: list[str], signature: dict[str, Any],
+                  options: dict[str, Any]) -> str | None:
+    """Raise when the file lacks a column the model or the job needs; returns the id column."""
+    id_column = options.get("id_column") or ("custom_id" if "custom_id" in columns else None)
+    wanted = required_columns(signature) + ([id_column] if id_column else []) + \
+        list(options.get("keep_columns") or [])
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise InvalidInput(f"the input file lacks column(s) {missing}; it has {columns[:20]}")
+    return id_column
