@@ -197,7 +197,7 @@ def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
         missing = [c for c in wanted if c not in columns]
         if missing:
             raise InvalidInput(f"the input file lacks column(s) {missing}; it has {columns[:20]}")
-        plans = reader.plan(settings.chunk_rows, checkpoint=lease.check)
+        plans = reader.plan(settings.tuning.chunk_rows, checkpoint=lease.check)
     except (InvalidInput, OSError, ValueError) as exc:
         detail = getattr(exc, "detail", None) or describe_error(exc, 2000)
         lease.check()
@@ -301,7 +301,7 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
         if isinstance(reader, LineReader):
             if isinstance(reader, CsvReader):
                 out.write(reader.header())
-            for plan in reader.plan(context.settings.chunk_rows, checkpoint=checkpoint):
+            for plan in reader.plan(context.settings.tuning.chunk_rows, checkpoint=checkpoint):
                 checkpoint()
                 for first, lines in reader.lines(plan, 4096):
                     picked = [line for i, line in enumerate(lines) if first + i in wanted]
@@ -312,7 +312,7 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
             import pyarrow.parquet as pq
 
             writer = None
-            for plan in reader.plan(context.settings.chunk_rows, checkpoint=checkpoint):
+            for plan in reader.plan(context.settings.tuning.chunk_rows, checkpoint=checkpoint):
                 checkpoint()
                 for batch in reader.read(plan, 4096):
                     keep = [i for i, row in enumerate(batch.rows) if row in wanted]

@@ -163,9 +163,6 @@ WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancell
 """)
 
 
-URGENT_SECONDS = 600  # jobs this close to their completion_window's end go first
-
-
 @dataclass
 class ClaimedJob:
     id: uuid.UUID
@@ -185,7 +182,7 @@ class Row:
 
 
 def lock_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget: int,
-              max_attempts: int) -> list[ClaimedJob]:
+              max_attempts: int, urgent_seconds: float) -> list[ClaimedJob]:
     """Lock `job_id` (if still claimable) and other waiting inline jobs of the same model, for
     the rest of the session's transaction; nothing is written yet.
 
@@ -195,7 +192,7 @@ def lock_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget:
     """
     rows = session.execute(CLAIM, {"job_id": job_id, "max_jobs": max_jobs, "row_budget": row_budget,
                                    "max_attempts": max_attempts,
-                                   "urgent_seconds": URGENT_SECONDS}).all()
+                                   "urgent_seconds": urgent_seconds}).all()
     return [ClaimedJob(r.id, r.tenant_id, r.attempt, r.model_id, r.inputs or [], r.total_count,
                        r.fresh)
             for r in sorted(rows, key=lambda r: r.position)]
@@ -208,11 +205,12 @@ def start_leases(session: Session, jobs: Sequence[ClaimedJob], lease_seconds: fl
 
 
 def claim_jobs(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget: int,
-               lease_seconds: float, max_attempts: int) -> list[ClaimedJob]:
+               lease_seconds: float, max_attempts: int,
+               urgent_seconds: float) -> list[ClaimedJob]:
     """`lock_jobs`, then lease every job it locked: the claim of a job scored over several
     transactions."""
     jobs = lock_jobs(session, job_id, max_jobs=max_jobs, row_budget=row_budget,
-                     max_attempts=max_attempts)
+                     max_attempts=max_attempts, urgent_seconds=urgent_seconds)
     start_leases(session, jobs, lease_seconds)
     return jobs
 

@@ -19,7 +19,6 @@ from workers.executor import (ClaimedJob, execute_jobs, finish_in_transaction,
                               fits_one_transaction, lock_jobs, start_leases)
 
 log = logging.getLogger(__name__)
-DRAIN_SECONDS = 5.0
 
 
 @shared_task(name=RUN_JOB, bind=True)
@@ -51,20 +50,22 @@ def run_job(self, job_id: str, helper: bool = False) -> dict | None:
         return None
     batch_size = context.batch_size(processing)
     wait_ms = processing.get("max_batch_wait_ms")
-    linger = (settings.max_batch_wait_ms if wait_ms is None else wait_ms) / 1000
-    deadline = time.monotonic() + DRAIN_SECONDS
+    linger = (settings.tuning.max_batch_wait_ms if wait_ms is None else wait_ms) / 1000
+    deadline = time.monotonic() + settings.tuning.drain_seconds
     totals = {"rows": 0, "batches": 0, "jobs_finished": 0}
 
     delivery = self.request.delivery_info or {}
     routing_key, redelivered = delivery.get("routing_key"), bool(delivery.get("redelivered"))
-    in_transaction_rows = min(settings.single_transaction_rows, batch_size)
+    row_budget = batch_size * settings.tuning.claim_row_budget_batches
+    in_transaction_rows = min(settings.tuning.single_transaction_rows, batch_size)
 
     def claim() -> tuple[list[ClaimedJob], dict[str, int] | None]:
         """Lock waiting jobs; a small first-try claim is scored and finished right there
         (returned with its stats), any other is leased, to be scored by `execute_jobs`."""
         with context.sessions() as session, session.begin():
-            jobs = lock_jobs(session, wanted, max_jobs=settings.max_jobs_per_claim,
-                             row_budget=batch_size * 4, max_attempts=settings.max_attempts)
+            jobs = lock_jobs(session, wanted, max_jobs=settings.tuning.max_jobs_per_claim,
+                             row_budget=row_budget, max_attempts=settings.max_attempts,
+                             urgent_seconds=settings.tuning.urgent_seconds)
             if fits_one_transaction(jobs, in_transaction_rows, redelivered):
                 model = context.model(session, jobs[0].model_id)
                 return jobs, finish_in_transaction(session, jobs, model, batch_size)
@@ -85,8 +86,8 @@ def run_job(self, job_id: str, helper: bool = False) -> dict | None:
                 claimed, stats = claim()  # a job committed by a submitter that saw the flag
                 if not claimed:
                     return totals
-            if not asked_for_help and (len(claimed) >= settings.max_jobs_per_claim
-                                       or sum(j.total for j in claimed) >= batch_size * 4):
+            if not asked_for_help and (len(claimed) >= settings.tuning.max_jobs_per_claim
+                                       or sum(j.total for j in claimed) >= row_budget):
                 asked_for_help = True  # a full claim: more is waiting than this process takes
                 log.info("claims are full: asking another process to help drain")
                 context.publisher.publish_jobs([wanted], routing_key, helper=True)

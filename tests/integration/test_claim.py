@@ -48,7 +48,7 @@ def test_the_claim_skips_finished_jobs_old_row_versions(make_stack):
     assert blocks[1] < 200, blocks  # it was 787 here (and grew with every finished job)
     with iso.sessions.begin() as session:
         claimed = claim_jobs(session, waiting[0], max_jobs=256, row_budget=4096,
-                             lease_seconds=60, max_attempts=3)
+                             lease_seconds=60, max_attempts=3, urgent_seconds=600)
     assert {c.id for c in claimed} == set(waiting)
 
 
@@ -64,7 +64,7 @@ def test_only_first_tries_are_fresh_and_only_small_fresh_claims_skip_the_lease(m
                         {"id": republished})
     with iso.sessions.begin() as session:
         locked = {j.id: j for j in lock_jobs(session, new, max_jobs=10, row_budget=100,
-                                             max_attempts=3)}
+                                             max_attempts=3, urgent_seconds=600)}
         assert locked[new].fresh and not locked[republished].fresh
         assert locked[new].attempt == 1  # the attempt its writes will carry
         assert not fits_one_transaction(list(locked.values()), 100, redelivered=False)
@@ -74,9 +74,10 @@ def test_only_first_tries_are_fresh_and_only_small_fresh_claims_skip_the_lease(m
         session.rollback()
     with iso.sessions.begin() as session:  # a leased job is not fresh either
         claimed = claim_jobs(session, new, max_jobs=1, row_budget=100, lease_seconds=60,
-                             max_attempts=3)
+                             max_attempts=3, urgent_seconds=600)
         assert [j.id for j in claimed] == [new]
     with iso.sessions.begin() as session:
         session.execute(text("UPDATE jobs SET status = 'queued' WHERE id = :id"), {"id": new})
-        again = lock_jobs(session, new, max_jobs=1, row_budget=100, max_attempts=3)
+        again = lock_jobs(session, new, max_jobs=1, row_budget=100, max_attempts=3,
+                          urgent_seconds=600)
         assert [(j.id, j.fresh, j.attempt) for j in again] == [(new, False, 2)]

@@ -19,7 +19,7 @@ from workers.chunks import dispatch_chunks
 from workers.executor import claim_jobs
 from workers.reconciler import reconcile_once
 
-CLAIM = {"lease_seconds": 30, "max_attempts": 3}
+CLAIM = {"lease_seconds": 30, "max_attempts": 3, "urgent_seconds": 600}
 
 
 @pytest.fixture
