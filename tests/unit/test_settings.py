@@ -70,6 +70,7 @@ def test_old_flat_tuning_names_still_work_and_warn(monkeypatch):
     monkeypatch.setenv("KILN_CHUNK_ROWS", "400")
     with pytest.warns(FutureWarning, match="set KILN_TUNING__CHUNK_ROWS instead"):
         assert Settings().tuning.chunk_rows == 400
+    monkeypatch.delenv("KILN_CHUNK_ROWS")
     with pytest.warns(FutureWarning, match="KILN_TUNING__BATCH_SIZE"):
         assert Settings(batch_size=64).tuning.batch_size == 64
     monkeypatch.setenv("KILN_BATCH_SIZE", "0")
