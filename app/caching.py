@@ -1,11 +1,11 @@
 """A short-lived cache of database lookups that loads each missing key once.
 
-The API caches API keys and model lookups for `KILN_CACHE_SECONDS`. When an entry expires under
-load, every request thread that wants it misses at the same moment; each used to run the same
-query, on a connection of its own (a stampede every few seconds, and with it connections the
-pool had no room for). Here the first thread loads and the others wait for its value
-(cachetools' `condition`); if the load fails, the error is its own caller's and the next caller
-loads again.
+The API caches API keys and model lookups for `KILN_TUNING__CACHE_SECONDS`. When an entry
+expires under load, every request thread that wants it misses at the same moment; each used to
+run the same query, on a connection of its own (a stampede every few seconds, and with it
+connections the pool had no room for). Here the first thread loads and the others wait for its
+value (cachetools' `condition`); if the load fails, the error is its own caller's and the next
+caller loads again.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     from app.server import ApiServer
 
     settings = settings_from(ctx)
-    apply_cpu_policy(settings.cpu_policy)  # before granian starts its processes and threads
+    apply_cpu_policy(settings.tuning.cpu_policy)  # before granian starts its processes and threads
     with multiprocess_metrics("api") if settings.metrics_enabled else nullcontext():
         ApiServer(settings, host or settings.api_host, port or settings.api_port).run()
 

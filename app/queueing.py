@@ -141,16 +141,15 @@ class Coalescer:
     published after its commit: no job waits for the reconciler. No message is sent while a
     worker drains that model (see `DrainFlags`): its next claim takes the job.
 
-    A job that follows a quiet gap (no job of the model for `QUIET_SECONDS`) is not a burst:
+    A job that follows a quiet gap (no job of the model for `quiet_seconds`) is not a burst:
     it is announced at once even inside the window, so jobs sent one at a time are not held
-    for the window (20 ms by default) each.
+    for the window each.
     """
 
-    QUIET_SECONDS = 0.005
-
     def __init__(self, publisher: Publisher, window_seconds: float,
-                 drains: DrainFlags | None = None):
+                 drains: DrainFlags | None = None, *, quiet_seconds: float):
         self.publisher, self.window, self.drains = publisher, window_seconds, drains
+        self.quiet_seconds = quiet_seconds
         self.last_sent: dict[Any, float] = {}
         self.last_job: dict[Any, float] = {}
         self.pending: dict[Any, tuple[uuid.UUID | str, str | None, float]] = {}  # id, queue, due
@@ -165,7 +164,7 @@ class Coalescer:
         window = self.window if window_seconds is None else window_seconds
         now = time.monotonic()
         with self._lock:
-            quiet = now - self.last_job.get(model_key, -1e9) >= min(window, self.QUIET_SECONDS)
+            quiet = now - self.last_job.get(model_key, -1e9) >= min(window, self.quiet_seconds)
             self.last_job[model_key] = now
             if quiet or now - self.last_sent.get(model_key, -1e9) >= window:
                 self.last_sent[model_key] = now

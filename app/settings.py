@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from typing import Annotated, Literal
-
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (BaseSettings, NoDecode, PydanticBaseSettingsSource,
+                               SettingsConfigDict)
 
 from app.cpus import cpus
 
@@ -29,10 +31,91 @@ def kombu_url(url: str) -> str:
     return url
 
 
+class Tuning(BaseModel):
+    """Performance knobs whose defaults suit most installations: `KILN_TUNING__<NAME>`.
+
+    What each one trades, and when to change it, is in docs/tuning.md.
+    """
+
+    group_commit_wait_ms: float = Field(
+        default=2.0, ge=0,
+        description="under load, the API's writer waits this long for more submits before "
+                    "its next INSERT; 0 = never")
+    max_batch_wait_ms: float = Field(
+        default=20.0, ge=0,
+        description="the API sends at most one message per model per this window; 0 = one per job")
+    quiet_seconds: float = Field(
+        default=0.005, ge=0,
+        description="a job after this long without another of its model is announced at once")
+    batch_size: int = Field(default=1024, description="rows per model call on CPU workers")
+    gpu_batch_size: int = Field(default=4096, description="rows per model call on CUDA workers")
+    max_jobs_per_claim: int = Field(default=256, description="most jobs one claim takes")
+    claim_row_budget_batches: int = Field(
+        default=4, description="a claim takes at most this many model batches of rows")
+    single_transaction_rows: int = Field(
+        default=256, ge=0,
+        description="a first-try claim of at most this many rows (and one model batch) is "
+                    "scored and finished in the transaction that claims it; 0 = never")
+    drain_seconds: float = Field(
+        default=5.0, gt=0,
+        description="how long one task drains a model before yielding its process to others")
+    urgent_seconds: float = Field(
+        default=600.0, ge=0,
+        description="jobs this close to their completion window's end are claimed first")
+    chunk_rows: int = Field(default=50_000, description="rows per chunk of a file job")
+    cache_seconds: float = Field(default=5.0, ge=0,
+                                 description="API cache of keys and models; 0 = off")
+    heartbeat_seconds: float | None = Field(
+        default=None, description="lease renewal period; unset = a third of the lease")
+    cpu_policy: Literal["batch", "normal"] = Field(
+        default="batch", description="Linux scheduling policy of kiln api and kiln worker")
+
+    @field_validator("batch_size", "gpu_batch_size", "max_jobs_per_claim",
+                     "claim_row_budget_batches", "chunk_rows")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+
+def _nest_deprecated(values: dict[str, Any]) -> dict[str, Any]:
+    """Move the flat names tuning knobs had before `tuning` into it; a nested value wins.
+
+    Accepted for one release, with a warning naming the variable to set instead."""
+    flat = [name for name in Tuning.model_fields if name in values]
+    if not flat:
+        return values
+    values = dict(values)
+    tuning = values.get("tuning")
+    tuning = dict(tuning) if isinstance(tuning, dict) else (
+        tuning.model_dump(exclude_unset=True) if isinstance(tuning, Tuning) else {})
+    for name in flat:
+        warnings.warn(f"KILN_{name.upper()} is deprecated and will be ignored in the next "
+                      f"release: set KILN_TUNING__{name.upper()} instead", FutureWarning,
+                      stacklevel=2)
+        tuning.setdefault(name, values.pop(name))
+    values["tuning"] = tuning
+    return values
+
+
+class DeprecatedTuningEnv(PydanticBaseSettingsSource):
+    """The old flat `KILN_<KNOB>` variables of the tuning knobs, below every other source."""
+
+    def get_field_value(self, field, field_name):  # unused: `__call__` reads the environment
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {key.upper(): value for key, value in os.environ.items()}
+        return {name: environ[f"KILN_{name.upper()}"] for name in Tuning.model_fields
+                if f"KILN_{name.upper()}" in environ}
+
+
 class Settings(BaseSettings):
     """Everything Kiln reads from its environment. Units are in the names."""
 
-    model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__",
+                                      extra="ignore")
 
     home: Path = Field(default=Path(".kiln"), description="Folder for embedded services and local storage.")
     database_url: str | None = Field(default=None, description="postgresql://user@host:port/db")
@@ -44,47 +127,28 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_workers: int = Field(default=0, description="API (granian) processes; 0 = one per usable CPU")
     api_threads: int = 8
-    cpu_policy: Literal["batch", "normal"] = Field(
-        default="batch",
-        description="Linux scheduling policy of kiln api and kiln worker: batch (SCHED_BATCH, a "
-                    "thread woken up does not preempt the running one) or normal (the default)")
     worker_concurrency: int = Field(default=0, description="Celery prefork children; 0 = CPU count")
     queue: str = "cpu"
     gpu_queue: str = Field(default="gpu", description="queue of jobs that need a GPU")
     ort_threads: int = Field(default=0, description="ONNX Runtime intra-op threads; 0 = cores / concurrency")
-    cache_seconds: float = Field(default=5.0, description="API cache of keys and models; 0 = off")
     progress_event_seconds: float = Field(
         default=60.0, description="at most one job.progress webhook per job per this many seconds")
     max_attempts: int = 3
     lease_seconds: float = 30.0
-    heartbeat_seconds: float | None = None
     queued_grace_seconds: float = 10.0
     reconcile_interval_seconds: float = 5.0
     max_inline_inputs: int = 10_000
     max_request_bytes: int = 32 * 1024 * 1024
     max_upload_bytes: int = 2 * 1024**3
-    chunk_rows: int = Field(default=50_000, description="rows per chunk of a file job")
     max_running_chunks_per_job: int = Field(
         default=4, description="chunks of one file job queued or running at once (fair share)")
     max_running_chunks_per_tenant: int = Field(
         default=0, ge=0,
         description="chunks of all of one tenant's file jobs queued or running at once; 0 = no limit")
-    group_commit_wait_ms: float = Field(
-        default=2.0, ge=0,
-        description="under load, the API's writer waits this long for more submits before "
-                    "its next INSERT; 0 = never")
-    max_batch_wait_ms: float = Field(
-        default=20.0, description="the API sends at most one message per model per this window")
-    batch_size: int = Field(default=1024, description="rows per model call on CPU workers")
-    gpu_batch_size: int = Field(default=4096, description="rows per model call on CUDA workers")
-    max_jobs_per_claim: int = 256
-    single_transaction_rows: int = Field(
-        default=256, ge=0,
-        description="a claim of inline jobs with at most this many rows (and one model batch) "
-                    "is scored and finished in the transaction that claims it; 0 = never")
     visibility_timeout_seconds: int = 3600
     soft_shutdown_seconds: float = 10.0
     log_level: str = "INFO"
+    tuning: Tuning = Field(default_factory=Tuning, description="see `Tuning` and docs/tuning.md")
     secret_key: str | None = Field(default=None, description="Encrypts stored webhook secrets; "
                                    "unset: generated once into $KILN_HOME/secret.key")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -106,8 +170,18 @@ class Settings(BaseSettings):
     worker_metrics_host: str = Field(default="0.0.0.0",
                                      description="Address the worker metrics server binds")
 
-    @field_validator("max_attempts", "max_inline_inputs", "batch_size", "gpu_batch_size",
-                     "max_jobs_per_claim")
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings,
+                DeprecatedTuningEnv(settings_cls))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_flat_tuning(cls, values: Any) -> Any:
+        return _nest_deprecated(values) if isinstance(values, dict) else values
+
+    @field_validator("max_attempts", "max_inline_inputs")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
@@ -172,7 +246,7 @@ class Settings(BaseSettings):
 
     @property
     def lease_heartbeat_seconds(self) -> float:
-        return self.heartbeat_seconds or max(self.lease_seconds / 3, 0.2)
+        return self.tuning.heartbeat_seconds or max(self.lease_seconds / 3, 0.2)
 
     @property
     def effective_concurrency(self) -> int:
@@ -182,8 +256,7 @@ class Settings(BaseSettings):
     def effective_api_workers(self) -> int:
         """One process per usable CPU, each running `api_threads` request threads: a process
         spends its CPU only on requests, and under granian one process is bound by its GIL
-        before a core is. On 2 cores shared with a worker and Postgres, 2 processes took
-        1,300-1,480 jobs/s end to end against 1,130 for one (docs/benchmarks.md)."""
+        before a core is (docs/tuning.md)."""
         return self.api_workers or cpus()
 
 

@@ -77,7 +77,8 @@ def main() -> int:
     dsn = support.create_database(support.LOCAL_POSTGRES, name)
     env = support.test_env({"KILN_DATABASE_URL": dsn, "KILN_REDIS_URL": f"{support.LOCAL_REDIS}/13",
                             "KILN_HOME": str(tmp), "KILN_QUEUE": f"bulk-{name}",
-                            "KILN_WORKER_CONCURRENCY": "2", "KILN_CHUNK_ROWS": str(args.chunk_rows)})
+                            "KILN_WORKER_CONCURRENCY": "2",
+                            "KILN_TUNING__CHUNK_ROWS": str(args.chunk_rows)})
     from app.migrate import upgrade
     from app.settings import Settings
     upgrade(Settings(database_url=dsn))

@@ -197,7 +197,8 @@ def one_round(args, admin: str, redis_url: str, records: list[dict]) -> dict:
                                else {}),
                             **({"KILN_API_THREADS": str(args.api_threads)} if args.api_threads
                                else {}),
-                            **({"KILN_CPU_POLICY": args.cpu_policy} if args.cpu_policy else {})})
+                            **({"KILN_TUNING__CPU_POLICY": args.cpu_policy} if args.cpu_policy
+                               else {})})
     from app.migrate import upgrade
     from app.settings import Settings
     upgrade(Settings(database_url=dsn))
@@ -231,7 +232,8 @@ def main() -> int:
     parser.add_argument("--api-threads", type=int, default=None,
                         help="KILN_API_THREADS for the API under test (default: Kiln's default)")
     parser.add_argument("--cpu-policy", choices=["batch", "normal"], default=None,
-                        help="KILN_CPU_POLICY for Kiln's API and worker (default: Kiln's, batch)")
+                        help="KILN_TUNING__CPU_POLICY for Kiln's API and worker "
+                             "(default: Kiln's, batch)")
     parser.add_argument("--baseline-cpu-policy", choices=["batch", "normal"], default="normal",
                         help="scheduling policy of the baseline's worker and server (default: "
                              "normal, what plain Celery gets; batch gives it Kiln's)")
@@ -276,7 +278,7 @@ def main() -> int:
               "clients": args.clients, "rounds": args.repeat,
               "api": f"{env.get('KILN_API_WORKERS', 'default')} processes x "
                      f"{env.get('KILN_API_THREADS', 'default')} threads",
-              "cpu_policy": {"kiln": env.get("KILN_CPU_POLICY", "default (batch)"),
+              "cpu_policy": {"kiln": env.get("KILN_TUNING__CPU_POLICY", "default (batch)"),
                              "baseline": args.baseline_cpu_policy},
               "per_round": [{"kiln": {k: v for k, v in r["kiln"].items() if k != "batch_sizes"},
                              "baseline": r["baseline"], "ratio": r["ratio"],

@@ -8,7 +8,7 @@ waiting a few milliseconds before it answers, as every Kiln submit waits for its
 No database and no Kiln code: the route parses a one-record `digits` body and answers 202, so
 the difference between the two phases is the wait (and the lower request rate it brings). It reports the server's CPU per
 request (granian's processes, from psutil) for each phase and their ratio, with the server
-under each Linux scheduling policy asked for (`KILN_CPU_POLICY`: `batch` is Kiln's default).
+under each Linux scheduling policy asked for (`KILN_TUNING__CPU_POLICY`: `batch` is Kiln's default).
 """
 
 from __future__ import annotations

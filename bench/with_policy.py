@@ -3,7 +3,7 @@
     python -m bench.with_policy batch|normal COMMAND [ARG ...]
 
 The benchmarks start their baselines through it, so that a baseline can be measured under
-Kiln's policy too (`KILN_CPU_POLICY`). The policy is set, then the command replaces this
+Kiln's policy too (`KILN_TUNING__CPU_POLICY`). The policy is set, then the command replaces this
 process and inherits it, with every process and thread it starts.
 """
 

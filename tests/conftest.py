@@ -86,7 +86,7 @@ def build_stack(services: Services, tmp: Path, **overrides: str) -> tuple[Stack,
         "KILN_RECONCILE_INTERVAL_SECONDS": "0.5", "KILN_QUEUED_GRACE_SECONDS": "2",
         "KILN_WORKER_CONCURRENCY": "2", "KILN_API_WORKERS": "2", "KILN_LOG_LEVEL": "INFO",
         **overrides})
-    settings = Settings(**{k[5:].lower(): v for k, v in env.items() if k.startswith("KILN_")})
+    settings = support.settings_from_env(env)
     upgrade(settings)
     return Stack(env, settings, tmp), name
 

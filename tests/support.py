@@ -11,11 +11,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import psutil
 import psycopg
 import redis
+
+from app.settings import Settings
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379"
@@ -163,3 +166,10 @@ def test_env(base: dict[str, str]) -> dict[str, str]:
     env.update(base)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    """The settings a kiln process started with `env` builds: nested names such as
+    `KILN_TUNING__CHUNK_ROWS` and the deprecated flat ones alike."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        return Settings()

@@ -112,7 +112,7 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     configure_logging(settings.log_level)
-    apply_cpu_policy(settings.cpu_policy)  # inherited by the prefork children and their threads
+    apply_cpu_policy(settings.tuning.cpu_policy)  # inherited by the prefork children and their threads
     celery = create_celery(settings, require_gpu=require_gpu)
 
     if not no_reconciler:

@@ -46,8 +46,8 @@ class WorkerContext:
 
     def batch_size(self, processing: dict[str, Any]) -> int:
         """Rows per model call for a model's processing spec on this worker's device."""
-        return rows_per_batch(processing, on_gpu=self.on_gpu, cpu_default=self.settings.batch_size,
-                              gpu_default=self.settings.gpu_batch_size)
+        return rows_per_batch(processing, on_gpu=self.on_gpu, cpu_default=self.settings.tuning.batch_size,
+                              gpu_default=self.settings.tuning.gpu_batch_size)
 
 
 _contexts: dict[int, WorkerContext] = {}

@@ -22,9 +22,6 @@ from workers.inline import execute_jobs, finish_in_transaction, fits_one_transac
 
 log = logging.getLogger(__name__)
 
-DRAIN_SECONDS = 5.0  # how long one task drains a model before it lets other messages in
-
-
 class Drainer:
     """Drains the model of one message's job in this process."""
 
@@ -35,10 +32,10 @@ class Drainer:
         self.context, self.job_id, self.model_id, self.queue = context, job_id, model_id, queue
         self.routing_key, self.redelivered = routing_key, redelivered
         self.batch_size = context.batch_size(processing)
-        self.row_budget = self.batch_size * 4
+        self.row_budget = self.batch_size * settings.tuning.claim_row_budget_batches
         wait_ms = processing.get("max_batch_wait_ms")
-        self.linger = (settings.max_batch_wait_ms if wait_ms is None else wait_ms) / 1000
-        self.in_transaction_rows = min(settings.single_transaction_rows, self.batch_size)
+        self.linger = (settings.tuning.max_batch_wait_ms if wait_ms is None else wait_ms) / 1000
+        self.in_transaction_rows = min(settings.tuning.single_transaction_rows, self.batch_size)
         self.totals = {"rows": 0, "batches": 0, "jobs_finished": 0}
         self.asked_for_help = False
 
@@ -48,9 +45,10 @@ class Drainer:
         settings = self.settings
         with self.context.sessions() as session, session.begin():
             jobs = job_store.lock_inline(session, self.job_id,
-                                         max_jobs=settings.max_jobs_per_claim,
+                                         max_jobs=settings.tuning.max_jobs_per_claim,
                                          row_budget=self.row_budget,
-                                         max_attempts=settings.max_attempts)
+                                         max_attempts=settings.max_attempts,
+                                         urgent_seconds=settings.tuning.urgent_seconds)
             if fits_one_transaction(jobs, self.in_transaction_rows, self.redelivered):
                 model = self.context.model(session, jobs[0].model_id)
                 return jobs, finish_in_transaction(session, jobs, model, self.batch_size)
@@ -64,7 +62,7 @@ class Drainer:
         if helper:
             log.info("helping to drain model %s", self.model_id)
         try:
-            return self.drain(time.monotonic() + DRAIN_SECONDS)
+            return self.drain(time.monotonic() + self.settings.tuning.drain_seconds)
         except BaseException:
             drains.clear(self.model_id, self.queue)  # a failed drain must not turn messages away
             raise
@@ -90,7 +88,7 @@ class Drainer:
     def ask_for_help_when_full(self, claimed: list[ClaimedJob]) -> None:
         if self.asked_for_help:
             return
-        if (len(claimed) >= self.settings.max_jobs_per_claim
+        if (len(claimed) >= self.settings.tuning.max_jobs_per_claim
                 or sum(j.total for j in claimed) >= self.row_budget):
             self.asked_for_help = True  # a full claim: more is waiting than this process takes
             log.info("claims are full: asking another process to help drain")

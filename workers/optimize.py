@@ -277,7 +277,7 @@ def optimize_model(sessions: sessionmaker[Session], storage: Storage, name: str,
     processing.pop("default_variant", None)
     fp32 = Storage.read_bytes(uri)
     built, provenance = BUILDERS[variant](fp32)
-    threads = threads or int(os.environ.get("KILN_ORT_THREADS") or 0) or os.cpu_count() or 1
+    threads = threads or os.cpu_count() or 1  # the caller passes settings.ort_threads
     try:
         metrics = measure_variant(fp32, built, signature, processing,
                                   sample or default_sample(signature), threads,

@@ -23,24 +23,25 @@ class ApiContext:
     sessions: sessionmaker[Session]
     publisher: Publisher
     coalescer: Coalescer | None = None
-    callers: LoadingCache | None = None  # None: no caching (KILN_CACHE_SECONDS=0)
+    callers: LoadingCache | None = None  # None: no caching (KILN_TUNING__CACHE_SECONDS=0)
     models: LoadingCache | None = None
     writer: GroupCommit | None = None  # new jobs, group-committed
     request_sessions: scoped_session | None = None  # see `db()`
 
     @classmethod
     def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> ApiContext:
-        ttl = settings.cache_seconds
+        ttl = settings.tuning.cache_seconds
         caches = ({"callers": LoadingCache(10_000, ttl), "models": LoadingCache(1_000, ttl)}
                   if ttl > 0 else {})
         publisher = Publisher(settings)
-        window = settings.max_batch_wait_ms / 1000
+        window = settings.tuning.max_batch_wait_ms / 1000
         engine = sessions.kw["bind"]
         return cls(settings=settings, sessions=sessions, publisher=publisher,
-                   coalescer=Coalescer(publisher, window, DrainFlags(settings.redis_url))
+                   coalescer=Coalescer(publisher, window, DrainFlags(settings.redis_url),
+                                       quiet_seconds=settings.tuning.quiet_seconds)
                    if window > 0 else None,
                    writer=GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on,
-                                      gather_seconds=settings.group_commit_wait_ms / 1000),
+                                      gather_seconds=settings.tuning.group_commit_wait_ms / 1000),
                    request_sessions=scoped_session(sessions, scopefunc=_app_context_id),
                    **caches)
 

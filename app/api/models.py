@@ -110,7 +110,7 @@ def register_model(form: RegisterModelForm) -> Response:
 @api.post("/models/<name>/aliases", responses={200: ModelOut, **ERRORS})
 def set_alias(path: ModelPath, body: SetAlias) -> Response:
     """Point an alias at a version of your model; jobs that name `model@alias` get it
-    (within `KILN_CACHE_SECONDS`)."""
+    (within `KILN_TUNING__CACHE_SECONDS`)."""
     session = db()
     model = models.set_alias(session, caller().tenant_id, path.name, body.alias, body.version)
     found = models.list_models(session, caller().tenant_id)

@@ -19,7 +19,6 @@ from app.db import make_engine, make_sessionmaker
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.migrate import upgrade
 from app.services.auth import create_key
-from app.settings import Settings
 from tests import support
 
 WORKERS = 2
@@ -66,8 +65,7 @@ class ChaosStack:
         self.env = support.test_env({
             "KILN_DATABASE_URL": database_url, "KILN_REDIS_URL": redis_url,
             "KILN_HOME": str(self.home), "KILN_QUEUE": "chaos", **self.overrides})
-        self.settings = Settings(**{k[5:].lower(): v for k, v in self.env.items()
-                                    if k.startswith("KILN_")})
+        self.settings = support.settings_from_env(self.env)
         self.engine = make_engine(self.settings, pool_size=2)
         self.sessions = make_sessionmaker(self.engine)
         upgrade(self.settings)

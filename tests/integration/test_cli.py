@@ -138,7 +138,7 @@ def policies(threads) -> dict[int, int]:
 
 
 def test_api_and_worker_run_every_thread_under_sched_batch(stack, client, api, worker):
-    """KILN_CPU_POLICY (default batch): every process and thread `kiln api` and `kiln worker`
+    """KILN_TUNING__CPU_POLICY (default batch): every process and thread `kiln api` and `kiln worker`
     start is SCHED_BATCH, so a woken thread never preempts the GIL holder of its process;
     `normal` keeps the OS default."""
     from tests.support import start_api
@@ -156,7 +156,7 @@ def test_api_and_worker_run_every_thread_under_sched_batch(stack, client, api, w
         assert len(found) > 5, found
         assert set(found.values()) == {os.SCHED_BATCH}, (process.name, found)
 
-    normal = start_api(dict(stack.env, KILN_CPU_POLICY="normal"), stack.logdir)
+    normal = start_api(dict(stack.env, KILN_TUNING__CPU_POLICY="normal"), stack.logdir)
     try:
         found = policies(process_tree_threads(normal.process.pid))
         assert len(found) > 5 and set(found.values()) == {os.SCHED_OTHER}, found

@@ -130,7 +130,7 @@ def test_one_process_drains_a_model_unless_it_asks_for_help(make_stack, records)
 
 
 def test_a_drainer_with_full_claims_asks_for_help(make_stack, records):
-    stack = make_stack(KILN_MAX_JOBS_PER_CLAIM="4", KILN_WORKER_CONCURRENCY="2",
+    stack = make_stack(KILN_TUNING__MAX_JOBS_PER_CLAIM="4", KILN_WORKER_CONCURRENCY="2",
                        KILN_QUEUED_GRACE_SECONDS="600", KILN_RECONCILE_INTERVAL_SECONDS="600")
     stack.kiln("models", "add-demo", "digits")
     api = support.start_api(stack.env, stack.logdir)

@@ -19,7 +19,7 @@ from app.store.chunks import dispatch_chunks
 from app.store.jobs import claim_inline
 from workers.reconciler import reconcile_once
 
-CLAIM = {"lease_seconds": 30, "max_attempts": 3}
+CLAIM = {"lease_seconds": 30, "max_attempts": 3, "urgent_seconds": 600}
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_a_tenants_chunk_limit_spans_its_jobs_and_slots_go_round(db):
 
 
 def test_one_tenants_flood_of_small_jobs_does_not_delay_another_tenants_job(make_stack):
-    iso = make_stack(KILN_WORKER_CONCURRENCY="1", KILN_MAX_JOBS_PER_CLAIM="16")
+    iso = make_stack(KILN_WORKER_CONCURRENCY="1", KILN_TUNING__MAX_JOBS_PER_CLAIM="16")
     model = f"slow-{uuid.uuid4().hex[:6]}"
     register_slow_model(iso, model)
     api = start_api(iso.env, iso.logdir)
@@ -194,7 +194,7 @@ def test_one_tenants_flood_of_small_jobs_does_not_delay_another_tenants_job(make
 
 
 def test_a_tenants_file_jobs_never_exceed_its_chunk_limit(make_stack):
-    iso = make_stack(KILN_CHUNK_ROWS="500", KILN_BATCH_SIZE="100", KILN_WORKER_CONCURRENCY="4",
+    iso = make_stack(KILN_TUNING__CHUNK_ROWS="500", KILN_TUNING__BATCH_SIZE="100", KILN_WORKER_CONCURRENCY="4",
                      KILN_MAX_RUNNING_CHUNKS_PER_TENANT="2")
     model = f"slow-{uuid.uuid4().hex[:6]}"
     register_slow_model(iso, model)

@@ -13,7 +13,7 @@ from tests.support import start_api, start_worker, wait_for
 
 @pytest.fixture
 def slow_stack(make_stack):
-    iso = make_stack(KILN_CHUNK_ROWS="500", KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="2")
+    iso = make_stack(KILN_TUNING__CHUNK_ROWS="500", KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="2")
     name = f"slow-{uuid.uuid4().hex[:6]}"
     register_slow_model(iso, name)
     api = start_api(iso.env, iso.logdir)

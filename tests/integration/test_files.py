@@ -66,7 +66,7 @@ def file_stack(services, tmp_path_factory):
     from tests import support
 
     stack, name = build_stack(services, tmp_path_factory.mktemp("files"),
-                              KILN_CHUNK_ROWS="400", KILN_BATCH_SIZE="128")
+                              KILN_TUNING__CHUNK_ROWS="400", KILN_TUNING__BATCH_SIZE="128")
     stack.kiln("models", "add-demo", "digits")
     api = start_api(stack.env, stack.logdir)
     worker = start_worker(stack.env, stack.logdir)

@@ -113,7 +113,7 @@ def test_requests_without_a_valid_key_are_401(api, stack):
     assert httpx.get(f"{api.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     stack.kiln("keys", "revoke", prefix)
     assert "revoked" in stack.kiln("keys", "list").stdout
-    # revocation applies once the API's key cache entry expires (KILN_CACHE_SECONDS, 5 s)
+    # revocation applies once the API's key cache entry expires (KILN_TUNING__CACHE_SECONDS, 5 s)
     wait_for(lambda: httpx.get(f"{api.url}/v1/models",
                                headers={"Authorization": f"Bearer {key}"}).status_code == 401,
              timeout=15, interval=0.5, message="the revoked key to be refused")

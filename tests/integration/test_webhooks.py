@@ -355,7 +355,7 @@ def test_kiln_webhooks_listen_verifies_and_prints(hooks, tmp_path):
 
 def test_progress_events_are_opt_in_and_rate_limited(services, tmp_path_factory):
     stack, name = build_stack(services, tmp_path_factory.mktemp("progress"),
-                              KILN_WEBHOOK_ALLOW_PRIVATE="true", KILN_CHUNK_ROWS="100",
+                              KILN_WEBHOOK_ALLOW_PRIVATE="true", KILN_TUNING__CHUNK_ROWS="100",
                               KILN_PROGRESS_EVENT_SECONDS="0.05",
                               KILN_MAX_RUNNING_CHUNKS_PER_JOB="1")
     stack.kiln("models", "add-demo", "digits")

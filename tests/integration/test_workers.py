@@ -103,7 +103,7 @@ def test_cancel_a_queued_job_is_immediate(make_stack):
 
 
 def test_cancel_a_running_job_stops_at_a_batch_boundary_and_keeps_results(make_stack):
-    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1") as (iso, name, client, _):
+    with slow_model_stack(make_stack, KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1") as (iso, name, client, _):
         job = client.submit(name, slow_records(6000))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
                  message="the first batch")
@@ -139,7 +139,7 @@ def test_a_lost_message_is_republished_by_the_reconciler(make_stack):
 
 
 def test_sigkilled_worker_child_loses_nothing_and_duplicates_nothing(make_stack):
-    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1") as (iso, name, client, worker):
+    with slow_model_stack(make_stack, KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1") as (iso, name, client, worker):
         total = 3000
         job = client.submit(name, slow_records(total))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
@@ -160,7 +160,7 @@ def test_sigkilled_worker_child_loses_nothing_and_duplicates_nothing(make_stack)
 
 
 def test_a_job_that_keeps_killing_its_worker_fails_with_a_reason(make_stack):
-    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_MAX_ATTEMPTS="2") as (_, name, client, worker):
+    with slow_model_stack(make_stack, KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_MAX_ATTEMPTS="2") as (_, name, client, worker):
         job = client.submit(name, slow_records(10000))
         for attempt in (1, 2):
             wait_for(lambda: client.job(job["id"])["attempt"] == attempt  # noqa: B023 - waited for here
@@ -179,7 +179,7 @@ def test_a_claim_scored_in_its_own_transaction_writes_nothing_if_killed_and_is_l
     """A small first-try claim is scored inside the transaction that locked it: the job reads
     queued, its row locked, while it is scored. A worker killed then writes nothing, and the
     job's next try (a redelivered message) is leased, so it counts toward KILN_MAX_ATTEMPTS."""
-    with slow_model_stack(make_stack, KILN_BATCH_SIZE="3000", KILN_SINGLE_TRANSACTION_ROWS="3000",
+    with slow_model_stack(make_stack, KILN_TUNING__BATCH_SIZE="3000", KILN_TUNING__SINGLE_TRANSACTION_ROWS="3000",
                           KILN_WORKER_CONCURRENCY="1") as (iso, name, client, worker):
         total = 3000
         job = client.submit(name, slow_records(total))
@@ -210,7 +210,7 @@ def test_a_claim_scored_in_its_own_transaction_writes_nothing_if_killed_and_is_l
 
 
 def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stack):
-    with slow_model_stack(make_stack, KILN_BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_SOFT_SHUTDOWN_SECONDS="3") as (iso, name, client, worker):
+    with slow_model_stack(make_stack, KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_SOFT_SHUTDOWN_SECONDS="3") as (iso, name, client, worker):
         total = 6000
         job = client.submit(name, slow_records(total))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
@@ -258,7 +258,7 @@ def test_jobs_that_need_a_gpu_go_to_the_gpu_queue_and_cpu_workers_leave_them(mak
 
 
 def test_inline_batches_honour_the_models_max_batch_size(make_stack):
-    iso = make_stack(KILN_WORKER_CONCURRENCY="1")  # KILN_BATCH_SIZE stays 1024
+    iso = make_stack(KILN_WORKER_CONCURRENCY="1")  # KILN_TUNING__BATCH_SIZE stays 1024
     name = f"eights-{uuid.uuid4().hex[:6]}"
     with iso.sessions.begin() as session:
         register_model(session, Storage(iso.settings.resolved_storage_url), name=name,

@@ -6,6 +6,9 @@ import threading
 import time
 
 from app.queueing import Coalescer
+from app.settings import Tuning
+
+QUIET_SECONDS = Tuning().quiet_seconds
 
 
 class RecordingPublisher:
@@ -37,7 +40,7 @@ def wait_until(predicate, timeout=2.0):
 
 def test_a_burst_costs_one_leading_and_one_trailing_message():
     publisher = RecordingPublisher()
-    coalescer = Coalescer(publisher, window_seconds=0.05)
+    coalescer = Coalescer(publisher, window_seconds=0.05, quiet_seconds=QUIET_SECONDS)
     for i in range(20):
         coalescer.notify(("m", "q"), f"job-{i}", "q")
     wait_until(lambda: len(publisher.sent) >= 2)
@@ -50,9 +53,9 @@ def test_a_job_after_a_quiet_gap_is_announced_at_once_inside_the_window():
     """Jobs sent one at a time (each after the last has finished) are not a burst: holding each
     for the window would add up to a window of latency to every one."""
     publisher = RecordingPublisher()
-    coalescer = Coalescer(publisher, window_seconds=0.5)
+    coalescer = Coalescer(publisher, window_seconds=0.5, quiet_seconds=QUIET_SECONDS)
     coalescer.notify(("m", "q"), "first", "q")
-    time.sleep(Coalescer.QUIET_SECONDS * 4)
+    time.sleep(QUIET_SECONDS * 4)
     coalescer.notify(("m", "q"), "second", "q")  # quiet gap: at once, not at the window's end
     coalescer.notify(("m", "q"), "third", "q")  # a burst again: held for the trailing message
     assert [job for job, _, _ in publisher.sent] == ["first", "second"]
@@ -64,7 +67,7 @@ def test_a_job_after_a_quiet_gap_is_announced_at_once_inside_the_window():
 
 def test_a_models_own_window_overrides_the_default():
     publisher = RecordingPublisher()
-    coalescer = Coalescer(publisher, window_seconds=10.0)
+    coalescer = Coalescer(publisher, window_seconds=10.0, quiet_seconds=QUIET_SECONDS)
     for i in range(5):  # a window of 0: every job is announced at once
         coalescer.notify(("eager", "q"), f"e-{i}", "q", window_seconds=0.0)
     coalescer.notify(("patient", "q"), "p-0", "q", window_seconds=0.02)
@@ -77,7 +80,8 @@ def test_a_models_own_window_overrides_the_default():
 
 def test_no_message_while_a_worker_drains_the_model():
     publisher = RecordingPublisher()
-    coalescer = Coalescer(publisher, window_seconds=0.01, drains=Drains({("busy", "q")}))
+    coalescer = Coalescer(publisher, window_seconds=0.01, drains=Drains({("busy", "q")}),
+                          quiet_seconds=QUIET_SECONDS)
     for i in range(3):
         coalescer.notify(("busy", "q"), f"b-{i}", "q")
         coalescer.notify(("idle", "q"), f"i-{i}", "q")

@@ -213,7 +213,8 @@ def test_probes_hit_routes_the_api_has():
     api = kiln_workload("api")
     [container] = pod_spec(api)["containers"]
     settings = settings_of(container)
-    app = create_app(settings.model_copy(update={"max_batch_wait_ms": 0}))
+    app = create_app(settings.model_copy(update={
+        "tuning": settings.tuning.model_copy(update={"max_batch_wait_ms": 0})}))
     routes = {rule.rule for rule in app.url_map.iter_rules()}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"  # Postgres and Redis

@@ -3,7 +3,7 @@ from pydantic import ValidationError
 
 from app.services.jobs import decode_cursor, request_fingerprint
 from app.errors import BadRequest
-from app.settings import Settings, kombu_url, sqlalchemy_url
+from app.settings import Settings, Tuning, kombu_url, sqlalchemy_url
 
 
 def test_plain_postgres_urls_get_the_psycopg_driver():
@@ -38,15 +38,59 @@ def test_bad_settings_fail_fast(monkeypatch):
 
 def test_batch_sizes_and_the_tenant_chunk_limit(monkeypatch):
     settings = Settings()
-    assert (settings.batch_size, settings.gpu_batch_size) == (1024, 4096)
+    assert (settings.tuning.batch_size, settings.tuning.gpu_batch_size) == (1024, 4096)
     assert settings.max_running_chunks_per_tenant == 0  # no per-tenant limit unless asked
     monkeypatch.setenv("KILN_MAX_RUNNING_CHUNKS_PER_TENANT", "-1")
     with pytest.raises(ValidationError):
         Settings()
     monkeypatch.setenv("KILN_MAX_RUNNING_CHUNKS_PER_TENANT", "2")
-    monkeypatch.setenv("KILN_GPU_BATCH_SIZE", "0")
+    monkeypatch.setenv("KILN_TUNING__GPU_BATCH_SIZE", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_tuning_knobs_are_nested(monkeypatch):
+    monkeypatch.setenv("KILN_TUNING__BATCH_SIZE", "512")
+    monkeypatch.setenv("KILN_TUNING__QUIET_SECONDS", "0.01")
+    tuning = Settings().tuning
+    assert (tuning.batch_size, tuning.quiet_seconds) == (512, 0.01)
+    assert tuning.chunk_rows == Tuning().chunk_rows  # the knobs not set keep their defaults
+
+
+@pytest.mark.parametrize("name, value", [("BATCH_SIZE", "0"), ("MAX_JOBS_PER_CLAIM", "0"),
+                                         ("CLAIM_ROW_BUDGET_BATCHES", "0"), ("DRAIN_SECONDS", "0"),
+                                         ("GROUP_COMMIT_WAIT_MS", "-1"), ("CPU_POLICY", "fifo")])
+def test_bad_tuning_fails_fast(monkeypatch, name, value):
+    monkeypatch.setenv(f"KILN_TUNING__{name}", value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_old_flat_tuning_names_still_work_and_warn(monkeypatch):
+    monkeypatch.setenv("KILN_CHUNK_ROWS", "400")
+    with pytest.warns(FutureWarning, match="set KILN_TUNING__CHUNK_ROWS instead"):
+        assert Settings().tuning.chunk_rows == 400
+    monkeypatch.delenv("KILN_CHUNK_ROWS")
+    with pytest.warns(FutureWarning, match="KILN_TUNING__BATCH_SIZE"):
+        assert Settings(batch_size=64).tuning.batch_size == 64
+    monkeypatch.setenv("KILN_BATCH_SIZE", "0")
+    with pytest.warns(FutureWarning), pytest.raises(ValidationError):
+        Settings()  # an old name is validated like the new one
+
+
+def test_the_nested_name_wins_over_the_old_one(monkeypatch):
+    monkeypatch.setenv("KILN_BATCH_SIZE", "64")
+    monkeypatch.setenv("KILN_TUNING__BATCH_SIZE", "128")
+    monkeypatch.setenv("KILN_TUNING__CHUNK_ROWS", "900")
+    with pytest.warns(FutureWarning, match="KILN_TUNING__BATCH_SIZE"):
+        tuning = Settings().tuning
+    assert (tuning.batch_size, tuning.chunk_rows) == (128, 900)
+
+
+def test_no_warning_without_old_names(monkeypatch, recwarn):
+    monkeypatch.setenv("KILN_TUNING__BATCH_SIZE", "128")
+    Settings()
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
 
 
 def test_embedded_services_fill_unset_urls(tmp_path):

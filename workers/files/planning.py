@@ -57,7 +57,7 @@ def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
         source = usable_input(context, job, source, options, lease)
         reader = open_reader(source.format, source.uri, source.compression)
         options["id_column"] = check_columns(reader.columns(), signature, options)
-        plans = reader.plan(settings.chunk_rows, checkpoint=lease.check)
+        plans = reader.plan(settings.tuning.chunk_rows, checkpoint=lease.check)
     except (InvalidInput, OSError, ValueError) as exc:
         lease.check()
         with context.sessions.begin() as session:

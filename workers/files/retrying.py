@@ -31,7 +31,7 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
         if isinstance(reader, LineReader):
             if isinstance(reader, CsvReader):
                 out.write(reader.header())
-            for plan in reader.plan(context.settings.chunk_rows, checkpoint=checkpoint):
+            for plan in reader.plan(context.settings.tuning.chunk_rows, checkpoint=checkpoint):
                 checkpoint()
                 for first, lines in reader.lines(plan, 4096):
                     picked = [line for i, line in enumerate(lines) if first + i in wanted]
@@ -39,7 +39,7 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
                     rows += len(picked)
         else:
             writer = None
-            for plan in reader.plan(context.settings.chunk_rows, checkpoint=checkpoint):
+            for plan in reader.plan(context.settings.tuning.chunk_rows, checkpoint=checkpoint):
                 checkpoint()
                 for batch in reader.read(plan, 4096):
                     keep = [i for i, row in enumerate(batch.rows) if row in wanted]
