@@ -44,10 +44,15 @@ class PhaseLease:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self.stop()
         log.info("%s held its lease for %.1f s (%d renewals)", self.name,
                  time.monotonic() - self._started, self.renewals)
+
+    def stop(self) -> None:
+        """Stop renewing (before the phase's last, fenced commit, which ends the lease)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     def check(self) -> None:
         """Raise `LeaseLost` when another attempt owns the work (or it ended elsewhere)."""
@@ -63,7 +68,8 @@ class PhaseLease:
                 log.warning("%s: lease renewal failed: %s", self.name, exc)
                 continue
             if held is None:
-                log.info("%s: lost its lease; stopping", self.name)
+                if not self._stop.is_set():
+                    log.info("%s: lost its lease; stopping", self.name)
                 self.lost.set()
                 return
             self.renewals += 1

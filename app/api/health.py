@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 from flask import Blueprint, current_app, redirect
-from sqlalchemy import text
+from sqlalchemy import select
 
 from app.api.context import context, db
 from app.api.responses import Response, json_response
@@ -21,7 +21,7 @@ def healthz() -> Response:
 def readyz() -> Response:
     checks = {}
     try:
-        db().execute(text("SELECT 1"))
+        db().execute(select(1))
         checks["postgres"] = "ok"
     except Exception as exc:  # noqa: BLE001 - readiness reports any failure
         checks["postgres"] = f"error: {exc.__class__.__name__}"

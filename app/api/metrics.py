@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.responses import Response
 from app import metrics
 from app.errors import Unauthorized
-from app.services.queue_depth import queue_depth
+from app.store.queue_depth import queue_depth
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.caching import LoadingCache, cached_or_loaded
@@ -42,8 +42,7 @@ def register_model(session: Session, storage: Storage, *, name: str, artifact: b
     of an existing version, as that `version`)."""
     owner = "builtin" if tenant_id is None else str(tenant_id)
     # Two registrations of one name must not both pick the same next version.
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                    {"key": f"kiln-model:{owner}:{name}"})
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"kiln-model:{owner}:{name}"))))
     if version is None:
         latest = session.scalar(select(func.max(Model.version)).where(
             Model.name == name, Model.variant == variant, owned_by(tenant_id)))

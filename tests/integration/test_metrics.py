@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from app.orm import Job
 from app.services.models import register_model
-from app.services.queue_depth import COUNTED_STATUSES
+from app.store.queue_depth import COUNTED_STATUSES
 from app.storage import Storage
 from tests import models as test_models
 from tests.integration.test_webhooks import Receiver

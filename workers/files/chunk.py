@@ -108,6 +108,7 @@ class ChunkRun:
             for handle in handles.values():
                 handle.close()
         lease.check()
+        lease.stop()  # the commit ends the lease (fenced: it fails if the lease was lost)
         return self if self.commit(uris) else None
 
     def score_batches(self, handles: dict[str, Any], lease: PhaseLease) -> bool:

@@ -47,6 +47,7 @@ def finalize(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> str | N
         with phase_lease(context, job_id, attempt, "finalizing") as lease:
             written = join_parts(context, job_id, attempt, lease)
             lease.check()
+            lease.stop()  # ending the job ends the lease (fenced by attempt)
             with context.sessions.begin() as session:
                 return phase_store.end_finalized(session, job_id, attempt, written)
     except LeaseLost:

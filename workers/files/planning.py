@@ -60,11 +60,13 @@ def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
         plans = reader.plan(settings.tuning.chunk_rows, checkpoint=lease.check)
     except (InvalidInput, OSError, ValueError) as exc:
         lease.check()
+        lease.stop()
         with context.sessions.begin() as session:
             phase_store.fail_validation(session, job_id, attempt, "invalid_file",
                                         getattr(exc, "detail", None) or describe_error(exc, 2000))
         return []
     lease.check()
+    lease.stop()  # starting the job ends the validating lease (fenced by attempt)
     options["chunk_offsets"] = [[p.start_offset, p.end_offset] for p in plans]
     with context.sessions.begin() as session:
         if not phase_store.start_running(session, job, attempt,
