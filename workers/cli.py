@@ -16,7 +16,7 @@ from celery import signals
 
 from app.cli import cli, err, sessions, settings_from
 from app.cpus import apply_cpu_policy, cpus
-from app.cli import models as models_group
+from app.cli.models import models as models_group
 from app.settings import Settings
 
 
