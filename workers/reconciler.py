@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.queueing import Publisher
+from app.queueing.publisher import Publisher
 from workers.chunks import dispatch_chunks, record_events
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app import metrics
 from app.orm import Job, Model
-from app.queueing import RUN_CHUNK, RUN_JOB
+from app.queueing.celery_config import RUN_CHUNK, RUN_JOB
 from workers import chunks
 from workers.context import WorkerContext, worker_context
 from workers.executor import (ClaimedJob, execute_jobs, finish_in_transaction,
