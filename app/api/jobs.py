@@ -11,6 +11,7 @@ from app.api.schemas import FormatQuery, JobList, JobOut, JobPath, JobQuery, Pro
 from app.db import close_quietly
 from app.errors import Conflict
 from app.formats import MEDIA_TYPES
+from app import presenters
 from app.services import jobs, outputs, webhooks
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
@@ -46,7 +47,7 @@ def submit_job(body: SubmitJob) -> Response:
     # (the writer committed the job: the session only ever read, and closes at teardown)
     if created:
         ctx.announce(job)
-    return json_response(jobs.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
+    return json_response(presenters.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
 
 
 @api.get("/jobs", responses={200: JobList, **ERRORS})
@@ -54,14 +55,14 @@ def list_jobs(query: JobQuery) -> Response:
     """List jobs, newest first, with an opaque cursor."""
     page, next_cursor = jobs.list_jobs(db(), caller(), status=query.status, model=query.model,
                                        limit=query.limit, cursor=query.cursor)
-    return json_response({"object": "list", "data": [jobs.job_summary(j) for j in page],
+    return json_response({"object": "list", "data": [presenters.job_summary(j) for j in page],
                           "next_cursor": next_cursor})
 
 
 @api.get("/jobs/<job_id>", responses={200: JobOut, **ERRORS})
 def get_job(path: JobPath) -> Response:
     """A job's status, counts and timestamps."""
-    return json_response(jobs.job_summary(jobs.get_job(db(), caller(), path.job_id)))
+    return json_response(presenters.job_summary(jobs.get_job(db(), caller(), path.job_id)))
 
 
 @api.post("/jobs/<job_id>/cancel", responses={200: JobOut, **ERRORS})
@@ -70,7 +71,7 @@ def cancel_job(path: JobPath) -> Response:
     session = db()
     job = jobs.cancel_job(session, caller(), path.job_id)
     session.commit()
-    return json_response(jobs.job_summary(job))
+    return json_response(presenters.job_summary(job))
 
 
 @api.get("/jobs/<job_id>/results", responses={404: Problem, 401: Problem})
@@ -102,7 +103,7 @@ def retry_job(path: JobPath) -> Response:
     child = jobs.retry_failed_rows(session, caller(), path.job_id)
     session.commit()
     context().publisher.publish_jobs([child.id])
-    return json_response(jobs.job_summary(child), 202, {"Location": f"/v1/jobs/{child.id}"})
+    return json_response(presenters.job_summary(child), 202, {"Location": f"/v1/jobs/{child.id}"})
 
 
 def file_job_rows(job, kind: str, fmt: str | None) -> Response:

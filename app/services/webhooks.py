@@ -17,20 +17,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
 from app import metrics
+from app.domain.events import EVENT_BY_STATUS, PROGRESS
 from app.domain.signing import generate_secret, new_message_id
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
 from app.domain.states import JobStatus
 from app.errors import Conflict, InvalidInput
 from app.orm import Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
+from app.presenters import job_summary
 from app.secretbox import SecretBox
-from app.services import jobs as job_service
 from app.services.auth import Caller, get_owned
 from app.settings import Settings
 
-EVENT_BY_STATUS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed",
-                   JobStatus.CANCELLED: "job.cancelled", JobStatus.EXPIRED: "job.expired"}
-EVENT_TYPES = tuple(EVENT_BY_STATUS.values())
-PROGRESS = "job.progress"  # opt-in: only endpoints that list it get it
 NOTIFY_CHANNEL = "kiln_webhooks"
 
 
@@ -106,17 +103,6 @@ def enable_endpoint(session: Session, caller: Caller, endpoint_id: str) -> Webho
     endpoint.disabled_reason = None
     session.flush()
     return endpoint
-
-
-def endpoint_summary(endpoint: WebhookEndpoint, secret: str | None = None) -> dict[str, Any]:
-    body = {"id": str(endpoint.id), "object": "webhook_endpoint", "url": endpoint.url,
-            "events": endpoint.events or list(EVENT_TYPES), "description": endpoint.description,
-            "enabled": endpoint.disabled_at is None, "disabled_at": endpoint.disabled_at,
-            "disabled_reason": endpoint.disabled_reason, "created_at": endpoint.created_at,
-            "secret_rotated_at": endpoint.secret_rotated_at}
-    if secret is not None:
-        body["secret"] = secret
-    return body
 
 
 # ---------------------------------------------------------------- the tenant's job secret
@@ -240,7 +226,7 @@ def record_progress_event(session: Session, job_id: uuid.UUID, min_interval_seco
     if recent is not None:
         return 0
     payload = {"type": PROGRESS, "timestamp": datetime.now(UTC).isoformat(),
-               "data": {**job_service.job_summary(job), "links": job_links(job)}}
+               "data": {**job_summary(job), "links": job_links(job)}}
     message_id = new_message_id()
     session.execute(insert(WebhookDelivery), [
         {"id": uuid.uuid4(), "tenant_id": job.tenant_id, "job_id": job.id, "endpoint_id": e.id,
@@ -262,7 +248,7 @@ def event_payload(job: Job, event: str) -> dict[str, Any]:
     """The body receivers get: `{type, timestamp, data}`, data being the job as the API shows it."""
     when = job.finished_at or datetime.now(UTC)
     return {"type": event, "timestamp": when.isoformat(),
-            "data": {**job_service.job_summary(job), "links": job_links(job)}}
+            "data": {**job_summary(job), "links": job_links(job)}}
 
 
 def job_links(job: Job) -> dict[str, str | None]:
@@ -283,7 +269,7 @@ def notify_dispatchers(session: Session) -> None:
 # ---------------------------------------------------------------- delivery records
 
 def list_job_deliveries(session: Session, caller: Caller, job_id: str) -> list[WebhookDelivery]:
-    job = job_service.get_job(session, caller, job_id)
+    job = get_owned(session, caller, Job, job_id, "job")
     return list(session.scalars(select(WebhookDelivery)
                                 .where(WebhookDelivery.job_id == job.id,
                                        WebhookDelivery.tenant_id == caller.tenant_id)
@@ -309,25 +295,3 @@ def redeliver(session: Session, caller: Caller, delivery_id: str) -> WebhookDeli
     notify_dispatchers(session)
     session.refresh(copy)
     return copy
-
-
-def delivery_state(delivery: WebhookDelivery) -> str:
-    if delivery.delivered_at:
-        return "delivered"
-    if delivery.failed_at:
-        return "failed"
-    return "pending"
-
-
-def delivery_summary(delivery: WebhookDelivery) -> dict[str, Any]:
-    return {"id": str(delivery.id), "object": "webhook_delivery", "event": delivery.event,
-            "webhook_id": delivery.event_id,
-            "job_id": str(delivery.job_id) if delivery.job_id else None,
-            "endpoint_id": str(delivery.endpoint_id) if delivery.endpoint_id else None,
-            "url": delivery.url, "state": delivery_state(delivery), "attempts": delivery.attempts,
-            "next_attempt_at": None if delivery.delivered_at or delivery.failed_at
-            else delivery.next_attempt_at,
-            "last_status_code": delivery.last_status_code, "last_error": delivery.last_error,
-            "response_ms": delivery.response_ms, "created_at": delivery.created_at,
-            "delivered_at": delivery.delivered_at, "failed_at": delivery.failed_at,
-            "history": delivery.history or []}
