@@ -6,7 +6,7 @@ first `labels(...)` call.
 
 Multiprocess mode (API worker processes, Celery prefork children): `kiln api` and `kiln worker` set
 PROMETHEUS_MULTIPROC_DIR to a fresh folder before anything imports prometheus_client (see
-`app.cli.multiprocess_metrics`); every process then writes its values to its own files there,
+`app.cli.api.multiprocess_metrics`); every process then writes its values to its own files there,
 and a scrape adds them up (`scrape_registry`).
 """
 

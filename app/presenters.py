@@ -1,11 +1,15 @@
-"""Turn ORM rows into the API's response shapes: pure functions, row in, dict out."""
+"""The API's JSON views of stored rows: an ORM row in, a dict out (no session, no HTTP).
+
+Webhook payloads embed the job's view, so `app.services.webhooks` uses these too.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from app.orm import Job
+from app.domain.events import EVENT_TYPES
+from app.orm import File, Job, WebhookDelivery, WebhookEndpoint
 
 
 def progress(job: Job) -> dict[str, float | None]:
@@ -18,7 +22,6 @@ def progress(job: Job) -> dict[str, float | None]:
     left = job.total_count - done
     return {"rows_per_second": round(rate, 1),
             "eta_seconds": round(left / rate, 1) if left > 0 and not job.finished_at else 0.0}
-
 
 
 def job_summary(job: Job) -> dict[str, Any]:
@@ -52,3 +55,44 @@ def job_summary(job: Job) -> dict[str, Any]:
             "parent_id": str(job.parent_id) if job.parent_id else None}
            if job.kind == "file" else {}),
     }
+
+
+def file_summary(record: File) -> dict:
+    return {"id": str(record.id), "object": "file", "purpose": record.purpose,
+            "filename": record.filename, "format": record.format,
+            "compression": record.compression, "bytes": record.bytes,
+            "row_count": record.row_count, "sha256": record.sha256,
+            "created_at": record.created_at, "expires_at": record.expires_at}
+
+
+def endpoint_summary(endpoint: WebhookEndpoint, secret: str | None = None) -> dict[str, Any]:
+    body = {"id": str(endpoint.id), "object": "webhook_endpoint", "url": endpoint.url,
+            "events": endpoint.events or list(EVENT_TYPES), "description": endpoint.description,
+            "enabled": endpoint.disabled_at is None, "disabled_at": endpoint.disabled_at,
+            "disabled_reason": endpoint.disabled_reason, "created_at": endpoint.created_at,
+            "secret_rotated_at": endpoint.secret_rotated_at}
+    if secret is not None:
+        body["secret"] = secret
+    return body
+
+
+def delivery_state(delivery: WebhookDelivery) -> str:
+    if delivery.delivered_at:
+        return "delivered"
+    if delivery.failed_at:
+        return "failed"
+    return "pending"
+
+
+def delivery_summary(delivery: WebhookDelivery) -> dict[str, Any]:
+    return {"id": str(delivery.id), "object": "webhook_delivery", "event": delivery.event,
+            "webhook_id": delivery.event_id,
+            "job_id": str(delivery.job_id) if delivery.job_id else None,
+            "endpoint_id": str(delivery.endpoint_id) if delivery.endpoint_id else None,
+            "url": delivery.url, "state": delivery_state(delivery), "attempts": delivery.attempts,
+            "next_attempt_at": None if delivery.delivered_at or delivery.failed_at
+            else delivery.next_attempt_at,
+            "last_status_code": delivery.last_status_code, "last_error": delivery.last_error,
+            "response_ms": delivery.response_ms, "created_at": delivery.created_at,
+            "delivered_at": delivery.delivered_at, "failed_at": delivery.failed_at,
+            "history": delivery.history or []}

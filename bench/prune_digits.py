@@ -97,14 +97,14 @@ def sparsity(model) -> float:
 
 def export(model, x_test: np.ndarray) -> tuple[bytes, dict[str, Any]]:
     """The same export and PyTorch-vs-ONNX check as `kiln models add --torch`."""
-    from app.cli_models import check_export, export_torch_classifier
+    from app.cli.models import check_export, export_torch_classifier
 
     artifact = export_torch_classifier(model, x_test[:64], "input", "logits", opset=18)
     return artifact, check_export(model, artifact, x_test, "input", "logits")
 
 
 def register(name: str, artifact: bytes, metrics: dict[str, Any]) -> dict[str, Any]:
-    from app.cli_models import DEFAULT_PROCESSING, post_model
+    from app.cli.models import DEFAULT_PROCESSING, post_model
     from app.client import KilnClient
     from app.settings import load_settings
 

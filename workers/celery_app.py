@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.queueing import celery_config
+from app.queueing.celery_config import celery_config
 from app.settings import Settings
 
 

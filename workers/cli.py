@@ -16,7 +16,7 @@ from celery import signals
 
 from app.cli import cli, err, sessions, settings_from
 from app.cpus import apply_cpu_policy, cpus
-from app.cli import models as models_group
+from app.cli.models import models as models_group
 from app.settings import Settings
 
 
@@ -167,20 +167,9 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 def up(ctx: click.Context, port: int | None) -> None:
     """Run everything on one machine: embedded Postgres and Redis if none are configured,
     migrations, the demo model, the API and a worker. Ctrl-C stops what it started."""
-    from app.embedded import EmbeddedServices
     from app.migrate import upgrade
 
-    settings: Settings = settings_from(ctx)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    embedded = None
-    base = Settings()
-    if not (base.database_url and base.redis_url):
-        embedded = EmbeddedServices(settings.home)
-        err.print(f"starting embedded Postgres and Redis under {settings.home.resolve()} …")
-        urls = embedded.start()
-        settings = settings.model_copy(update={
-            "database_url": base.database_url or urls["database_url"],
-            "redis_url": base.redis_url or urls["redis_url"]})
+    settings, embedded = with_embedded_services(settings_from(ctx))
     port = port or settings.api_port
     stopping = False
 
@@ -209,17 +198,39 @@ def up(ctx: click.Context, port: int | None) -> None:
             time.sleep(0.5)
     finally:
         err.print("stopping …")
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children.values():
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_children(children.values())
         if embedded is not None:
             embedded.stop()
         err.print("stopped")
+
+
+def with_embedded_services(settings: Settings):
+    """Start embedded Postgres and Redis for whichever URL is not configured; returns the
+    settings pointing at them, and the servers (None when both URLs are configured)."""
+    from app.embedded import EmbeddedServices
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    base = Settings()
+    if base.database_url and base.redis_url:
+        return settings, None
+    embedded = EmbeddedServices(settings.home)
+    err.print(f"starting embedded Postgres and Redis under {settings.home.resolve()} …")
+    urls = embedded.start()
+    return settings.model_copy(update={
+        "database_url": base.database_url or urls["database_url"],
+        "redis_url": base.redis_url or urls["redis_url"]}), embedded
+
+
+def stop_children(children) -> None:
+    """SIGTERM every child still running, then wait up to 30 s each before killing it."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def main() -> None:

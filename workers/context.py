@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import make_engine, make_sessionmaker
 from app.domain.batching import rows_per_batch
 from app.orm import Model
-from app.queueing import DrainFlags, Publisher
+from app.queueing.drains import DrainFlags
+from app.queueing.publisher import Publisher
 from app.settings import Settings
 from app.storage import Storage
 from workers.runtime.metered import MeteredModel

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.queueing import Publisher
+from app.queueing.publisher import Publisher
 from app.store import rescue
 from app.store.chunks import dispatch_chunks
 

@@ -8,7 +8,7 @@ import uuid
 from celery import shared_task
 
 from app import metrics
-from app.queueing import RUN_CHUNK, RUN_JOB
+from app.queueing.celery_config import RUN_CHUNK, RUN_JOB
 from app.store import jobs as job_store
 from workers import files
 from workers.context import worker_context

@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from app.caching import LoadingCache
 from app.db import close_quietly, connect
 from app.groupcommit import GroupCommit
-from app.queueing import Coalescer, DrainFlags, Publisher
+from app.queueing.coalescer import Coalescer
+from app.queueing.drains import DrainFlags
+from app.queueing.publisher import Publisher
 from app.services import jobs
 from app.services.auth import Caller, authenticate
 from app.settings import Settings

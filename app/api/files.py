@@ -9,6 +9,7 @@ from app.api.context import caller, context, db
 from app.api.responses import Response, json_response
 from app.api.schemas import FileList, FileOut, FilePath, FileQuery, Problem, UploadForm
 from app.formats import MEDIA_TYPES
+from app import presenters
 from app.services import files
 from app.storage import Storage
 
@@ -33,7 +34,8 @@ def upload_file(form: UploadForm) -> Response:
                                purpose=form.purpose, fmt=form.format,
                                max_bytes=context().settings.max_upload_bytes)
     session.commit()
-    return json_response(files.file_summary(record), 201, {"Location": f"/v1/files/{record.id}"})
+    return json_response(presenters.file_summary(record), 201,
+                         {"Location": f"/v1/files/{record.id}"})
 
 
 @api.get("/files", responses={200: FileList, 401: Problem})
@@ -41,13 +43,13 @@ def list_files(query: FileQuery) -> Response:
     """Files, newest first."""
     page, cursor = files.list_files(db(), caller(), purpose=query.purpose, limit=query.limit,
                                     after=query.after)
-    return json_response({"object": "list", "data": [files.file_summary(f) for f in page],
+    return json_response({"object": "list", "data": [presenters.file_summary(f) for f in page],
                           "next_cursor": cursor})
 
 
 @api.get("/files/<file_id>", responses={200: FileOut, 401: Problem, 404: Problem})
 def get_file(path: FilePath) -> Response:
-    return json_response(files.file_summary(files.get_file(db(), caller(), path.file_id)))
+    return json_response(presenters.file_summary(files.get_file(db(), caller(), path.file_id)))
 
 
 @api.get("/files/<file_id>/content", responses={401: Problem, 404: Problem})

@@ -12,6 +12,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from app.api.context import caller, context, db
 from app.api.responses import Response, json_response
 from app.api.schemas import JobPath, Problem
+from app import presenters
 from app.secretbox import SecretBox
 from app.services import webhooks
 
@@ -108,7 +109,7 @@ def create_webhook(body: CreateWebhook) -> Response:
         session, caller(), secret_box(), webhooks.url_policy(context().settings),
         url=str(body.url), events=body.events, description=body.description)
     session.commit()
-    return json_response(webhooks.endpoint_summary(endpoint, secret), 201,
+    return json_response(presenters.endpoint_summary(endpoint, secret), 201,
                          {"Location": f"/v1/webhooks/{endpoint.id}"})
 
 
@@ -116,7 +117,8 @@ def create_webhook(body: CreateWebhook) -> Response:
 def list_webhooks() -> Response:
     """Your endpoints (never their secrets)."""
     found = webhooks.list_endpoints(db(), caller())
-    return json_response({"object": "list", "data": [webhooks.endpoint_summary(e) for e in found]})
+    return json_response({"object": "list",
+                          "data": [presenters.endpoint_summary(e) for e in found]})
 
 
 @api.get("/webhooks/job-secret", responses={200: JobSecretOut, **ERRORS})
@@ -137,7 +139,7 @@ def rotate_job_secret() -> Response:
 @api.get("/webhooks/<webhook_id>", responses={200: WebhookOut, **ERRORS})
 def get_webhook(path: WebhookPath) -> Response:
     """One endpoint (never its secret)."""
-    return json_response(webhooks.endpoint_summary(
+    return json_response(presenters.endpoint_summary(
         webhooks.get_endpoint(db(), caller(), path.webhook_id)))
 
 
@@ -157,7 +159,7 @@ def rotate_webhook_secret(path: WebhookPath) -> Response:
     endpoint, secret = webhooks.rotate_endpoint_secret(session, caller(), secret_box(),
                                                        path.webhook_id)
     session.commit()
-    return json_response(webhooks.endpoint_summary(endpoint, secret))
+    return json_response(presenters.endpoint_summary(endpoint, secret))
 
 
 @api.post("/webhooks/<webhook_id>/enable", responses={200: WebhookOut, **ERRORS})
@@ -166,7 +168,7 @@ def enable_webhook(path: WebhookPath) -> Response:
     session = db()
     endpoint = webhooks.enable_endpoint(session, caller(), path.webhook_id)
     session.commit()
-    return json_response(webhooks.endpoint_summary(endpoint))
+    return json_response(presenters.endpoint_summary(endpoint))
 
 
 @api.get("/jobs/<job_id>/webhooks", responses={200: DeliveryList, **ERRORS})
@@ -174,13 +176,13 @@ def job_webhooks(path: JobPath) -> Response:
     """A job's webhook deliveries with their attempts, response codes and times."""
     found = webhooks.list_job_deliveries(db(), caller(), path.job_id)
     return json_response({"object": "list",
-                          "data": [webhooks.delivery_summary(d) for d in found]})
+                          "data": [presenters.delivery_summary(d) for d in found]})
 
 
 @api.get("/webhook-deliveries/<delivery_id>", responses={200: DeliveryOut, **ERRORS})
 def get_delivery(path: DeliveryPath) -> Response:
     """One delivery."""
-    return json_response(webhooks.delivery_summary(
+    return json_response(presenters.delivery_summary(
         webhooks.get_delivery(db(), caller(), path.delivery_id)))
 
 
@@ -190,5 +192,5 @@ def redeliver(path: DeliveryPath) -> Response:
     session = db()
     copy = webhooks.redeliver(session, caller(), path.delivery_id)
     session.commit()
-    return json_response(webhooks.delivery_summary(copy), 202,
+    return json_response(presenters.delivery_summary(copy), 202,
                          {"Location": f"/v1/webhook-deliveries/{copy.id}"})

@@ -97,11 +97,3 @@ def iter_content(uri: str, piece_bytes: int = COPY_BYTES) -> Iterator[bytes]:
     with fsspec.open(uri, "rb") as handle:
         while piece := handle.read(piece_bytes):
             yield piece
-
-
-def file_summary(record: File) -> dict:
-    return {"id": str(record.id), "object": "file", "purpose": record.purpose,
-            "filename": record.filename, "format": record.format,
-            "compression": record.compression, "bytes": record.bytes,
-            "row_count": record.row_count, "sha256": record.sha256,
-            "created_at": record.created_at, "expires_at": record.expires_at}

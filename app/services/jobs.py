@@ -33,7 +33,7 @@ DEFAULT_WINDOW_SECONDS = 24 * 3600.0
 class NewJob(SimpleNamespace):
     """A job being submitted: the attributes of `Job` (None unless given), without the ORM's
     instrumentation, which cost the submit path a tenth of a millisecond per request. It is
-    written by `insert_jobs` and read like a stored job (`job_summary`)."""
+    written by `insert_jobs` and read like a stored job (`app.presenters.job_summary`)."""
 
     ATTRIBUTES = tuple(Job.__mapper__.column_attrs.keys())
 

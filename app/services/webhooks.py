@@ -19,11 +19,10 @@ from sqlalchemy.orm import Session
 from app.domain.signing import generate_secret
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
 from app.errors import Conflict, InvalidInput
-from app.orm import TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
+from app.orm import Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
 from app.secretbox import SecretBox
-from app.services import jobs as job_service
 from app.services.auth import Caller, get_owned
-from app.store.outbox import EVENT_TYPES, notify_dispatchers
+from app.store.outbox import notify_dispatchers
 from app.settings import Settings
 
 
@@ -102,17 +101,6 @@ def enable_endpoint(session: Session, caller: Caller, endpoint_id: str) -> Webho
     return endpoint
 
 
-def endpoint_summary(endpoint: WebhookEndpoint, secret: str | None = None) -> dict[str, Any]:
-    body = {"id": str(endpoint.id), "object": "webhook_endpoint", "url": endpoint.url,
-            "events": endpoint.events or list(EVENT_TYPES), "description": endpoint.description,
-            "enabled": endpoint.disabled_at is None, "disabled_at": endpoint.disabled_at,
-            "disabled_reason": endpoint.disabled_reason, "created_at": endpoint.created_at,
-            "secret_rotated_at": endpoint.secret_rotated_at}
-    if secret is not None:
-        body["secret"] = secret
-    return body
-
-
 # ---------------------------------------------------------------- the tenant's job secret
 
 def job_secret_info(session: Session, caller: Caller) -> dict[str, Any]:
@@ -158,7 +146,7 @@ def signing_secret(session: Session, box: SecretBox, tenant_id: uuid.UUID,
 # ---------------------------------------------------------------- delivery records
 
 def list_job_deliveries(session: Session, caller: Caller, job_id: str) -> list[WebhookDelivery]:
-    job = job_service.get_job(session, caller, job_id)
+    job = get_owned(session, caller, Job, job_id, "job")
     return list(session.scalars(select(WebhookDelivery)
                                 .where(WebhookDelivery.job_id == job.id,
                                        WebhookDelivery.tenant_id == caller.tenant_id)
@@ -184,25 +172,3 @@ def redeliver(session: Session, caller: Caller, delivery_id: str) -> WebhookDeli
     notify_dispatchers(session)
     session.refresh(copy)
     return copy
-
-
-def delivery_state(delivery: WebhookDelivery) -> str:
-    if delivery.delivered_at:
-        return "delivered"
-    if delivery.failed_at:
-        return "failed"
-    return "pending"
-
-
-def delivery_summary(delivery: WebhookDelivery) -> dict[str, Any]:
-    return {"id": str(delivery.id), "object": "webhook_delivery", "event": delivery.event,
-            "webhook_id": delivery.event_id,
-            "job_id": str(delivery.job_id) if delivery.job_id else None,
-            "endpoint_id": str(delivery.endpoint_id) if delivery.endpoint_id else None,
-            "url": delivery.url, "state": delivery_state(delivery), "attempts": delivery.attempts,
-            "next_attempt_at": None if delivery.delivered_at or delivery.failed_at
-            else delivery.next_attempt_at,
-            "last_status_code": delivery.last_status_code, "last_error": delivery.last_error,
-            "response_ms": delivery.response_ms, "created_at": delivery.created_at,
-            "delivered_at": delivery.delivered_at, "failed_at": delivery.failed_at,
-            "history": delivery.history or []}

@@ -15,15 +15,12 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
+from app.domain.events import EVENT_BY_STATUS, PROGRESS
 from app.domain.signing import new_message_id
 from app.domain.states import JobStatus
 from app.orm import Job, WebhookDelivery, WebhookEndpoint
 from app.presenters import job_summary
 
-EVENT_BY_STATUS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed",
-                   JobStatus.CANCELLED: "job.cancelled", JobStatus.EXPIRED: "job.expired"}
-EVENT_TYPES = tuple(EVENT_BY_STATUS.values())
-PROGRESS = "job.progress"  # opt-in: only endpoints that list it get it
 NOTIFY_CHANNEL = "kiln_webhooks"
 
 # Whether an ended job `j` has anyone to tell. A statement that ends jobs can return

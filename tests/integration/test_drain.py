@@ -11,7 +11,7 @@ import pytest
 
 from app.client import KilnClient
 from app.orm import Job
-from app.queueing import DrainFlags
+from app.queueing.drains import DrainFlags
 from tests import support
 from workers.demo_models import digits_records, digits_split
 
@@ -97,7 +97,7 @@ def test_a_burst_of_jobs_all_finish_without_the_reconciler(make_stack, records):
 def test_one_process_drains_a_model_unless_it_asks_for_help(make_stack, records):
     """A message for a model that another process is draining is done at once (the drainer
     takes its job); a drainer's call for help is not turned away."""
-    from app.queueing import Publisher
+    from app.queueing.publisher import Publisher
     from app.services.auth import authenticate
     from app.services.jobs import submit_job
 

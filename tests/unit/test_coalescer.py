@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from app.queueing import Coalescer
+from app.queueing.coalescer import Coalescer
 from app.settings import Tuning
 
 QUIET_SECONDS = Tuning().quiet_seconds

@@ -1,4 +1,4 @@
-"""`kiln models add` and `kiln models alias`: register a user model through the API.
+"""`kiln models`: list, add and alias models through the API.
 
 `--torch module:factory` exports a PyTorch classifier to ONNX here, on the client, and checks
 the export against PyTorch before anything is sent; torch is imported only on that path. The
@@ -18,10 +18,24 @@ import click
 import numpy as np
 import orjson
 
-from app.cli import api_call, client, err, models
+from app.cli.base import api_call, client, err
 
 DEFAULT_PROCESSING = {"kind": "tabular_classifier", "label_output": "label",
                       "probability_output": "probabilities"}
+
+
+@click.group()
+def models() -> None:
+    """Models."""
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """Models visible to your key."""
+    for model in api_call(client(ctx).models):
+        click.echo(f"{model['name']}\tv{model['version']}\t{model['variant']}\t"
+                   f"{orjson.dumps(model['metrics']).decode()}")
 
 
 def json_option(value: str | None, option: str) -> dict[str, Any] | None:

@@ -1,185 +1,17 @@
-"""The `kiln` command line: control-plane and client commands.
-
-Worker-side commands (`kiln worker`, `kiln up`, `kiln models add-demo`) are added by
-`workers.cli`, which is the console script's entry point, so that `app` never imports `workers`.
-"""
+"""`kiln submit`, `status`, `wait`, `cancel`, `results`, `errors` and `upload`: jobs, through
+the API."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import click
 import orjson
-from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
-from app.cpus import apply_cpu_policy
-from app.settings import Settings, load_settings
-
-err = Console(stderr=True)
-
-
-def settings_from(ctx: click.Context) -> Settings:
-    return ctx.obj["settings"]
-
-
-@click.group()
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    """Kiln: asynchronous batch inference on Postgres, Redis and Celery."""
-    ctx.ensure_object(dict)
-    ctx.obj["settings"] = load_settings()
-
-
-# ---------------------------------------------------------------- database and keys
-
-@cli.group()
-def db() -> None:
-    """Database schema."""
-
-
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-@click.pass_context
-def db_upgrade(ctx: click.Context, revision: str) -> None:
-    """Apply Alembic migrations."""
-    from app.migrate import upgrade
-
-    upgrade(settings_from(ctx), revision)
-    click.echo(f"database at {revision}")
-
-
-@db.command("wait")
-@click.option("--timeout", "timeout_seconds", default=300.0, show_default=True,
-              help="Seconds to wait before giving up (exit status 1).")
-@click.pass_context
-def db_wait(ctx: click.Context, timeout_seconds: float) -> None:
-    """Wait until the database is reachable and at this code's migration head: for an init
-    container or a start script, so that only one place (`kiln db upgrade`) migrates."""
-    import time
-
-    from sqlalchemy.exc import OperationalError
-
-    from app.migrate import revisions
-
-    settings = settings_from(ctx)
-    deadline, state = time.monotonic() + timeout_seconds, "not reached yet"
-    while True:
-        try:
-            current, head = revisions(settings)
-            if current == head:
-                click.echo(f"database at {head}")
-                return
-            state = f"database at {current or 'no revision'}, this code needs {head}"
-        except OperationalError as exc:
-            state = f"database unreachable: {str(exc.orig or exc).strip().splitlines()[0]}"
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"gave up after {timeout_seconds:g}s: {state}")
-        time.sleep(1)
-
-
-def sessions(settings: Settings):
-    from app.db import make_engine, make_sessionmaker
-
-    return make_sessionmaker(make_engine(settings, pool_size=1))
-
-
-@cli.group()
-def keys() -> None:
-    """API keys (stored hashed; shown once)."""
-
-
-@keys.command("create")
-@click.option("--tenant", required=True, help="Tenant name; created if it does not exist.")
-@click.option("--name", default=None, help="A label for the key.")
-@click.pass_context
-def keys_create(ctx: click.Context, tenant: str, name: str | None) -> None:
-    """Create an API key; the key alone is printed on the last line."""
-    from app.services.auth import create_key
-
-    with sessions(settings_from(ctx)).begin() as session:
-        key, plain = create_key(session, tenant, name)
-        prefix = key.prefix
-    err.print(f"Created key {prefix} for tenant {tenant!r}. It is shown once; store it now.")
-    click.echo(plain)
-
-
-@keys.command("list")
-@click.pass_context
-def keys_list(ctx: click.Context) -> None:
-    from app.services.auth import list_keys
-
-    with sessions(settings_from(ctx))() as session:
-        for key, tenant in list_keys(session):
-            state = "revoked" if key.revoked_at else "active"
-            click.echo(f"{key.prefix}\t{tenant}\t{state}\t{key.created_at:%Y-%m-%d %H:%M}")
-
-
-@keys.command("revoke")
-@click.argument("prefix")
-@click.pass_context
-def keys_revoke(ctx: click.Context, prefix: str) -> None:
-    from app.errors import NotFound
-    from app.services.auth import revoke_key
-
-    try:
-        with sessions(settings_from(ctx)).begin() as session:
-            revoke_key(session, prefix)
-    except NotFound as exc:
-        raise click.ClickException(exc.detail) from None
-    click.echo(f"revoked {prefix}")
-
-
-# ---------------------------------------------------------------- serving
-
-@cli.command()
-@click.option("--host", default=None)
-@click.option("--port", type=int, default=None)
-@click.pass_context
-def api(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the HTTP API (granian: KILN_API_WORKERS processes of KILN_API_THREADS threads)."""
-    from app.server import ApiServer
-
-    settings = settings_from(ctx)
-    apply_cpu_policy(settings.tuning.cpu_policy)  # before granian starts its processes and threads
-    with multiprocess_metrics("api") if settings.metrics_enabled else nullcontext():
-        ApiServer(settings, host or settings.api_host, port or settings.api_port).run()
-
-
-@contextmanager
-def multiprocess_metrics(name: str) -> Iterator[Path]:
-    """A fresh PROMETHEUS_MULTIPROC_DIR for this process and the processes it forks, removed at
-    exit, so that a restarted service starts from zero (as Prometheus expects of a restarted
-    target) and two services on one machine never mix their files.
-
-    prometheus_client chooses where values live when it is first imported: this must come first.
-    """
-    if "prometheus_client" in sys.modules:
-        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
-    path = Path(tempfile.mkdtemp(prefix=f"kiln-metrics-{name}-"))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- client commands
-
-def client(ctx: click.Context):
-    from app.client import KilnClient
-
-    settings = settings_from(ctx)
-    if not settings.api_key:
-        raise click.ClickException("set KILN_API_KEY to a key from `kiln keys create`")
-    return KilnClient(settings.api_url, settings.api_key)
+from app.cli.base import api_call, client, err
 
 
 def read_records(path: Path) -> list:
@@ -187,15 +19,6 @@ def read_records(path: Path) -> list:
     if text.lstrip().startswith(b"["):
         return orjson.loads(text)
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def api_call(fn, *args, **kwargs):
-    from app.client import ApiError
-
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def wait_with_progress(kiln, job_id: str) -> dict:
@@ -216,7 +39,7 @@ def wait_with_progress(kiln, job_id: str) -> dict:
         return api_call(kiln.wait, job_id, on_update=update)
 
 
-@cli.command()
+@click.command()
 @click.option("--model", required=True)
 @click.option("--input", "input_path", type=click.Path(exists=True, path_type=Path), required=True,
               help="JSONL (one record per line) or a JSON array.")
@@ -239,7 +62,7 @@ def submit(ctx: click.Context, model: str, input_path: Path, priority: int,
         click.echo(job["id"])
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.pass_context
 def status(ctx: click.Context, job_id: str) -> None:
@@ -247,7 +70,7 @@ def status(ctx: click.Context, job_id: str) -> None:
     click.echo(orjson.dumps(api_call(client(ctx).job, job_id), option=orjson.OPT_INDENT_2).decode())
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.pass_context
 def wait(ctx: click.Context, job_id: str) -> None:
@@ -258,7 +81,7 @@ def wait(ctx: click.Context, job_id: str) -> None:
         sys.exit(1)
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
@@ -295,7 +118,7 @@ def download(ctx: click.Context, job_id: str, output: Path | None, kind: str,
 FORMAT = click.Choice(["csv", "jsonl", "parquet"])
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Write to this file (with a progress bar) instead of stdout.")
@@ -306,7 +129,7 @@ def results(ctx: click.Context, job_id: str, output: Path | None, fmt: str | Non
     download(ctx, job_id, output, "results", fmt)
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None)
 @click.option("--format", "fmt", type=FORMAT, default=None)
@@ -316,7 +139,7 @@ def errors(ctx: click.Context, job_id: str, output: Path | None, fmt: str | None
     download(ctx, job_id, output, "errors", fmt)
 
 
-@cli.command()
+@click.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", required=True)
 @click.option("--keep-columns", default=None, help="Comma-separated input columns to copy.")
@@ -351,24 +174,3 @@ def upload(ctx: click.Context, path: Path, model: str, keep_columns: str | None,
         download(ctx, job["id"], output, "results", output_format)
     if job["status"] != "succeeded":
         sys.exit(1)
-
-
-@cli.group()
-def models() -> None:
-    """Models."""
-
-
-@models.command("list")
-@click.pass_context
-def models_list(ctx: click.Context) -> None:
-    """Models visible to your key."""
-    for model in api_call(client(ctx).models):
-        click.echo(f"{model['name']}\tv{model['version']}\t{model['variant']}\t"
-                   f"{orjson.dumps(model['metrics']).decode()}")
-
-
-from app.cli_webhooks import webhooks  # noqa: E402 - the group lives in its own module
-
-cli.add_command(webhooks)
-
-import app.cli_models  # noqa: E402,F401 - adds `models add` and `models alias` to the group

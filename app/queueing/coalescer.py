@@ -1,0 +1,89 @@
+"""The coalescer: one message per model per batch window during a burst of small jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from app.queueing.drains import DrainFlags
+from app.queueing.publisher import Publisher
+
+
+class Coalescer:
+    """At most one message per model per `window_seconds` during a burst, plus a trailing one.
+
+    Any message for a model makes a worker claim every queued job of that model, so a burst of
+    small jobs needs one message, not one each. The trailing message, sent at the end of the
+    window with the newest job's id, guarantees every committed job is followed by a message
+    published after its commit: no job waits for the reconciler. No message is sent while a
+    worker drains that model (see `DrainFlags`): its next claim takes the job.
+
+    A job that follows a quiet gap (no job of the model for `quiet_seconds`) is not a burst:
+    it is announced at once even inside the window, so jobs sent one at a time are not held
+    for the window each.
+    """
+
+    def __init__(self, publisher: Publisher, window_seconds: float,
+                 drains: DrainFlags | None = None, *, quiet_seconds: float):
+        self.publisher, self.window, self.drains = publisher, window_seconds, drains
+        self.quiet_seconds = quiet_seconds
+        self.last_sent: dict[Any, float] = {}
+        self.last_job: dict[Any, float] = {}
+        self.pending: dict[Any, tuple[uuid.UUID | str, str | None, float]] = {}  # id, queue, due
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def notify(self, model_key: Any, job_id: uuid.UUID | str, queue: str | None = None,
+               window_seconds: float | None = None) -> None:
+        """A job of `model_key` was committed; `window_seconds` overrides the default window
+        (a model's own `max_batch_wait_ms`)."""
+        window = self.window if window_seconds is None else window_seconds
+        now = time.monotonic()
+        with self._lock:
+            quiet = now - self.last_job.get(model_key, -1e9) >= min(window, self.quiet_seconds)
+            self.last_job[model_key] = now
+            if quiet or now - self.last_sent.get(model_key, -1e9) >= window:
+                self.last_sent[model_key] = now
+                self.pending.pop(model_key, None)  # this message is after its commit too
+                send = True
+            else:
+                self.pending[model_key] = (job_id, queue, self.last_sent[model_key] + window)
+                send = False
+                self._ensure_thread()
+        if send:
+            self._send(model_key, job_id, queue)
+        else:
+            self._wake.set()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._flush_loop, name="kiln-coalescer",
+                                            daemon=True)
+            self._thread.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait(timeout=1.0)
+            with self._lock:
+                due_at = min((at for _, _, at in self.pending.values()), default=None)
+                if due_at is None:
+                    self._wake.clear()
+                    continue
+            time.sleep(max(due_at - time.monotonic(), 0.0))
+            now, due = time.monotonic(), []
+            with self._lock:
+                for key, (job_id, queue, at) in list(self.pending.items()):
+                    if at <= now:
+                        due.append((key, job_id, queue))
+                        self.last_sent[key] = now
+                        del self.pending[key]
+            for key, job_id, queue in due:
+                self._send(key, job_id, queue)
+
+    def _send(self, model_key: Any, job_id: uuid.UUID | str, queue: str | None) -> None:
+        if self.drains is not None and self.drains.active(model_key[0], queue):
+            return
+        self.publisher.publish_jobs([job_id], queue)
