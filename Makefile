@@ -31,6 +31,7 @@ bench: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check app workers tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf .kiln
