@@ -23,31 +23,16 @@ from app.presenters import job_summary
 
 NOTIFY_CHANNEL = "kiln_webhooks"
 
-# Whether an ended job `j` has anyone to tell. A statement that ends jobs can return
-# `j.id, j.status, <NOTIFY_SQL> AS notify` and hand its rows to `record_ended_jobs` directly.
+# Whether an ended job `j` has anyone to tell: `lifecycle.finish` returns it with each job.
 NOTIFY_SQL = ("(j.webhook_url IS NOT NULL OR EXISTS (SELECT 1 FROM webhook_endpoints e "
               "WHERE e.tenant_id = j.tenant_id AND e.disabled_at IS NULL))")
-ENDED_JOBS = text(f"SELECT j.id, j.status, {NOTIFY_SQL} AS notify FROM jobs j "
-                  "WHERE j.id = ANY(:ids) AND j.status = ANY(:final)")
-
-
-def record_job_events(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
-    """Write one outbox row per (event, target URL) for jobs that have reached a final status.
-
-    Call it in the transaction that changed the status (every path that ends a job does). Safe to
-    call twice for the outbox: an event already recorded for a job is not recorded again. Returns
-    the number of rows written.
-    """
-    if not job_ids:
-        return 0
-    ended = session.execute(ENDED_JOBS, {"ids": list(dict.fromkeys(job_ids)),
-                                         "final": [s.value for s in EVENT_BY_STATUS]}).all()
-    return record_ended_jobs(session, ended)
 
 
 def record_ended_jobs(session: Session, ended: Sequence[Any]) -> int:
-    """`record_job_events` for jobs already known to be final: rows of (id, status, notify),
-    where notify says whether the job has a webhook URL or its tenant an enabled endpoint."""
+    """Write one outbox row per (event, target URL) for jobs that just ended: rows of (id,
+    status, notify), where notify says whether the job has a webhook URL or its tenant an
+    enabled endpoint. Safe to call twice: an event already recorded is not recorded again.
+    Only `lifecycle.finish` calls it, in the transaction that ended the jobs."""
     notify = [row.id for row in ended if row.notify]
     if not notify:
         return 0
