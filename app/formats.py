@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from app.errors import InvalidInput
+from app.storage import Storage
 
 FORMATS = ("csv", "jsonl", "parquet")
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
@@ -84,7 +84,7 @@ class Batch:
 
 
 def open_decoded(uri: str, compression: str | None) -> BinaryIO:
-    return fsspec.open(uri, "rb", compression=compression).open()
+    return Storage.open(uri, "rb", compression=compression)
 
 
 class Reader(ABC):
@@ -234,7 +234,7 @@ class JsonlReader(LineReader):
 
 class ParquetReader(Reader):
     def _file(self) -> pq.ParquetFile:
-        return pq.ParquetFile(fsspec.open(self.uri, "rb").open())
+        return pq.ParquetFile(Storage.open(self.uri))
 
     def columns(self) -> list[str]:
         try:

@@ -1,4 +1,9 @@
-"""One storage interface over `KILN_STORAGE_URL` (file:// by default, s3:// through fsspec)."""
+"""One storage interface over `KILN_STORAGE_URL` (file:// by default, s3:// through fsspec).
+
+The only module that touches fsspec: everything else reads and writes files through `Storage`.
+Objects are addressed by URI; the class-level methods serve callers that hold a stored URI and
+no `Storage` (readers, workers); an instance adds the base URL new objects are named under.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +26,43 @@ class Storage:
     def put_bytes(self, key: str, data: bytes) -> tuple[str, str]:
         """Write an object; returns its URI and SHA-256."""
         uri = self.uri(key)
-        fs, path = fsspec.core.url_to_fs(uri)
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        with fs.open(path, "wb") as handle:
+        with self.open_for_write(uri) as handle:
             handle.write(data)
         return uri, hashlib.sha256(data).hexdigest()
 
     @staticmethod
-    def open(uri: str, mode: str = "rb") -> BinaryIO:
-        return fsspec.open(uri, mode).open()
+    def open(uri: str, mode: str = "rb", compression: str | None = None) -> BinaryIO:
+        """An open file (decompressed as it is read when `compression` is given, e.g. gzip);
+        closing it closes every layer."""
+        return fsspec.open(uri, mode, compression=compression).open()
+
+    @staticmethod
+    def open_for_write(uri: str) -> BinaryIO:
+        """A new object at `uri`, open for writing; its folder is made first (a local path
+        needs one)."""
+        fs, path = fsspec.core.url_to_fs(uri)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        return fs.open(path, "wb")
 
     @staticmethod
     def read_bytes(uri: str) -> bytes:
         with fsspec.open(uri, "rb") as handle:
             return handle.read()
+
+    @staticmethod
+    def size(uri: str) -> int:
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs.size(path)
+
+    @staticmethod
+    def exists(uri: str) -> bool:
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs.exists(path)
+
+    @staticmethod
+    def remove(uri: str, missing_ok: bool = True) -> None:
+        """Delete an object; one that is not there is an error only when not `missing_ok`."""
+        fs, path = fsspec.core.url_to_fs(uri)
+        if missing_ok and not fs.exists(path):
+            return
+        fs.rm(path)

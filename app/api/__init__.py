@@ -8,7 +8,7 @@ from flask_openapi3 import Info, OpenAPI
 
 from app.api import files, health, jobs, metrics, models, problems, webhooks
 from app.api.responses import OrjsonProvider, Response
-from app.api.context import ApiContext, caller, close_session
+from app.api.context import ApiContext, caller, close_session, commit_request
 from app.db import make_engine, make_sessionmaker
 from app.errors import BadRequest
 from app.settings import Settings, load_settings
@@ -43,9 +43,17 @@ class KilnRequest(Request):
         raise BadRequest(f"the body is not valid JSON: {e}") from None
 
 
+class KilnApp(OpenAPI):
+    """The request's unit of work: what a handler changes is committed once, after it returns
+    (`commit_request`); handlers never commit."""
+
+    def dispatch_request(self):
+        return commit_request(super().dispatch_request())
+
+
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
-    app = OpenAPI(__name__, info=Info(title="Kiln", version="0.1.0",
+    app = KilnApp(__name__, info=Info(title="Kiln", version="0.1.0",
                                       description="Asynchronous batch inference."),
                   security_schemes={"bearer": BEARER},
                   validation_error_callback=problems.from_validation_error,

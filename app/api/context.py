@@ -1,8 +1,11 @@
-"""Per-app dependencies and the per-request session and caller."""
+"""The one context per app (settings, sessions, storage, the secret box, the publisher, the
+submit writer) and the request's unit of work: its session, its caller, and one commit."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from flask import current_app, g, request
 from flask.globals import app_ctx
@@ -14,38 +17,54 @@ from app.groupcommit import GroupCommit
 from app.queueing.coalescer import Coalescer
 from app.queueing.drains import DrainFlags
 from app.queueing.publisher import Publisher
+from app.secretbox import SecretBox
 from app.services import jobs
 from app.services.auth import Caller, authenticate
+from app.services.commands import Intake
 from app.settings import Settings
+from app.storage import Storage
 
 
 @dataclass
 class ApiContext:
+    """Built once per app by `create_app`; handlers reach it through `context()`."""
+
     settings: Settings
     sessions: sessionmaker[Session]
     publisher: Publisher
+    storage: Storage
     coalescer: Coalescer | None = None
     callers: LoadingCache | None = None  # None: no caching (KILN_TUNING__CACHE_SECONDS=0)
     models: LoadingCache | None = None
     writer: GroupCommit | None = None  # new jobs, group-committed
     request_sessions: scoped_session | None = None  # see `db()`
+    intake: Intake = field(default_factory=Intake)  # what every submission brings
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        """Built on first use, so that creating the app reads (or creates) no key file."""
+        return SecretBox.from_settings(self.settings)
 
     @classmethod
     def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> ApiContext:
         ttl = settings.tuning.cache_seconds
-        caches = ({"callers": LoadingCache(10_000, ttl), "models": LoadingCache(1_000, ttl)}
-                  if ttl > 0 else {})
+        callers, models = ((LoadingCache(10_000, ttl), LoadingCache(1_000, ttl)) if ttl > 0
+                           else (None, None))
         publisher = Publisher(settings)
         window = settings.tuning.max_batch_wait_ms / 1000
         engine = sessions.kw["bind"]
+        writer = GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on,
+                             gather_seconds=settings.tuning.group_commit_wait_ms / 1000)
         return cls(settings=settings, sessions=sessions, publisher=publisher,
+                   storage=Storage(settings.resolved_storage_url),
                    coalescer=Coalescer(publisher, window, DrainFlags(settings.redis_url),
                                        quiet_seconds=settings.tuning.quiet_seconds)
                    if window > 0 else None,
-                   writer=GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on,
-                                      gather_seconds=settings.tuning.group_commit_wait_ms / 1000),
+                   callers=callers, models=models, writer=writer,
                    request_sessions=scoped_session(sessions, scopefunc=_app_context_id),
-                   **caches)
+                   intake=Intake(max_inline_inputs=settings.max_inline_inputs,
+                                 queues=(settings.queue, settings.gpu_queue), models=models,
+                                 writer=writer))
 
     def announce(self, job) -> None:
         """Tell workers about a committed job: coalesced per model for inline jobs, over the
@@ -67,10 +86,34 @@ def _app_context_id() -> int:
 
 
 def db() -> Session:
-    """The request's session: a proxy that opens it on first use, closed at teardown. Most
-    submits never open one (the caller and the model come from caches, the job goes through
-    the group-commit writer), and opening and closing one costs more than the rest of auth."""
+    """The request's session: a proxy that opens it on first use, committed by
+    `commit_request` and closed at teardown. Handlers never commit it. Most submits never open
+    one (the caller and the model come from caches, the job goes through the group-commit
+    writer), and opening and closing one costs more than the rest of auth."""
     return context().request_sessions
+
+
+def on_commit(callback: Callable[[], None]) -> None:
+    """Run `callback` once the request's transaction has committed: commit, then publish."""
+    g.setdefault("after_commit", []).append(callback)
+
+
+def commit_request(response: object) -> object:
+    """The request's unit of work ends here, once its handler has returned: a success commits
+    the session (if the request opened one), then runs its `on_commit` callbacks. A handler
+    that raised, or answered an error, commits nothing: teardown closes, and so rolls back,
+    the session. A commit that fails is the request's error, mapped like any other."""
+    callbacks = g.pop("after_commit", None)
+    if getattr(response, "status_code", 200) >= 400:
+        return response
+    sessions = context().request_sessions
+    if sessions.registry.has():
+        session = sessions.registry()
+        if session.in_transaction():
+            session.commit()
+    for callback in callbacks or ():
+        callback()
+    return response
 
 
 def caller() -> Caller:

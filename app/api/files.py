@@ -11,7 +11,6 @@ from app.api.schemas import FileList, FileOut, FilePath, FileQuery, Problem, Upl
 from app.formats import MEDIA_TYPES
 from app import presenters
 from app.services import files
-from app.storage import Storage
 
 tag = Tag(name="files", description="Upload input files for bulk scoring; download outputs.")
 api = APIBlueprint("files", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -28,12 +27,10 @@ def allow_large_uploads() -> None:
 @api.post("/files", responses={201: FileOut, **ERRORS})
 def upload_file(form: UploadForm) -> Response:
     """Upload a CSV, JSONL or Parquet file (gzip for CSV and JSONL) as multipart field `file`."""
-    session = db()
-    record = files.upload_file(session, caller(), Storage(context().settings.resolved_storage_url),
-                               form.file.stream, filename=form.file.filename or "upload",
-                               purpose=form.purpose, fmt=form.format,
-                               max_bytes=context().settings.max_upload_bytes)
-    session.commit()
+    ctx = context()
+    record = files.upload_file(db(), caller(), ctx.storage, form.file.stream,
+                               filename=form.file.filename or "upload", purpose=form.purpose,
+                               fmt=form.format, max_bytes=ctx.settings.max_upload_bytes)
     return json_response(presenters.file_summary(record), 201,
                          {"Location": f"/v1/files/{record.id}"})
 
@@ -66,7 +63,5 @@ def file_content(path: FilePath) -> Response:
 
 @api.delete("/files/<file_id>", responses={401: Problem, 404: Problem, 409: Problem})
 def delete_file(path: FilePath) -> Response:
-    session = db()
-    files.delete_file(session, caller(), path.file_id)
-    session.commit()
+    files.delete_file(db(), caller(), path.file_id)
     return Response(status=204)

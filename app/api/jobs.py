@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 
 from app import presenters
-from app.api.context import caller, context, db
+from app.api.context import caller, context, db, on_commit
 from app.api.responses import Response, json_response
 from app.api.schemas import FormatQuery, JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
 from app.db import close_quietly
 from app.errors import Conflict
 from app.formats import MEDIA_TYPES
-from app.services import jobs, outputs, webhooks
+from app.services import commands, jobs, outputs, webhooks
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -20,31 +22,34 @@ api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
 ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem}
 
 
+def submit_command(body: SubmitJob, idempotency_key: str | None,
+                   raw_body: Any) -> commands.SubmitJob | commands.SubmitFileJob:
+    """The service's command for a validated request; `raw_body` (the JSON as sent) is
+    fingerprinted only when an Idempotency-Key makes a replay possible."""
+    common = dict(model=body.model, metadata=body.metadata, priority=body.priority,
+                  webhook_url=str(body.webhook_url) if body.webhook_url else None,
+                  idempotency_key=idempotency_key,
+                  fingerprint=jobs.request_fingerprint(raw_body) if idempotency_key else None,
+                  variant=body.variant, completion_window_seconds=body.completion_window_seconds,
+                  require_gpu=body.require_gpu)
+    if body.input_file is not None:
+        return commands.SubmitFileJob(
+            input_file=body.input_file, output_format=body.output_format,
+            keep_columns=body.keep_columns, id_column=body.id_column,
+            max_failed_fraction=body.max_failed_fraction, **common)
+    return commands.SubmitJob(inputs=body.inputs, **common)
+
+
 @api.post("/jobs", responses={202: JobOut, **ERRORS})
 def submit_job(body: SubmitJob) -> Response:
     """Submit an inline job. Send `Idempotency-Key` to make retries safe."""
-    session, who, ctx = db(), caller(), context()
+    ctx = context()
     if body.webhook_url:  # the SSRF guard; checked again each time it is sent
         webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(ctx.settings))
-    common = dict(model=body.model, metadata=body.metadata, priority=body.priority,
-                  webhook_url=str(body.webhook_url) if body.webhook_url else None,
-                  idempotency_key=(key := request.headers.get("Idempotency-Key")),
-                  fingerprint=jobs.request_fingerprint(request.get_json(silent=True)) if key
-                  else None,
-                  model_cache=ctx.models, variant=body.variant,
-                  completion_window_seconds=body.completion_window_seconds,
-                  queues=(ctx.settings.queue, ctx.settings.gpu_queue),
-                  require_gpu=body.require_gpu, writer=ctx.writer)
-    if body.input_file is not None:
-        job, created = jobs.submit_file_job(
-            session, who, input_file=body.input_file, output_format=body.output_format,
-            keep_columns=body.keep_columns, id_column=body.id_column,
-            max_failed_fraction=body.max_failed_fraction, **common)
-    else:
-        job, created = jobs.submit_job(session, who, inputs=body.inputs,
-                                       max_inline_inputs=ctx.settings.max_inline_inputs,
-                                       **common)
-    # (the writer committed the job: the session only ever read, and closes at teardown)
+    key = request.headers.get("Idempotency-Key")
+    command = submit_command(body, key, request.get_json(silent=True) if key else None)
+    job, created = jobs.submit(db(), caller(), command, ctx.intake)
+    # (the writer committed the job: the session only ever read)
     if created:
         ctx.announce(job)
     return json_response(presenters.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
@@ -68,9 +73,7 @@ def get_job(path: JobPath) -> Response:
 @api.post("/jobs/<job_id>/cancel", responses={200: JobOut, **ERRORS})
 def cancel_job(path: JobPath) -> Response:
     """Cancel: queued jobs end at once, running ones at their next batch boundary."""
-    session = db()
-    job = jobs.cancel_job(session, caller(), path.job_id)
-    session.commit()
+    job = jobs.cancel_job(db(), caller(), path.job_id)
     return json_response(presenters.job_summary(job))
 
 
@@ -99,10 +102,8 @@ def job_errors(path: JobPath, query: FormatQuery) -> Response:
 @api.post("/jobs/<job_id>/retry", responses={202: JobOut, **ERRORS})
 def retry_job(path: JobPath) -> Response:
     """A child job over only the rows this file job failed."""
-    session = db()
-    child = jobs.retry_failed_rows(session, caller(), path.job_id)
-    session.commit()
-    context().publisher.publish_jobs([child.id])
+    child = jobs.retry_failed_rows(db(), caller(), commands.RetryFailedRows(path.job_id))
+    on_commit(lambda: context().publisher.publish_jobs([child.id]))
     return json_response(presenters.job_summary(child), 202, {"Location": f"/v1/jobs/{child.id}"})
 
 

@@ -14,7 +14,6 @@ from app.api.schemas import ModelList, ModelOut, Problem
 from app.errors import PayloadTooLarge
 from app.orm import Model
 from app.services import models
-from app.storage import Storage
 
 tag = Tag(name="models", description="Models jobs can use.")
 api = APIBlueprint("models", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -96,15 +95,13 @@ def register_model(form: RegisterModelForm) -> Response:
     artifact = form.file.stream.read(limit + 1)
     if len(artifact) > limit:
         raise PayloadTooLarge(f"the model is larger than {limit} bytes (KILN_MAX_UPLOAD_BYTES)")
-    session = db()
     model = models.register_user_model(
-        session, Storage(context().settings.resolved_storage_url), caller().tenant_id,
+        db(), context().storage, caller().tenant_id,
         name=form.name, artifact=artifact, signature=form.signature, processing=form.processing,
         metrics=form.metrics, provenance=form.provenance)
     facts = models.VersionFacts([models.LATEST], models.BASE_VARIANT)
-    body = model_summary(model, facts)
-    session.commit()
-    return json_response(body, 201, {"Location": f"/v1/models/{model.name}"})
+    return json_response(model_summary(model, facts), 201,
+                         {"Location": f"/v1/models/{model.name}"})
 
 
 @api.post("/models/<name>/aliases", responses={200: ModelOut, **ERRORS})
@@ -114,7 +111,5 @@ def set_alias(path: ModelPath, body: SetAlias) -> Response:
     session = db()
     model = models.set_alias(session, caller().tenant_id, path.name, body.alias, body.version)
     found = models.list_models(session, caller().tenant_id)
-    body_out = model_summary(model, models.version_facts(found).get(
-        (model.tenant_id, model.name, model.version)))
-    session.commit()
-    return json_response(body_out)
+    return json_response(model_summary(model, models.version_facts(found).get(
+        (model.tenant_id, model.name, model.version))))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from flask import current_app
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
@@ -13,7 +12,6 @@ from app.api.context import caller, context, db
 from app.api.responses import Response, json_response
 from app.api.schemas import JobPath, Problem
 from app import presenters
-from app.secretbox import SecretBox
 from app.services import webhooks
 
 tag = Tag(name="webhooks", description="Signed notifications when jobs end (Standard Webhooks).")
@@ -92,23 +90,12 @@ class DeliveryPath(BaseModel):
     delivery_id: str = Field(description="The delivery's id.")
 
 
-def secret_box() -> SecretBox:
-    """Built on first use per app, so that importing or creating the app reads no key file."""
-    box = current_app.extensions.get("kiln_secret_box")
-    if box is None:
-        box = SecretBox.from_settings(context().settings)
-        current_app.extensions["kiln_secret_box"] = box
-    return box
-
-
 @api.post("/webhooks", responses={201: WebhookOut, **ERRORS})
 def create_webhook(body: CreateWebhook) -> Response:
     """Register an endpoint for your job events. The signing secret is in this answer only."""
-    session = db()
     endpoint, secret = webhooks.create_endpoint(
-        session, caller(), secret_box(), webhooks.url_policy(context().settings),
+        db(), caller(), context().secret_box, webhooks.url_policy(context().settings),
         url=str(body.url), events=body.events, description=body.description)
-    session.commit()
     return json_response(presenters.endpoint_summary(endpoint, secret), 201,
                          {"Location": f"/v1/webhooks/{endpoint.id}"})
 
@@ -130,9 +117,7 @@ def job_secret() -> Response:
 @api.post("/webhooks/job-secret/rotate", responses={200: JobSecretOut, **ERRORS})
 def rotate_job_secret() -> Response:
     """Create or replace the job-URL signing secret; the new value is in this answer only."""
-    session = db()
-    answer = webhooks.rotate_job_secret(session, caller(), secret_box())
-    session.commit()
+    answer = webhooks.rotate_job_secret(db(), caller(), context().secret_box)
     return json_response(answer)
 
 
@@ -146,28 +131,22 @@ def get_webhook(path: WebhookPath) -> Response:
 @api.delete("/webhooks/<webhook_id>", responses={204: None, **ERRORS})
 def delete_webhook(path: WebhookPath) -> Response:
     """Delete an endpoint and its deliveries; nothing more is sent to it."""
-    session = db()
-    webhooks.delete_endpoint(session, caller(), path.webhook_id)
-    session.commit()
+    webhooks.delete_endpoint(db(), caller(), path.webhook_id)
     return Response(status=204)
 
 
 @api.post("/webhooks/<webhook_id>/rotate-secret", responses={200: WebhookOut, **ERRORS})
 def rotate_webhook_secret(path: WebhookPath) -> Response:
     """Replace an endpoint's secret; the new value is in this answer only."""
-    session = db()
-    endpoint, secret = webhooks.rotate_endpoint_secret(session, caller(), secret_box(),
+    endpoint, secret = webhooks.rotate_endpoint_secret(db(), caller(), context().secret_box,
                                                        path.webhook_id)
-    session.commit()
     return json_response(presenters.endpoint_summary(endpoint, secret))
 
 
 @api.post("/webhooks/<webhook_id>/enable", responses={200: WebhookOut, **ERRORS})
 def enable_webhook(path: WebhookPath) -> Response:
     """Send to an endpoint again after it was disabled (it answered 410 Gone)."""
-    session = db()
-    endpoint = webhooks.enable_endpoint(session, caller(), path.webhook_id)
-    session.commit()
+    endpoint = webhooks.enable_endpoint(db(), caller(), path.webhook_id)
     return json_response(presenters.endpoint_summary(endpoint))
 
 
@@ -189,8 +168,6 @@ def get_delivery(path: DeliveryPath) -> Response:
 @api.post("/webhook-deliveries/<delivery_id>/redeliver", responses={202: DeliveryOut, **ERRORS})
 def redeliver(path: DeliveryPath) -> Response:
     """Send an event again: a new delivery with the same `webhook-id` and body."""
-    session = db()
-    copy = webhooks.redeliver(session, caller(), path.delivery_id)
-    session.commit()
+    copy = webhooks.redeliver(db(), caller(), path.delivery_id)
     return json_response(presenters.delivery_summary(copy), 202,
                          {"Location": f"/v1/webhook-deliveries/{copy.id}"})

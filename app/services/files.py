@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import fsspec
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -29,10 +28,8 @@ def upload_file(session: Session, caller: Caller, storage: Storage, stream: Bina
     file_id = uuid.uuid4()
     uri = storage.uri(f"files/{caller.tenant_id}/{file_id}")
     digest, size = hashlib.sha256(), 0
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(fs._parent(path), exist_ok=True)
     try:
-        with fs.open(path, "wb") as out:
+        with storage.open_for_write(uri) as out:
             while piece := stream.read(COPY_BYTES):
                 size += len(piece)
                 if size > max_bytes:
@@ -41,7 +38,7 @@ def upload_file(session: Session, caller: Caller, storage: Storage, stream: Bina
                 digest.update(piece)
                 out.write(piece)
     except BaseException:
-        fs.rm(path) if fs.exists(path) else None
+        storage.remove(uri)
         raise
     record = File(id=file_id, tenant_id=caller.tenant_id, purpose=purpose, filename=filename,
                   format=file_format, compression=compression, bytes=size,
@@ -88,12 +85,10 @@ def delete_file(session: Session, caller: Caller, file_id: str) -> None:
     job_store.forget_file(session, found.id)
     session.delete(found)
     session.flush()
-    fs, path = fsspec.core.url_to_fs(uri)
-    if fs.exists(path):
-        fs.rm(path)
+    Storage.remove(uri)
 
 
 def iter_content(uri: str, piece_bytes: int = COPY_BYTES) -> Iterator[bytes]:
-    with fsspec.open(uri, "rb") as handle:
+    with Storage.open(uri) as handle:
         while piece := handle.read(piece_bytes):
             yield piece

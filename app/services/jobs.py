@@ -15,19 +15,16 @@ import psycopg
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.caching import LoadingCache
 from app.domain.states import JobStatus, cancel_target
 from app.domain.validation import check_records
 from app.errors import BadRequest, Conflict, DatabaseUnavailable, InvalidInput, PayloadTooLarge
 from app.groupcommit import GroupCommit
+from app.services.commands import IN_SESSION, Intake, RetryFailedRows, SubmitFileJob, SubmitJob
 from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller, get_owned
 from app.store import jobs as job_store
 from app.services.models import ModelRef, resolve_model_ref
-
-
-DEFAULT_WINDOW_SECONDS = 24 * 3600.0
 
 
 class NewJob(SimpleNamespace):
@@ -59,73 +56,68 @@ def request_fingerprint(body: Any) -> str:
         raise InvalidInput(f"the request cannot be stored: {exc}") from None
 
 
-def submit_job(session: Session, caller: Caller, *, model: str, inputs: list[Any],
-               metadata: dict[str, Any] | None = None, priority: int = 0,
-               webhook_url: str | None = None, idempotency_key: str | None = None,
-               fingerprint: str | None = None, max_inline_inputs: int = 10_000,
-               variant: str | None = None,
-               model_cache: LoadingCache | None = None,
-               completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
-               queues: tuple[str | None, str] = (None, "gpu"),
-               require_gpu: bool = False,
-               writer: GroupCommit | None = None) -> tuple[Job | NewJob, bool]:
-    """Validate and record an inline job: through `writer` (committed on return) when given,
-    else in `session`'s transaction. Returns the job and whether it was created now."""
-    if (replayed := _replayed(session, caller, idempotency_key, fingerprint)) is not None:
+def submit(session: Session, caller: Caller, command: SubmitJob | SubmitFileJob,
+           intake: Intake = IN_SESSION) -> tuple[Job | NewJob, bool]:
+    """`submit_job` or `submit_file_job`, whichever the command asks for."""
+    if isinstance(command, SubmitFileJob):
+        return submit_file_job(session, caller, command, intake)
+    return submit_job(session, caller, command, intake)
+
+
+def submit_job(session: Session, caller: Caller, command: SubmitJob,
+               intake: Intake = IN_SESSION) -> tuple[Job | NewJob, bool]:
+    """Validate and record an inline job: through `intake.writer` (committed on return) when
+    given, else in `session`'s transaction. Returns the job and whether it was created now."""
+    key, fingerprint = command.idempotency_key, command.fingerprint
+    if (replayed := _replayed(session, caller, key, fingerprint)) is not None:
         return replayed, False
+    inputs = command.inputs
     if not inputs:
         raise InvalidInput("inputs must hold at least one record")
-    if len(inputs) > max_inline_inputs:
+    if len(inputs) > intake.max_inline_inputs:
         raise PayloadTooLarge(f"{len(inputs)} inline records is more than the limit of "
-                              f"{max_inline_inputs}; upload a file instead")
-    found = resolve_model_ref(session, caller.tenant_id, model, model_cache, variant)
+                              f"{intake.max_inline_inputs}; upload a file instead")
+    found = resolve_model_ref(session, caller.tenant_id, command.model, intake.models,
+                              command.variant)
     errors = check_records(inputs, found.signature)
     if errors:
         first = errors[0]
         raise InvalidInput(first.message, errors=[e.as_dict() for e in errors])
     job = NewJob(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name,
-                 kind="inline", status=JobStatus.QUEUED.value, priority=priority,
-                 total_count=len(inputs), inputs=inputs, job_metadata=metadata or {},
-                 webhook_url=webhook_url, idempotency_key=idempotency_key,
+                 kind="inline", status=JobStatus.QUEUED.value, priority=command.priority,
+                 total_count=len(inputs), inputs=inputs, job_metadata=command.metadata or {},
+                 webhook_url=command.webhook_url, idempotency_key=key,
                  request_hash=fingerprint,
                  options={"model_version": found.version, "variant": found.variant,
-                          "queue": route(found, queues, require_gpu),
+                          "queue": route(found, intake.queues, command.require_gpu),
                           **({"max_batch_wait_ms": found.batch_wait_ms}
                              if found.batch_wait_ms is not None else {})},
-                 expires_at=deadline(completion_window_seconds))
-    return _insert(session, caller, job, idempotency_key, fingerprint, writer)
+                 expires_at=deadline(command.completion_window_seconds))
+    return _insert(session, caller, job, key, fingerprint, intake.writer)
 
 
-def submit_file_job(session: Session, caller: Caller, *, model: str, input_file: str,
-                    output_format: str | None = None, keep_columns: list[str] | None = None,
-                    id_column: str | None = None, max_failed_fraction: float = 1.0,
-                    metadata: dict[str, Any] | None = None, priority: int = 0,
-                    webhook_url: str | None = None, idempotency_key: str | None = None,
-                    fingerprint: str | None = None, parent_id: uuid.UUID | None = None,
-                    variant: str | None = None,
-                    model_cache: LoadingCache | None = None,
-                    completion_window_seconds: float = DEFAULT_WINDOW_SECONDS,
-                    queues: tuple[str | None, str] = (None, "gpu"),
-                    require_gpu: bool = False, queue: str | None = None,
-                    writer: GroupCommit | None = None) -> tuple[Job | NewJob, bool]:
-    """Record a job over an uploaded file; a worker validates and chunks it. `queue`, when
-    given, is used as it is instead of routing (a retry runs where its parent ran)."""
-    if (replayed := _replayed(session, caller, idempotency_key, fingerprint)) is not None:
+def submit_file_job(session: Session, caller: Caller, command: SubmitFileJob,
+                    intake: Intake = IN_SESSION) -> tuple[Job | NewJob, bool]:
+    """Record a job over an uploaded file; a worker validates and chunks it."""
+    key, fingerprint = command.idempotency_key, command.fingerprint
+    if (replayed := _replayed(session, caller, key, fingerprint)) is not None:
         return replayed, False
-    source = get_file(session, caller, input_file)
-    found = resolve_model_ref(session, caller.tenant_id, model, model_cache, variant)
+    source = get_file(session, caller, command.input_file)
+    found = resolve_model_ref(session, caller.tenant_id, command.model, intake.models,
+                              command.variant)
     options = {"model_version": found.version, "variant": found.variant,
-               "queue": queue or route(found, queues, require_gpu),
-               "output_format": output_format or source.format,
-               "keep_columns": keep_columns or [], "id_column": id_column,
-               "max_failed_fraction": max_failed_fraction, "input_format": source.format}
+               "queue": command.queue or route(found, intake.queues, command.require_gpu),
+               "output_format": command.output_format or source.format,
+               "keep_columns": command.keep_columns or [], "id_column": command.id_column,
+               "max_failed_fraction": command.max_failed_fraction,
+               "input_format": source.format}
     job = NewJob(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name,
-                 kind="file", status=JobStatus.VALIDATING.value, priority=priority,
-                 input_file_id=source.id, options=options, job_metadata=metadata or {},
-                 webhook_url=webhook_url, idempotency_key=idempotency_key,
-                 request_hash=fingerprint, parent_id=parent_id,
-                 expires_at=deadline(completion_window_seconds))
-    return _insert(session, caller, job, idempotency_key, fingerprint, writer)
+                 kind="file", status=JobStatus.VALIDATING.value, priority=command.priority,
+                 input_file_id=source.id, options=options, job_metadata=command.metadata or {},
+                 webhook_url=command.webhook_url, idempotency_key=key,
+                 request_hash=fingerprint, parent_id=command.parent_id,
+                 expires_at=deadline(command.completion_window_seconds))
+    return _insert(session, caller, job, key, fingerprint, intake.writer)
 
 
 JOBS = Job.__table__
@@ -202,9 +194,10 @@ def _insert(session: Session, caller: Caller, job: NewJob, idempotency_key: str 
     return job, True
 
 
-def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> NewJob:
-    """A child job over the parent's failed rows (the worker extracts them from the input)."""
-    parent = get_job(session, caller, job_id)
+def retry_failed_rows(session: Session, caller: Caller, command: RetryFailedRows) -> NewJob:
+    """A child job over the parent's failed rows (the worker extracts them from the input),
+    recorded in `session`'s transaction."""
+    parent = get_job(session, caller, command.job_id)
     if parent.kind != "file" or parent.status not in ("succeeded", "failed"):
         raise Conflict("only a finished file job's failed rows can be retried")
     if not parent.failed_count:
@@ -212,14 +205,14 @@ def retry_failed_rows(session: Session, caller: Caller, job_id: str) -> NewJob:
     if parent.input_file_id is None:
         raise Conflict("the job's input file was deleted")
     options = dict(parent.options)
-    job, _ = submit_file_job(
-        session, caller, model=f"{parent.model_name}@{options['model_version']}",
+    job, _ = submit_file_job(session, caller, SubmitFileJob(
+        model=f"{parent.model_name}@{options['model_version']}",
         variant=options.get("variant"), input_file=str(parent.input_file_id),
         output_format=options.get("output_format"), keep_columns=options.get("keep_columns"),
         id_column=options.get("id_column"),
         max_failed_fraction=float(options.get("max_failed_fraction", 1.0)),
         metadata=parent.job_metadata, priority=parent.priority, webhook_url=parent.webhook_url,
-        parent_id=parent.id, queue=options.get("queue"))
+        parent_id=parent.id, queue=options.get("queue")))
     return job
 
 

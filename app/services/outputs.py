@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.formats import open_writer
 from app.orm import File, Job, JobChunk
+from app.storage import Storage
 
 ROWS_PER_PIECE = 4096
 
@@ -39,7 +39,7 @@ def flatten_output(row: dict[str, Any], fmt: str) -> dict[str, Any]:
 def part_rows(uris: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
     """Rows of JSONL parts, a piece at a time."""
     for uri in uris:
-        with fsspec.open(uri, "rb") as handle:
+        with Storage.open(uri) as handle:
             piece = []
             for line in handle:
                 piece.append(orjson.loads(line))
@@ -77,7 +77,7 @@ def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
 def part_table(uri: str) -> pa.Table:
     """A part as a flat table, laid out as `flatten` lays out a row: `output` lifted to columns,
     probabilities as prob_i, other nested values as JSON text."""
-    with fsspec.open(uri, "rb") as handle:
+    with Storage.open(uri) as handle:
         table = pajson.read_json(io.BytesIO(handle.read()))
     if "output" not in table.column_names:
         return table
@@ -121,7 +121,7 @@ def stream_file_job(session: Session, job: Job, kind: str, fmt: str | None) -> t
 
 
 def _read(uri: str) -> Iterator[bytes]:
-    with fsspec.open(uri, "rb") as handle:
+    with Storage.open(uri) as handle:
         while piece := handle.read(1024 * 1024):
             yield piece
 
@@ -131,10 +131,8 @@ def write_joined(uri: str, fmt: str, parts: list[str],
     """Join parts into one stored file; returns (bytes, sha256). `checkpoint` is called between
     pieces and may raise to stop: the partial file is then removed."""
     digest, size = hashlib.sha256(), 0
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(fs._parent(path), exist_ok=True)
     try:
-        with fs.open(path, "wb") as out:
+        with Storage.open_for_write(uri) as out:
             for data in encode_parts(fmt, parts):
                 if checkpoint is not None:
                     checkpoint()
@@ -142,7 +140,7 @@ def write_joined(uri: str, fmt: str, parts: list[str],
                 size += len(data)
                 out.write(data)
     except BaseException:
-        fs.rm(path)
+        Storage.remove(uri, missing_ok=False)
         raise
     return size, digest.hexdigest()
 

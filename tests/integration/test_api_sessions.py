@@ -38,3 +38,41 @@ def test_a_database_lost_before_teardown_neither_fails_the_answer_nor_leaks_the_
         answer = client.get("/v1/jobs", headers=headers)
         assert answer.status_code == 200, answer.data
     assert len(killed) == 1
+
+
+def test_a_request_commits_once_after_its_handler_and_only_when_it_succeeds(stack):
+    """The unit of work: a handler changes rows through `db()` and never commits; a success
+    commits them, then runs the `on_commit` callbacks; an error (raised or answered) keeps
+    nothing and publishes nothing."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from app.api.context import on_commit
+    from app.api.responses import Response
+    from app.errors import Conflict
+    from app.orm import Tenant
+
+    app = create_app(stack.settings)
+    published = []
+
+    def probe(outcome: str):
+        name = f"uow-{outcome}-{uuid.uuid4().hex[:8]}"
+        db().add(Tenant(name=name))
+        db().flush()
+        on_commit(lambda: published.append(name))
+        if outcome == "raised":
+            raise Conflict("changed my mind")
+        return Response(name, status=409 if outcome == "answered" else 200)
+
+    app.add_url_rule("/probe/<outcome>", view_func=probe, methods=["POST"])
+    client = app.test_client()
+    names = {}
+    for outcome, status in (("ok", 200), ("raised", 409), ("answered", 409)):
+        answer = client.post(f"/probe/{outcome}")
+        assert answer.status_code == status, answer.data
+        names[outcome] = answer.data.decode() if outcome != "raised" else None
+    with stack.sessions() as session:
+        stored = set(session.scalars(select(Tenant.name).where(Tenant.name.like("uow-%"))))
+    assert stored == {names["ok"]}
+    assert published == [names["ok"]]

@@ -5,6 +5,7 @@ import json
 from sqlalchemy import text
 
 from app.services.auth import authenticate
+from app.services.commands import SubmitJob
 from app.services.jobs import submit_job
 from workers.demo_models import digits_records, digits_split
 from app.store.jobs import CLAIM, claim_inline, lock_inline
@@ -27,14 +28,14 @@ def test_the_claim_skips_finished_jobs_old_row_versions(make_stack):
     iso, key, record = digits_stack(make_stack, "claim-tenant", 1)
     with iso.sessions.begin() as session:
         caller = authenticate(session, f"Bearer {key}")
-        finished = [submit_job(session, caller, model="digits", inputs=record)[0].id
+        finished = [submit_job(session, caller, SubmitJob(model="digits", inputs=record))[0].id
                     for _ in range(1500)]
         # claimed (a lease), then ended: each step leaves a dead row version behind
         session.execute(text("UPDATE jobs SET status = 'running', lease_expires_at = now() "
                              "- interval '1 second' WHERE id = ANY(:ids)"), {"ids": finished})
         session.execute(text("UPDATE jobs SET status = 'succeeded', lease_expires_at = NULL "
                              "WHERE id = ANY(:ids)"), {"ids": finished})
-        waiting = [submit_job(session, caller, model="digits", inputs=record)[0].id
+        waiting = [submit_job(session, caller, SubmitJob(model="digits", inputs=record))[0].id
                    for _ in range(8)]
     params = {"job_id": waiting[0], "max_jobs": 256, "row_budget": 4096, "lease_seconds": 60,
               "max_attempts": 3, "urgent_seconds": 600}
@@ -59,7 +60,7 @@ def test_only_first_tries_are_fresh_and_only_small_fresh_claims_skip_the_lease(m
     iso, key, records = digits_stack(make_stack, "fresh-tenant", 3)
     with iso.sessions.begin() as session:
         caller = authenticate(session, f"Bearer {key}")
-        new, republished = (submit_job(session, caller, model="digits", inputs=records)[0].id
+        new, republished = (submit_job(session, caller, SubmitJob(model="digits", inputs=records))[0].id
                             for _ in range(2))
         session.execute(text("UPDATE jobs SET published_at = now() WHERE id = :id"),
                         {"id": republished})

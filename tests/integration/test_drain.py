@@ -99,14 +99,15 @@ def test_one_process_drains_a_model_unless_it_asks_for_help(make_stack, records)
     takes its job); a drainer's call for help is not turned away."""
     from app.queueing.publisher import Publisher
     from app.services.auth import authenticate
+    from app.services.commands import SubmitJob
     from app.services.jobs import submit_job
 
     stack = make_stack(KILN_QUEUED_GRACE_SECONDS="600", KILN_RECONCILE_INTERVAL_SECONDS="600")
     stack.kiln("models", "add-demo", "digits")
     key = stack.create_key("drain-tenant")
     with stack.sessions.begin() as session:  # recorded, not published
-        job, _ = submit_job(session, authenticate(session, f"Bearer {key}"), model="digits",
-                            inputs=[records[0]])
+        job, _ = submit_job(session, authenticate(session, f"Bearer {key}"),
+                            SubmitJob(model="digits", inputs=[records[0]]))
     flags = DrainFlags(stack.settings.redis_url, ttl_seconds=60)
     flags.mark(job.model_id, job.options["queue"])  # as if another process were draining
     publisher = Publisher(stack.settings)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from app.client import KilnClient
 from app.orm import Job, JobResult
 from app.services.auth import Caller
+from app.services.commands import SubmitJob
 from app.services.jobs import submit_job
 from app.services.models import register_model
 from app.storage import Storage
@@ -125,7 +126,7 @@ def test_a_lost_message_is_republished_by_the_reconciler(make_stack):
     with iso.sessions.begin() as session:  # recorded in Postgres, never published to Redis
         from app.services.auth import authenticate
         caller: Caller = authenticate(session, f"Bearer {key}")
-        job, _ = submit_job(session, caller, model="digits", inputs=slow_records(3))
+        job, _ = submit_job(session, caller, SubmitJob(model="digits", inputs=slow_records(3)))
         job_id = str(job.id)
     worker = start_worker(iso.env, iso.logdir)
     try:

@@ -93,3 +93,31 @@ def test_worker_functions_are_short_and_modules_readable():
                     long_functions.append(f"{path.relative_to(ROOT)}:{node.name} ({length})")
     assert long_functions == []
     assert long_modules == []
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_only_storage_touches_fsspec():
+    """Files are reached through `app.storage.Storage` alone (tests/slowdisk.py, a harness,
+    registers an fsspec implementation on purpose and is not under app/ or workers/)."""
+    offenders = [str(p.relative_to(ROOT)) for p in python_files("app", "workers")
+                 if p.relative_to(ROOT).as_posix() != "app/storage.py"
+                 and any(name == "fsspec" or name.startswith("fsspec.")
+                         for name in imported_modules(ast.parse(p.read_text())))]
+    assert offenders == []
+
+
+def test_api_handlers_never_commit():
+    """The request's unit of work commits once, after its handler returns
+    (`app.api.context.commit_request`); handlers and services never commit."""
+    offenders = [str(p.relative_to(ROOT)) for p in python_files("app/api", "app/services")
+                 if p.name != "context.py" and ".commit()" in p.read_text()]
+    assert offenders == []

@@ -7,13 +7,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import orjson
 
 from app.errors import LeaseLost, describe_error
 from app.formats import ChunkPlan, open_reader
 from app.orm import File, Job, Model
 from app.services.outputs import part_uri
+from app.storage import Storage
 from app.store import chunks as chunk_store
 from app.store.outbox import record_progress_event
 from workers.context import WorkerContext
@@ -154,6 +154,4 @@ class ChunkRun:
 
 
 def open_part(uri: str):
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(fs._parent(path), exist_ok=True)
-    return fs.open(path, "wb")
+    return Storage.open_for_write(uri)

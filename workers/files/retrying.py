@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app.formats import CsvReader, LineReader, open_reader
 from app.orm import File, Job
 from app.services.outputs import finished_parts, part_rows
+from app.storage import Storage
 from workers.context import WorkerContext
 
 
@@ -24,10 +24,8 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
     wanted = {row["row_index"] for piece in part_rows(error_parts) for row in piece}
     reader = open_reader(source.format, source.uri, source.compression)
     uri = f"{context.settings.resolved_storage_url.rstrip('/')}/files/{source.tenant_id}/retry-{job_id}"
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(fs._parent(path), exist_ok=True)
     rows = 0
-    with fs.open(path, "wb") as out:
+    with Storage.open_for_write(uri) as out:
         if isinstance(reader, LineReader):
             if isinstance(reader, CsvReader):
                 out.write(reader.header())
@@ -52,13 +50,13 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
             if writer is not None:
                 writer.close()
     digest = hashlib.sha256()
-    with fs.open(path, "rb") as written:
+    with Storage.open(uri) as written:
         while piece := written.read(1 << 20):
             digest.update(piece)
     with context.sessions.begin() as session:
         record = File(tenant_id=source.tenant_id, purpose="retry_input",
                       filename=f"retry-of-{parent_id}.{source.format}", format=source.format,
-                      compression=None, bytes=fs.size(path), sha256=digest.hexdigest(), uri=uri,
+                      compression=None, bytes=Storage.size(uri), sha256=digest.hexdigest(), uri=uri,
                       row_count=rows)
         session.add(record)
         session.flush()
