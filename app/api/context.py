@@ -15,6 +15,7 @@ from app.queueing.coalescer import Coalescer
 from app.queueing.drains import DrainFlags
 from app.queueing.publisher import Publisher
 from app.services import jobs
+from app.services.admission import Admission
 from app.services.auth import Caller, authenticate
 from app.settings import Settings
 
@@ -29,6 +30,7 @@ class ApiContext:
     models: LoadingCache | None = None
     writer: GroupCommit | None = None  # new jobs, group-committed
     request_sessions: scoped_session | None = None  # see `db()`
+    admission: Admission | None = None  # tenant and instance limits (app.services.admission)
 
     @classmethod
     def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> ApiContext:
@@ -45,6 +47,8 @@ class ApiContext:
                    writer=GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on,
                                       gather_seconds=settings.tuning.group_commit_wait_ms / 1000),
                    request_sessions=scoped_session(sessions, scopefunc=_app_context_id),
+                   admission=Admission(settings, sessions,
+                                       LoadingCache(10_000, ttl) if ttl > 0 else None),
                    **caches)
 
     def announce(self, job) -> None:

@@ -16,7 +16,8 @@ from app.storage import Storage
 tag = Tag(name="files", description="Upload input files for bulk scoring; download outputs.")
 api = APIBlueprint("files", __name__, url_prefix="/v1", abp_tags=[tag],
                    abp_security=[{"bearer": []}])
-ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem}
+ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem,
+          429: Problem}
 
 
 def allow_large_uploads() -> None:
@@ -28,11 +29,13 @@ def allow_large_uploads() -> None:
 @api.post("/files", responses={201: FileOut, **ERRORS})
 def upload_file(form: UploadForm) -> Response:
     """Upload a CSV, JSONL or Parquet file (gzip for CSV and JSONL) as multipart field `file`."""
-    session = db()
-    record = files.upload_file(session, caller(), Storage(context().settings.resolved_storage_url),
+    session, who, admission = db(), caller(), context().admission
+    admission.precheck_upload(session, who)  # 429 before reading the bytes of a full tenant
+    record = files.upload_file(session, who, Storage(context().settings.resolved_storage_url),
                                form.file.stream, filename=form.file.filename or "upload",
                                purpose=form.purpose, fmt=form.format,
                                max_bytes=context().settings.max_upload_bytes)
+    admission.admit_upload(session, who, record)  # under the tenant's lock; refused: removed
     session.commit()
     return json_response(presenters.file_summary(record), 201,
                          {"Location": f"/v1/files/{record.id}"})

@@ -17,7 +17,8 @@ from app.services import jobs, outputs, webhooks
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
                    abp_security=[{"bearer": []}])
-ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem}
+ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem,
+          429: Problem}
 
 
 @api.post("/jobs", responses={202: JobOut, **ERRORS})
@@ -34,7 +35,8 @@ def submit_job(body: SubmitJob) -> Response:
                   model_cache=ctx.models, variant=body.variant,
                   completion_window_seconds=body.completion_window_seconds,
                   queues=(ctx.settings.queue, ctx.settings.gpu_queue),
-                  require_gpu=body.require_gpu, writer=ctx.writer)
+                  require_gpu=body.require_gpu,
+                  writer=ctx.admission.writer_for(who, ctx.writer))  # limits: 429 when over
     if body.input_file is not None:
         job, created = jobs.submit_file_job(
             session, who, input_file=body.input_file, output_format=body.output_format,
