@@ -37,7 +37,7 @@ def limited(services, tmp_path_factory):
     drop_database(services.admin_url, name)
 
 
-class Tenant_:
+class LimitedTenant:
     """A tenant with a key, its limits set through the CLI, talking HTTP."""
 
     def __init__(self, stack, **limits):
@@ -112,7 +112,7 @@ def test_tenants_cli_creates_lists_shows_and_sets_limits(limited):
 
 
 def test_active_jobs_limit_admits_up_to_it_then_429s_storing_nothing(limited):
-    tenant = Tenant_(limited, max_active_jobs=3)
+    tenant = LimitedTenant(limited, max_active_jobs=3)
     for _ in range(3):
         assert tenant.submit().status_code == 202
     problem = assert_429(tenant.submit(), "quota_exceeded", "max_active_jobs")
@@ -130,7 +130,7 @@ def test_active_jobs_limit_admits_up_to_it_then_429s_storing_nothing(limited):
 
 
 def test_queued_rows_limit_and_admission_resumes_once_workers_finish(limited):
-    tenant = Tenant_(limited, max_queued_rows=10)
+    tenant = LimitedTenant(limited, max_queued_rows=10)
     assert tenant.submit(6).status_code == 202
     assert tenant.submit(4).status_code == 202  # exactly at the limit
     problem = assert_429(tenant.submit(1), "quota_exceeded", "max_queued_rows")
@@ -148,7 +148,7 @@ def test_queued_rows_limit_and_admission_resumes_once_workers_finish(limited):
 
 
 def test_storage_limit_refuses_uploads_and_submits_keeping_nothing(limited):
-    tenant = Tenant_(limited, max_storage_bytes=1000)
+    tenant = LimitedTenant(limited, max_storage_bytes=1000)
     assert tenant.upload(600).status_code == 201
     problem = assert_429(tenant.upload(600), "quota_exceeded", "max_storage_bytes")
     assert problem["current"] == 600
@@ -163,7 +163,7 @@ def test_storage_limit_refuses_uploads_and_submits_keeping_nothing(limited):
 
 
 def test_submit_rate_limit_in_redis_answers_rate_limited(limited):
-    tenant = Tenant_(limited, submits_per_second=2, burst=2)
+    tenant = LimitedTenant(limited, submits_per_second=2, burst=2)
     answers = [tenant.submit() for _ in range(3)]
     assert [a.status_code for a in answers[:2]] == [202, 202]
     problem = assert_429(answers[2], "rate_limited", "submits_per_second")
@@ -176,7 +176,7 @@ def test_submit_rate_limit_in_redis_answers_rate_limited(limited):
 @pytest.mark.parametrize("limit", ["max_active_jobs", "max_queued_rows"])
 def test_racing_clients_over_two_api_processes_never_pass_the_limit(limited, limit):
     """32 clients race for the last 5 slots over the two API processes: 5 are admitted."""
-    tenant = Tenant_(limited, **{limit: 8})
+    tenant = LimitedTenant(limited, **{limit: 8})
     for _ in range(3):
         assert tenant.submit().status_code == 202
     start = threading.Barrier(32)
@@ -195,19 +195,23 @@ def test_racing_clients_over_two_api_processes_never_pass_the_limit(limited, lim
     assert tenant.jobs() == 8
 
 
-def test_instance_backlog_limit_refuses_every_tenant(make_stack):
-    iso = make_stack(KILN_MAX_QUEUED_ROWS="5", KILN_TUNING__CACHE_SECONDS="0.2")
+def test_instance_backlog_and_tenant_defaults_from_settings(make_stack):
+    iso = make_stack(KILN_MAX_QUEUED_ROWS="5", KILN_TENANT_MAX_ACTIVE_JOBS="1",
+                     KILN_TUNING__CACHE_SECONDS="0.2")
     iso.kiln("models", "add-demo", "digits")
     api = start_api(iso.env, iso.logdir)
     iso.api_url = api.url
     try:
-        first, second = Tenant_(iso), Tenant_(iso)
+        first, second = LimitedTenant(iso), LimitedTenant(iso, max_active_jobs=0)
+        assert orjson.loads(iso.kiln("tenants", "show", first.name).stdout)["limits"][
+            "max_active_jobs"] == 1  # KILN_TENANT_MAX_ACTIVE_JOBS
         assert first.submit(3).status_code == 202
-        assert second.submit(2).status_code == 202
+        assert_429(first.submit(1), "quota_exceeded", "max_active_jobs")  # the default
+        assert second.submit(1).status_code == 202
+        assert second.submit(1).status_code == 202  # its own 0 (unlimited) wins
         problem = assert_429(second.submit(1), "quota_exceeded", "KILN_MAX_QUEUED_ROWS")
-        assert problem["current"] == 5
-        assert_429(first.submit(1), "quota_exceeded", "KILN_MAX_QUEUED_ROWS")
-        assert first.jobs() + second.jobs() == 2
+        assert problem["current"] == 5 and problem["limit_value"] == 5
+        assert first.jobs() + second.jobs() == 3
     finally:
         api.stop()
 
@@ -216,7 +220,7 @@ def test_a_flooding_tenant_gets_429s_while_another_tenants_jobs_stay_fast(limite
     """2,000 one-record submits from 8 threads (the issue's 20,000, scaled to a 2-core test
     machine) against max_queued_rows=50, while a second tenant submits 20 jobs. The worker
     starts once the flood has filled its quota (it would keep up with it otherwise)."""
-    flooder, other = Tenant_(limited, max_queued_rows=50), Tenant_(limited)
+    flooder, other = LimitedTenant(limited, max_queued_rows=50), LimitedTenant(limited)
     codes: list[int] = []
     worker = None
     try:
