@@ -76,6 +76,32 @@ class InvalidInput(PermanentError):
     title = "Invalid input"
 
 
+class TooManyRequests(RetryableError):
+    """Raised when a limit refuses a request that may be admitted later (a 429 with Retry-After)."""
+
+    status = 429
+    code = "too_many_requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str = "", *, retry_after_seconds: int = 1, **extra):
+        super().__init__(detail, **extra)
+        self.retry_after_seconds = max(1, int(retry_after_seconds))
+
+
+class QuotaExceeded(TooManyRequests):
+    """Raised when a submit or upload would take a tenant or the instance past a quota."""
+
+    code = "quota_exceeded"
+    title = "Quota exceeded"
+
+
+class RateLimited(TooManyRequests):
+    """Raised when a tenant submits faster than its rate limit allows."""
+
+    code = "rate_limited"
+    title = "Rate limited"
+
+
 class DatabaseUnavailable(RetryableError):
     """Raised when Postgres could not be reached to record a request."""
 

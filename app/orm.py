@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Integer, MetaData,
-                        String, Text, UniqueConstraint, func, text)
+from sqlalchemy import (BigInteger, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer,
+                        MetaData, String, Text, UniqueConstraint, func, text)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.domain.states import JobStatus
+from app.domain.states import TERMINAL, JobStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -22,6 +22,7 @@ NAMING = {
 }
 
 JOB_STATUSES = ", ".join(f"'{s.value}'" for s in JobStatus)
+LIVE_STATUSES = ", ".join(f"'{s.value}'" for s in JobStatus if s not in TERMINAL)
 
 
 class Base(DeclarativeBase):
@@ -40,6 +41,12 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Limits (app.services.limits): NULL = the KILN_TENANT_* default, 0 = unlimited.
+    max_queued_rows: Mapped[int | None] = mapped_column(BigInteger)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    submits_per_second: Mapped[float | None] = mapped_column(Float)
+    submit_burst: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):
@@ -110,6 +117,9 @@ class Job(Base):
               "created_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_queued_by_deadline", "model_id", "expires_at",
               postgresql_where=text("status = 'queued'")),
+        # A limited submit counts its tenant's live jobs and rows (app.store.limits).
+        Index("ix_jobs_live_by_tenant", "tenant_id", postgresql_include=["total_count"],
+              postgresql_where=text(f"status IN ({LIVE_STATUSES})")),
         Index("ix_jobs_active_lease", "lease_expires_at",
               postgresql_where=text("status IN ('running', 'cancelling', 'finalizing')")),
         # Deleting a file (or a job) finds the jobs that reference it, and so does each foreign

@@ -145,6 +145,20 @@ class Settings(BaseSettings):
     max_running_chunks_per_tenant: int = Field(
         default=0, ge=0,
         description="chunks of all of one tenant's file jobs queued or running at once; 0 = no limit")
+    max_queued_rows: int = Field(
+        default=0, ge=0, description="instance-wide backlog: rows of live jobs; 0 = no limit")
+    tenant_max_queued_rows: int = Field(
+        default=0, ge=0, description="a tenant's default limit on rows of its live jobs; 0 = none")
+    tenant_max_active_jobs: int = Field(
+        default=0, ge=0, description="a tenant's default limit on its live jobs; 0 = none")
+    tenant_max_storage_bytes: int = Field(
+        default=0, ge=0, description="a tenant's default limit on its stored files; 0 = none")
+    tenant_submits_per_second: float = Field(
+        default=0.0, ge=0, description="a tenant's default submit rate limit; 0 = none")
+    tenant_submit_burst: int = Field(
+        default=0, ge=0, description="submits allowed at once over the rate; 0 = the rate")
+    quota_retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After of a 429 for a quota (not the rate limit)")
     visibility_timeout_seconds: int = 3600
     soft_shutdown_seconds: float = 10.0
     log_level: str = "INFO"

@@ -19,6 +19,7 @@ from app.queueing.drains import DrainFlags
 from app.queueing.publisher import Publisher
 from app.secretbox import SecretBox
 from app.services import jobs
+from app.services.admission import Admission
 from app.services.auth import Caller, authenticate
 from app.services.commands import Intake
 from app.settings import Settings
@@ -44,6 +45,7 @@ class ApiContext:
     def secret_box(self) -> SecretBox:
         """Built on first use, so that creating the app reads (or creates) no key file."""
         return SecretBox.from_settings(self.settings)
+    admission: Admission | None = None  # tenant and instance limits (app.services.admission)
 
     @classmethod
     def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> ApiContext:
@@ -64,7 +66,9 @@ class ApiContext:
                    request_sessions=scoped_session(sessions, scopefunc=_app_context_id),
                    intake=Intake(max_inline_inputs=settings.max_inline_inputs,
                                  queues=(settings.queue, settings.gpu_queue), models=models,
-                                 writer=writer))
+                                 writer=writer),
+                   admission=Admission(settings, sessions,
+                                       LoadingCache(10_000, ttl) if ttl > 0 else None))
 
     def announce(self, job) -> None:
         """Tell workers about a committed job: coalesced per model for inline jobs, over the

@@ -15,7 +15,8 @@ from app.services import files
 tag = Tag(name="files", description="Upload input files for bulk scoring; download outputs.")
 api = APIBlueprint("files", __name__, url_prefix="/v1", abp_tags=[tag],
                    abp_security=[{"bearer": []}])
-ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem}
+ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem,
+          429: Problem}
 
 
 def allow_large_uploads() -> None:
@@ -27,10 +28,12 @@ def allow_large_uploads() -> None:
 @api.post("/files", responses={201: FileOut, **ERRORS})
 def upload_file(form: UploadForm) -> Response:
     """Upload a CSV, JSONL or Parquet file (gzip for CSV and JSONL) as multipart field `file`."""
-    ctx = context()
-    record = files.upload_file(db(), caller(), ctx.storage, form.file.stream,
+    ctx, session, who = context(), db(), caller()
+    ctx.admission.precheck_upload(session, who)  # 429 before reading the bytes of a full tenant
+    record = files.upload_file(session, who, ctx.storage, form.file.stream,
                                filename=form.file.filename or "upload", purpose=form.purpose,
                                fmt=form.format, max_bytes=ctx.settings.max_upload_bytes)
+    ctx.admission.admit_upload(session, who, record)  # under the tenant's lock; refused: removed
     return json_response(presenters.file_summary(record), 201,
                          {"Location": f"/v1/files/{record.id}"})
 

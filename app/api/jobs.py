@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Any
 
 from flask import request, stream_with_context
@@ -19,7 +21,8 @@ from app.services import commands, jobs, outputs, webhooks
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
                    abp_security=[{"bearer": []}])
-ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem}
+ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem,
+          429: Problem}
 
 
 def submit_command(body: SubmitJob, idempotency_key: str | None,
@@ -46,9 +49,11 @@ def submit_job(body: SubmitJob) -> Response:
     ctx = context()
     if body.webhook_url:  # the SSRF guard; checked again each time it is sent
         webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(ctx.settings))
-    key = request.headers.get("Idempotency-Key")
+    key, who = request.headers.get("Idempotency-Key"), caller()
     command = submit_command(body, key, request.get_json(silent=True) if key else None)
-    job, created = jobs.submit(db(), caller(), command, ctx.intake)
+    writer = ctx.admission.writer_for(who, ctx.intake.writer)  # limits: 429 when over
+    intake = ctx.intake if writer is ctx.intake.writer else replace(ctx.intake, writer=writer)
+    job, created = jobs.submit(db(), who, command, intake)
     # (the writer committed the job: the session only ever read)
     if created:
         ctx.announce(job)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from werkzeug.exceptions import HTTPException
 
 from app.api.responses import Response
-from app.errors import KilnError
+from app.errors import KilnError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,10 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
 
 
 def from_kiln_error(error: KilnError) -> Response:
-    return problem(error.status, error.code, error.title, error.detail, **error.extra)
+    response = problem(error.status, error.code, error.title, error.detail, **error.extra)
+    if isinstance(error, TooManyRequests):
+        response.headers["Retry-After"] = str(error.retry_after_seconds)
+    return response
 
 
 def from_validation_error(error: ValidationError) -> Response:

@@ -85,6 +85,11 @@ def delete_file(session: Session, caller: Caller, file_id: str) -> None:
     job_store.forget_file(session, found.id)
     session.delete(found)
     session.flush()
+    remove_stored(uri)
+
+
+def remove_stored(uri: str) -> None:
+    """Delete a file's bytes from storage, if they are there."""
     Storage.remove(uri)
 
 
