@@ -5,9 +5,9 @@ every queued job of that model it can (up to a row budget), so per-job overhead 
 status) is paid once per batch rather than once per job.
 
 A small claim of first-try jobs (one model call, `KILN_TUNING__SINGLE_TRANSACTION_ROWS`) is
-scored and finished inside the transaction that locked it: one row version and one commit for the whole
-run. Any other claim leases its jobs (running, a new attempt, a lease the `LeaseKeeper` renews)
-and commits that first, then writes each batch fenced by attempt.
+scored and finished inside the transaction that locked it: one row version and one commit for
+the whole run. Any other claim leases its jobs (running, a new attempt, a lease the
+`LeaseKeeper` renews) and commits that first, then writes each batch fenced by attempt.
 """
 
 from __future__ import annotations
