@@ -73,8 +73,25 @@ class Stack:
         return support.run_kiln(self.env, *args, **kwargs)
 
     def create_key(self, tenant: str | None = None) -> str:
-        result = self.kiln("keys", "create", "--tenant", tenant or f"t-{uuid.uuid4().hex[:8]}")
-        return result.stdout.strip().splitlines()[-1]
+        """A new API key, made in-process by the same service `kiln keys create` calls (the
+        CLI itself is tested in tests/integration/test_cli.py)."""
+        from app.services.auth import create_key
+
+        with self.sessions.begin() as session:
+            return create_key(session, tenant or f"t-{uuid.uuid4().hex[:8]}")[1]
+
+    def add_digits(self) -> None:
+        """Register the built-in `digits` model as `kiln models add-demo digits` does, from a
+        model built once per test session (the command itself is tested through `kiln up`)."""
+        from app.services.models import register_model
+        from app.storage import Storage
+
+        built = support.digits_model()
+        with self.sessions.begin() as session:
+            register_model(session, Storage(self.settings.resolved_storage_url), name=built.name,
+                           artifact=built.artifact, signature=built.signature,
+                           processing=built.processing, metrics=built.metrics,
+                           provenance=built.provenance)
 
 
 def build_stack(services: Services, tmp: Path, **overrides: str) -> tuple[Stack, str]:
@@ -95,7 +112,7 @@ def build_stack(services: Services, tmp: Path, **overrides: str) -> tuple[Stack,
 def stack(services, tmp_path_factory):
     """The shared stack, with the digits model registered."""
     built, name = build_stack(services, tmp_path_factory.mktemp("stack"))
-    built.kiln("models", "add-demo", "digits")
+    built.add_digits()
     yield built
     support.drop_database(services.admin_url, name)
 

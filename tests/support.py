@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -55,6 +56,14 @@ def create_database(admin_url: str, name: str) -> str:
 def drop_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@functools.cache
+def digits_model():
+    """The built-in `digits` model, trained and exported once per test process."""
+    from workers.demo_models import build_digits
+
+    return build_digits()
 
 
 def free_port() -> int:

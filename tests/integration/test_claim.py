@@ -15,7 +15,7 @@ from workers.inline import fits_one_transaction
 def digits_stack(make_stack, tenant: str, records: int):
     """An isolated stack with the digits model, a tenant's key and `records` digit records."""
     iso = make_stack()
-    iso.kiln("models", "add-demo", "digits")
+    iso.add_digits()
     key = iso.create_key(tenant)
     _, x_test, _, _ = digits_split()
     return iso, key, digits_records(x_test[:records])

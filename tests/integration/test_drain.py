@@ -42,7 +42,7 @@ def test_an_unreachable_redis_reads_as_not_draining():
 
 def test_no_message_is_published_while_a_worker_drains_the_model(make_stack, records):
     stack = make_stack(KILN_QUEUED_GRACE_SECONDS="600")
-    stack.kiln("models", "add-demo", "digits")
+    stack.add_digits()
     api = support.start_api(stack.env, stack.logdir)
     try:
         with KilnClient(api.url, stack.create_key()) as client:
@@ -74,7 +74,7 @@ def test_a_burst_of_jobs_all_finish_without_the_reconciler(make_stack, records):
     """With the reconciler's grace at ten minutes, a job whose message the drain flag wrongly
     suppressed would sit queued until the test times out."""
     stack = make_stack(KILN_QUEUED_GRACE_SECONDS="600", KILN_RECONCILE_INTERVAL_SECONDS="600")
-    stack.kiln("models", "add-demo", "digits")
+    stack.add_digits()
     api = support.start_api(stack.env, stack.logdir)
     worker = support.start_worker(stack.env, stack.logdir)
     try:
@@ -103,7 +103,7 @@ def test_one_process_drains_a_model_unless_it_asks_for_help(make_stack, records)
     from app.services.jobs import submit_job
 
     stack = make_stack(KILN_QUEUED_GRACE_SECONDS="600", KILN_RECONCILE_INTERVAL_SECONDS="600")
-    stack.kiln("models", "add-demo", "digits")
+    stack.add_digits()
     key = stack.create_key("drain-tenant")
     with stack.sessions.begin() as session:  # recorded, not published
         job, _ = submit_job(session, authenticate(session, f"Bearer {key}"),
@@ -133,7 +133,7 @@ def test_one_process_drains_a_model_unless_it_asks_for_help(make_stack, records)
 def test_a_drainer_with_full_claims_asks_for_help(make_stack, records):
     stack = make_stack(KILN_TUNING__MAX_JOBS_PER_CLAIM="4", KILN_WORKER_CONCURRENCY="2",
                        KILN_QUEUED_GRACE_SECONDS="600", KILN_RECONCILE_INTERVAL_SECONDS="600")
-    stack.kiln("models", "add-demo", "digits")
+    stack.add_digits()
     api = support.start_api(stack.env, stack.logdir)
     try:
         with KilnClient(api.url, stack.create_key()) as client:

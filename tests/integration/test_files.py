@@ -67,7 +67,7 @@ def file_stack(services, tmp_path_factory):
 
     stack, name = build_stack(services, tmp_path_factory.mktemp("files"),
                               KILN_TUNING__CHUNK_ROWS="400", KILN_TUNING__BATCH_SIZE="128")
-    stack.kiln("models", "add-demo", "digits")
+    stack.add_digits()
     api = start_api(stack.env, stack.logdir)
     worker = start_worker(stack.env, stack.logdir)
     yield stack, api, worker

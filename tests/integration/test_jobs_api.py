@@ -207,7 +207,7 @@ def test_unknown_jobs_are_404(client):
 
 def test_oversized_requests_are_413(make_stack):
     small = make_stack(KILN_MAX_REQUEST_BYTES="20000", KILN_MAX_INLINE_INPUTS="3")
-    small.kiln("models", "add-demo", "digits")
+    small.add_digits()
     api = start_api(small.env, small.logdir)
     try:
         http = httpx.Client(base_url=api.url,

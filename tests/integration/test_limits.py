@@ -29,7 +29,7 @@ def limited(services, tmp_path_factory):
     a short limits cache so that `kiln tenants limits` applies at once."""
     built, name = build_stack(services, tmp_path_factory.mktemp("limits"),
                               KILN_TUNING__CACHE_SECONDS="0.2", KILN_API_WORKERS="2")
-    built.kiln("models", "add-demo", "digits")
+    built.add_digits()
     api = start_api(built.env, built.logdir)
     built.api_url = api.url
     yield built
@@ -198,7 +198,7 @@ def test_racing_clients_over_two_api_processes_never_pass_the_limit(limited, lim
 def test_instance_backlog_and_tenant_defaults_from_settings(make_stack):
     iso = make_stack(KILN_MAX_QUEUED_ROWS="5", KILN_TENANT_MAX_ACTIVE_JOBS="1",
                      KILN_TUNING__CACHE_SECONDS="0.2")
-    iso.kiln("models", "add-demo", "digits")
+    iso.add_digits()
     api = start_api(iso.env, iso.logdir)
     iso.api_url = api.url
     try:

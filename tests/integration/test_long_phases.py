@@ -32,7 +32,7 @@ def slow_stack(services, tmp_path_factory):
     stack, name = build_stack(services, tmp_path_factory.mktemp("slowdisk"),
                               KILN_LEASE_SECONDS=str(LEASE_SECONDS), KILN_TUNING__HEARTBEAT_SECONDS="0.25",
                               KILN_RECONCILE_INTERVAL_SECONDS="0.5", KILN_TUNING__CHUNK_ROWS="4000")
-    stack.kiln("models", "add-demo", "digits")
+    stack.add_digits()
     api = start_api(stack.env, stack.logdir)
     worker = start_worker({**stack.env, "SLOWDISK_BYTES_PER_SECOND": "1500000"}, stack.logdir,
                           module="tests.slowdisk")

@@ -101,7 +101,7 @@ def hooks(services, tmp_path_factory):
                               KILN_WEBHOOK_ALLOW_PRIVATE="true",
                               KILN_WEBHOOK_RETRY_SCHEDULE_SECONDS="0,0.5,0.5",
                               KILN_WEBHOOK_TIMEOUT_SECONDS="6", KILN_WEBHOOK_CONCURRENCY="4")
-    stack.kiln("models", "add-demo", "digits")
+    stack.add_digits()
     api = start_api(stack.env, stack.logdir)
     strict_api = start_api({**stack.env, "KILN_WEBHOOK_ALLOW_PRIVATE": "false"}, stack.logdir)
     worker = start_worker(stack.env, stack.logdir)
@@ -358,7 +358,7 @@ def test_progress_events_are_opt_in_and_rate_limited(services, tmp_path_factory)
                               KILN_WEBHOOK_ALLOW_PRIVATE="true", KILN_TUNING__CHUNK_ROWS="100",
                               KILN_PROGRESS_EVENT_SECONDS="0.05",
                               KILN_MAX_RUNNING_CHUNKS_PER_JOB="1")
-    stack.kiln("models", "add-demo", "digits")
+    stack.add_digits()
     api, worker = start_api(stack.env, stack.logdir), start_worker(stack.env, stack.logdir)
     try:
         kiln = KilnClient(api.url, stack.create_key())

@@ -82,7 +82,7 @@ def test_small_jobs_share_model_batches_and_keep_their_own_results(client, worke
 
 def test_cancel_a_queued_job_is_immediate(make_stack):
     iso = make_stack()
-    iso.kiln("models", "add-demo", "digits")
+    iso.add_digits()
     api = start_api(iso.env, iso.logdir)
     try:
         client = KilnClient(api.url, iso.create_key())
@@ -121,7 +121,7 @@ def test_cancel_a_running_job_stops_at_a_batch_boundary_and_keeps_results(make_s
 
 def test_a_lost_message_is_republished_by_the_reconciler(make_stack):
     iso = make_stack()
-    iso.kiln("models", "add-demo", "digits")
+    iso.add_digits()
     key = iso.create_key("lost-tenant")
     with iso.sessions.begin() as session:  # recorded in Postgres, never published to Redis
         from app.services.auth import authenticate
@@ -236,7 +236,7 @@ def test_jobs_that_need_a_gpu_go_to_the_gpu_queue_and_cpu_workers_leave_them(mak
 
     gpu_queue = f"gpu-{uuid.uuid4().hex[:8]}"
     iso = make_stack(KILN_GPU_QUEUE=gpu_queue)
-    iso.kiln("models", "add-demo", "digits")
+    iso.add_digits()
     api = start_api(iso.env, iso.logdir)
     worker = start_worker(iso.env, iso.logdir)  # a CPU worker only
     try:
