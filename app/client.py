@@ -80,6 +80,13 @@ class KilnClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
 
+    def usage(self, *, start: str | None = None, end: str | None = None,
+              group_by: str | None = None) -> dict[str, Any]:
+        """`GET /v1/usage`: the tenant's limits, current use and usage in [start, end)."""
+        params = {k: v for k, v in {"start": start, "end": end, "group_by": group_by}.items()
+                  if v is not None}
+        return self._check(self._retrying("GET", "/v1/usage", params=params)).json()
+
     def models(self) -> list[dict[str, Any]]:
         return self._check(self._retrying("GET", "/v1/models")).json()["data"]
 

@@ -160,6 +160,11 @@ class Job(Base):
     # why the last attempt of a leased phase (validating, finalizing) stopped, when it raised:
     # a job given up after KILN_MAX_ATTEMPTS says this instead of `worker_crashed`
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Usage of the results the job keeps, written in the fenced statements that count its rows
+    # (`app.store.jobs`, `app.store.chunks`): model time, and bytes read and written.
+    model_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class JobResult(Base):

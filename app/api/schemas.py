@@ -8,6 +8,7 @@ from typing import Any, Literal
 from flask_openapi3 import FileStorage
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
+from app.api.usage_schemas import JobUsage
 from app.domain.states import JobStatus
 
 
@@ -130,6 +131,7 @@ class JobOut(BaseModel):
     error_file: str | None = None
     output_format: str | None = None
     parent_id: str | None = None
+    usage: JobUsage | None = None  # usage (app.api.usage_schemas)
 
 
 class JobList(BaseModel):

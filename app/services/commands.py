@@ -79,3 +79,13 @@ class Intake:
 
 
 IN_SESSION = Intake()  # defaults: jobs written in the caller's transaction, nothing cached
+
+
+@dataclass(frozen=True, slots=True)
+class ReportUsage:
+    """A tenant's usage of the jobs it submitted in [start, end) (either open), in total and,
+    with `group_by` (`model` or `day`), per group."""
+
+    start: Any = None  # datetime, timezone-aware or UTC
+    end: Any = None
+    group_by: str | None = None
