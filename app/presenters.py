@@ -56,6 +56,9 @@ def job_summary(job: Job) -> dict[str, Any]:
                   if job.error_code else None),
         **progress(job),
         "usage": job_usage(job),
+        "results_expire_at": job.results_expire_at,
+        "results_expired": job.results_expired_at is not None or (
+            job.results_expire_at is not None and job.results_expire_at <= datetime.now(UTC)),
         **({"input_file": str(job.input_file_id) if job.input_file_id else None,
             "output_file": str(job.output_file_id) if job.output_file_id else None,
             "error_file": str(job.error_file_id) if job.error_file_id else None,

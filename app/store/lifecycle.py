@@ -94,7 +94,8 @@ SET status = CASE WHEN j.status = 'cancelling' AND v.status IN ('succeeded', 'fa
     attempt = coalesce(v.claim_attempt, j.attempt),
     started_at = CASE WHEN v.claim_attempt IS NULL THEN j.started_at
                       ELSE coalesce(j.started_at, statement_timestamp()) END,
-    finished_at = statement_timestamp(), lease_expires_at = NULL
+    finished_at = statement_timestamp(), lease_expires_at = NULL,
+    results_expire_at = statement_timestamp() + j.results_retention_seconds * interval '1 second'
 FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
      AS v(id uuid, status text, from_statuses text[], attempt int, claim_attempt int,
           error_code text, error_message text, completed int, failed int,
