@@ -162,6 +162,8 @@ class Settings(BaseSettings):
     result_retention_seconds: float = Field(
         default=30 * 86400.0, ge=0,
         description="a job's results are deleted this long after it ends; 0 = kept")
+    estimate_rows_per_second: float = Field(
+        default=1000.0, gt=0, description="an estimate's rate when the tenant has no recent jobs")
     sweep_batch: int = Field(default=500, ge=1,
                              description="jobs, files or stored objects one sweeper step removes")
     quota_retry_after_seconds: int = Field(

@@ -11,13 +11,14 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from app import presenters
 from app.api.context import caller, context, db, on_commit
+from app.api.estimate_schemas import EstimateOut
 from app.api.responses import Response, json_response
 from app.api.schemas import (FormatQuery, JobDeleted, JobList, JobOut, JobPath, JobQuery, Problem,
                              SubmitJob)
 from app.db import close_quietly
 from app.errors import Conflict
 from app.formats import MEDIA_TYPES
-from app.services import commands, jobs, outputs, retention, webhooks
+from app.services import commands, estimates, jobs, outputs, retention, webhooks
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -60,6 +61,19 @@ def submit_job(body: SubmitJob) -> Response:
     if created:
         ctx.announce(job)
     return json_response(presenters.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
+
+
+@api.post("/jobs/estimate", responses={200: EstimateOut, **ERRORS})
+def estimate_job(body: SubmitJob) -> Response:
+    """What `POST /v1/jobs` with this body would be, queueing nothing: the rows (a file's
+    counted exactly, after the checks its validation makes), the rows queued ahead, and when it
+    would start and finish at the model's recent rate."""
+    ctx = context()
+    settings = ctx.settings
+    return json_response(estimates.estimate(
+        db(), caller(), submit_command(body, None, None), ctx.intake,
+        chunk_rows=settings.tuning.chunk_rows,
+        default_rows_per_second=settings.estimate_rows_per_second))
 
 
 @api.get("/jobs", responses={200: JobList, **ERRORS})

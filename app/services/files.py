@@ -6,12 +6,12 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, NotFound, PayloadTooLarge
+from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.formats import detect_format
 from app.orm import File, Job, Tenant
 from app.services.auth import Caller, get_owned
@@ -117,3 +117,21 @@ def iter_content(uri: str, piece_bytes: int = COPY_BYTES) -> Iterator[bytes]:
     with Storage.open(uri) as handle:
         while piece := handle.read(piece_bytes):
             yield piece
+
+
+def required_columns(signature: dict[str, Any]) -> list[str]:
+    if signature.get("kind") == "text":
+        return [signature.get("text_field", "text")]
+    return list(signature.get("columns", []))
+
+
+def check_columns(columns: list[str], signature: dict[str, Any],
+                  options: dict[str, Any]) -> str | None:
+    """Raise when the file lacks a column the model or the job needs; returns the id column."""
+    id_column = options.get("id_column") or ("custom_id" if "custom_id" in columns else None)
+    wanted = required_columns(signature) + ([id_column] if id_column else []) + \
+        list(options.get("keep_columns") or [])
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise InvalidInput(f"the input file lacks column(s) {missing}; it has {columns[:20]}")
+    return id_column

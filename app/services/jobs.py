@@ -75,17 +75,7 @@ def submit_job(session: Session, caller: Caller, command: SubmitJob,
     if (replayed := _replayed(session, caller, key, fingerprint)) is not None:
         return replayed, False
     inputs = command.inputs
-    if not inputs:
-        raise InvalidInput("inputs must hold at least one record")
-    if len(inputs) > intake.max_inline_inputs:
-        raise PayloadTooLarge(f"{len(inputs)} inline records is more than the limit of "
-                              f"{intake.max_inline_inputs}; upload a file instead")
-    found = resolve_model_ref(session, caller.tenant_id, command.model, intake.models,
-                              command.variant)
-    errors = check_records(inputs, found.signature)
-    if errors:
-        first = errors[0]
-        raise InvalidInput(first.message, errors=[e.as_dict() for e in errors])
+    found = checked_inline(session, caller, command, intake)
     job = NewJob(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name,
                  kind="inline", status=JobStatus.QUEUED.value, priority=command.priority,
                  total_count=len(inputs), inputs=inputs, job_metadata=command.metadata or {},
@@ -98,6 +88,24 @@ def submit_job(session: Session, caller: Caller, command: SubmitJob,
                  expires_at=deadline(command.completion_window_seconds),
                  results_retention_seconds=results_retention(command, intake))
     return _insert(session, caller, job, key, fingerprint, intake.writer)
+
+
+def checked_inline(session: Session, caller: Caller, command: SubmitJob,
+                   intake: Intake) -> ModelRef:
+    """The model of an inline job whose records it can score; else why not (4xx)."""
+    inputs = command.inputs
+    if not inputs:
+        raise InvalidInput("inputs must hold at least one record")
+    if len(inputs) > intake.max_inline_inputs:
+        raise PayloadTooLarge(f"{len(inputs)} inline records is more than the limit of "
+                              f"{intake.max_inline_inputs}; upload a file instead")
+    found = resolve_model_ref(session, caller.tenant_id, command.model, intake.models,
+                              command.variant)
+    errors = check_records(inputs, found.signature)
+    if errors:
+        first = errors[0]
+        raise InvalidInput(first.message, errors=[e.as_dict() for e in errors])
+    return found
 
 
 def results_retention(command: SubmitJob | SubmitFileJob, intake: Intake) -> float | None:
