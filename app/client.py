@@ -74,11 +74,22 @@ class KilnClient:
         headers = {"Idempotency-Key": idempotency_key or f"kiln-client-{uuid.uuid4()}"}
         return self._check(self._retrying("POST", "/v1/jobs", json=body, headers=headers)).json()
 
+    def estimate(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST /v1/jobs/estimate`: what submitting `body` would be; queues nothing."""
+        return self._check(self._retrying("POST", "/v1/jobs/estimate", json=body)).json()
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._check(self._retrying("GET", f"/v1/jobs/{job_id}")).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
+
+    def usage(self, *, start: str | None = None, end: str | None = None,
+              group_by: str | None = None) -> dict[str, Any]:
+        """`GET /v1/usage`: the tenant's limits, current use and usage in [start, end)."""
+        params = {k: v for k, v in {"start": start, "end": end, "group_by": group_by}.items()
+                  if v is not None}
+        return self._check(self._retrying("GET", "/v1/usage", params=params)).json()
 
     def models(self) -> list[dict[str, Any]]:
         return self._check(self._retrying("GET", "/v1/models")).json()["data"]
@@ -115,6 +126,9 @@ class KilnClient:
             response = self.http.post("/v1/files", files={"file": (Path(path).name, source)},
                                       data=data, timeout=None)
         return self._check(response).json()
+
+    def delete_file(self, file_id: str) -> None:
+        self._check(self.http.delete(f"/v1/files/{file_id}"))
 
     def submit_file(self, model: str, file_id: str, **options: Any) -> dict[str, Any]:
         body = {"model": model, "input_file": file_id,

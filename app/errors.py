@@ -60,6 +60,14 @@ class Conflict(PermanentError):
     title = "Conflict"
 
 
+class ResultsExpired(PermanentError):
+    """Raised when a job's results or errors are read after its retention deleted them."""
+
+    status = 410
+    code = "results_expired"
+    title = "Results expired"
+
+
 class PayloadTooLarge(PermanentError):
     """Raised when a request body or an input list is larger than allowed."""
 

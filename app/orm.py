@@ -47,6 +47,8 @@ class Tenant(Base):
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
     submits_per_second: Mapped[float | None] = mapped_column(Float)
     submit_burst: Mapped[int | None] = mapped_column(Integer)
+    # Uploads kept this long unless the upload says; NULL = KILN_FILE_RETENTION_SECONDS, 0 = kept.
+    file_retention_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class ApiKey(Base):
@@ -88,6 +90,8 @@ class Model(Base):
 
 class File(Base):
     __tablename__ = "files"
+    __table_args__ = (Index("ix_files_expires_at", "expires_at",
+                            postgresql_where=text("expires_at IS NOT NULL")),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -120,6 +124,8 @@ class Job(Base):
         # A limited submit counts its tenant's live jobs and rows (app.store.limits).
         Index("ix_jobs_live_by_tenant", "tenant_id", postgresql_include=["total_count"],
               postgresql_where=text(f"status IN ({LIVE_STATUSES})")),
+        Index("ix_jobs_results_expire_at", "results_expire_at",
+              postgresql_where=text("results_expired_at IS NULL")),
         Index("ix_jobs_active_lease", "lease_expires_at",
               postgresql_where=text("status IN ('running', 'cancelling', 'finalizing')")),
         # Deleting a file (or a job) finds the jobs that reference it, and so does each foreign
@@ -160,6 +166,17 @@ class Job(Base):
     # why the last attempt of a leased phase (validating, finalizing) stopped, when it raised:
     # a job given up after KILN_MAX_ATTEMPTS says this instead of `worker_crashed`
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Usage of the results the job keeps, written in the fenced statements that count its rows
+    # (`app.store.jobs`, `app.store.chunks`): model time, and bytes read and written.
+    model_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # Retention (app.store.retention): how long results are kept once the job ends (fixed at
+    # submit; NULL = kept), when that is (set as it ends), when they went, and a delete's tombstone.
+    results_retention_seconds: Mapped[float | None] = mapped_column(Float)
+    results_expire_at: Mapped[datetime | None]
+    results_expired_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
 
 
 class JobResult(Base):
@@ -173,6 +190,16 @@ class JobResult(Base):
     output: Mapped[dict[str, Any] | None]
     error: Mapped[dict[str, Any] | None]
     attempt: Mapped[int] = mapped_column(Integer)
+
+
+class StorageGarbage(Base):
+    """Bytes in storage nothing refers to any more, removed after the commit that forgot them."""
+
+    __tablename__ = "storage_garbage"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class JobChunk(Base):

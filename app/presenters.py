@@ -24,6 +24,13 @@ def progress(job: Job) -> dict[str, float | None]:
             "eta_seconds": round(left / rate, 1) if left > 0 and not job.finished_at else 0.0}
 
 
+def job_usage(job: Job) -> dict[str, Any]:
+    """What the job's kept results cost (a job not yet scored has used nothing)."""
+    return {"rows": (job.completed_count or 0) + (job.failed_count or 0),
+            "model_seconds": round(job.model_seconds or 0.0, 6),
+            "bytes_in": job.bytes_in or 0, "bytes_out": job.bytes_out or 0}
+
+
 def job_summary(job: Job) -> dict[str, Any]:
     """The public view of a job."""
     return {
@@ -48,6 +55,10 @@ def job_summary(job: Job) -> dict[str, Any]:
         "error": ({"code": job.error_code, "message": job.error_message}
                   if job.error_code else None),
         **progress(job),
+        "usage": job_usage(job),
+        "results_expire_at": job.results_expire_at,
+        "results_expired": job.results_expired_at is not None or (
+            job.results_expire_at is not None and job.results_expire_at <= datetime.now(UTC)),
         **({"input_file": str(job.input_file_id) if job.input_file_id else None,
             "output_file": str(job.output_file_id) if job.output_file_id else None,
             "error_file": str(job.error_file_id) if job.error_file_id else None,

@@ -157,6 +157,15 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="a tenant's default submit rate limit; 0 = none")
     tenant_submit_burst: int = Field(
         default=0, ge=0, description="submits allowed at once over the rate; 0 = the rate")
+    file_retention_seconds: float = Field(
+        default=0.0, ge=0, description="uploads are deleted this long after upload; 0 = kept")
+    result_retention_seconds: float = Field(
+        default=30 * 86400.0, ge=0,
+        description="a job's results are deleted this long after it ends; 0 = kept")
+    estimate_rows_per_second: float = Field(
+        default=1000.0, gt=0, description="an estimate's rate when the tenant has no recent jobs")
+    sweep_batch: int = Field(default=500, ge=1,
+                             description="jobs, files or stored objects one sweeper step removes")
     quota_retry_after_seconds: int = Field(
         default=5, ge=1, description="Retry-After of a 429 for a quota (not the rate limit)")
     visibility_timeout_seconds: int = 3600

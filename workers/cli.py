@@ -128,7 +128,8 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
                              max_attempts=settings.max_attempts,
                              grace_seconds=settings.queued_grace_seconds,
                              chunk_window=settings.max_running_chunks_per_job,
-                             tenant_chunk_limit=settings.max_running_chunks_per_tenant).start()
+                             tenant_chunk_limit=settings.max_running_chunks_per_tenant,
+                             sweep_batch=settings.sweep_batch).start()
             WebhookDispatcher(settings).start()
 
     from workers.metrics_server import worker_metrics

@@ -18,13 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.batching import batches, run_isolated
 from app.errors import describe_error
 from app.store import jobs as job_store
-from app.store.jobs import ClaimedJob
+from app.store.jobs import ClaimedJob, Tally
+from app.store.lifecycle import Usage
 from workers.leases import LeaseKeeper
+from workers.runtime.clocked import ClockedModel
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +60,12 @@ def finish_in_transaction(session: Session, jobs: list[ClaimedJob], model,
     where a lease costs two of each. A worker killed meanwhile leaves the jobs queued, as
     though it never began: its transaction is rolled back and the locks go with it.
     """
-    rows = job_rows(jobs)
+    rows, clock = job_rows(jobs), ClockedModel(model)
     outputs, batch_count = [], 0
     for batch in batches(rows, batch_size):
-        outputs += score(model, batch)
+        outputs += score(clock, batch)
         batch_count += 1
-    counts = job_counts(rows, outputs)
-    attempts = {job.id: job.attempt for job in jobs}
-    ended = job_store.finish_claimed(session, {job_id: (attempts[job_id], done, failed)
-                                               for job_id, (done, failed) in counts.items()})
+    ended = job_store.finish_claimed(session, job_tallies(rows, outputs, clock.lap()))
     job_store.write_results(session, result_rows(rows, outputs, {job.id for job in ended}))
     return {"rows": len(rows), "batches": batch_count, "jobs_finished": len(ended)}
 
@@ -85,13 +85,19 @@ def error_output(exc: Exception) -> dict[str, Any]:
     return {"error": {"code": "inference_error", "message": describe_error(exc)}}
 
 
-def job_counts(rows: Sequence[Row], outputs: Sequence[dict[str, Any]]
-               ) -> dict[uuid.UUID, list[int]]:
-    """[completed, failed] rows per job."""
-    counts: dict[uuid.UUID, list[int]] = {}
+def job_tallies(rows: Sequence[Row], outputs: Sequence[dict[str, Any]],
+                model_seconds: float) -> dict[uuid.UUID, Tally]:
+    """Per job: its attempt, completed and failed rows, and their usage: the batch's model
+    seconds shared by rows, and the bytes of each row's record and output as JSON."""
+    counts: dict[uuid.UUID, list] = {}
     for row, output in zip(rows, outputs):
-        counts.setdefault(row.job.id, [0, 0])[1 if "error" in output else 0] += 1
-    return counts
+        tally = counts.setdefault(row.job.id, [row.job.attempt, 0, 0, 0, 0])
+        tally[2 if "error" in output else 1] += 1
+        tally[3] += len(orjson.dumps(row.record))
+        tally[4] += len(orjson.dumps(output))
+    share = model_seconds / max(len(rows), 1)
+    return {job_id: Tally(attempt, done, failed, Usage(share * (done + failed), read, written))
+            for job_id, (attempt, done, failed, read, written) in counts.items()}
 
 
 def result_rows(rows: Sequence[Row], outputs: Sequence[dict[str, Any]], owned) -> list[dict]:
@@ -109,21 +115,21 @@ class LeasedRun:
     def __init__(self, sessions: sessionmaker[Session], claimed: list[ClaimedJob], model, *,
                  lease_seconds: float):
         self.sessions, self.model, self.lease_seconds = sessions, model, lease_seconds
+        self.clock = ClockedModel(model)
         self.jobs = {job.id: job for job in claimed}
-        self.done: dict[uuid.UUID, list[int]] = {job.id: [0, 0] for job in claimed}
+        self.done = {job.id: Tally(job.attempt, 0, 0) for job in claimed}  # this attempt's
         self.dropped: set[uuid.UUID] = set()
 
     def write_batch(self, rows: Sequence[Row], outputs: Sequence[dict[str, Any]]
                     ) -> tuple[set[uuid.UUID], list[uuid.UUID]]:
         """Record one batch, fenced; returns the jobs lost to another attempt and those ended."""
         progress, completing = {}, {}
-        for job_id, (done, failed) in job_counts(rows, outputs).items():
-            job, so_far = self.jobs[job_id], self.done[job_id]
-            so_far[0], so_far[1] = so_far[0] + done, so_far[1] + failed
-            if sum(so_far) >= job.total:
-                completing[job_id] = (job.attempt, so_far[0], so_far[1])
+        for job_id, batch in job_tallies(rows, outputs, self.clock.lap()).items():
+            so_far = self.done[job_id] = self.done[job_id] + batch
+            if so_far.rows >= self.jobs[job_id].total:
+                completing[job_id] = so_far
             else:
-                progress[job_id] = (job.attempt, done, failed)
+                progress[job_id] = batch
         with self.sessions() as session, session.begin():
             owned, ended = job_store.record_batch(session, progress, completing,
                                                   self.lease_seconds)
@@ -137,7 +143,7 @@ class LeasedRun:
             live = [row for row in batch if row.job.id not in self.dropped]
             if not live:
                 continue
-            lost, ended = self.write_batch(live, score(self.model, live))
+            lost, ended = self.write_batch(live, score(self.clock, live))
             self.dropped |= lost | set(ended)
             keeper.release(self.dropped)
             stats["rows"] += len(live)

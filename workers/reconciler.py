@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.queueing.publisher import Publisher
+from app.services import retention
 from app.store import rescue
 from app.store.chunks import dispatch_chunks
 
@@ -73,8 +74,9 @@ class ReconcilerThread(threading.Thread):
 
     def __init__(self, sessions: sessionmaker[Session], publisher: Publisher, *,
                  interval_seconds: float, max_attempts: int, grace_seconds: float,
-                 chunk_window: int = 4, tenant_chunk_limit: int = 0):
+                 chunk_window: int = 4, tenant_chunk_limit: int = 0, sweep_batch: int = 500):
         super().__init__(name="kiln-reconciler", daemon=True)
+        self.sweep_batch = sweep_batch
         self.sessions, self.publisher = sessions, publisher
         self.interval, self.max_attempts, self.grace = interval_seconds, max_attempts, grace_seconds
         self.chunk_window, self.tenant_chunk_limit = chunk_window, tenant_chunk_limit
@@ -89,3 +91,15 @@ class ReconcilerThread(threading.Thread):
                                       tenant_chunk_limit=self.tenant_chunk_limit)
             except Exception as exc:  # noqa: BLE001 - Postgres may be down; try next period
                 log.warning("reconciler pass failed: %s", exc)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Retention: what expired goes, a bounded batch per step (app.services.retention)."""
+        try:
+            swept = retention.sweep(self.sessions, self.sweep_batch)
+        except Exception as exc:  # noqa: BLE001 - Postgres or storage may be down; next period
+            log.warning("retention sweep failed: %s", exc)
+            return
+        if swept:
+            log.info("retention: %d job(s) lost their results, %d file(s) expired, "
+                     "%d object(s) removed", swept.jobs, swept.files, swept.objects)

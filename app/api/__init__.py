@@ -6,7 +6,7 @@ import orjson
 from flask import Request, request
 from flask_openapi3 import Info, OpenAPI
 
-from app.api import files, health, jobs, metrics, models, problems, webhooks
+from app.api import files, health, jobs, metrics, models, problems, usage, webhooks
 from app.api.responses import OrjsonProvider, Response
 from app.api.context import ApiContext, caller, close_session, commit_request
 from app.db import make_engine, make_sessionmaker
@@ -78,5 +78,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(models.api)
     app.register_api(files.api)
     app.register_api(webhooks.api)
+    app.register_api(usage.api)
     app.register_blueprint(health.bp)
     return app

@@ -66,7 +66,8 @@ class ApiContext:
                    request_sessions=scoped_session(sessions, scopefunc=_app_context_id),
                    intake=Intake(max_inline_inputs=settings.max_inline_inputs,
                                  queues=(settings.queue, settings.gpu_queue), models=models,
-                                 writer=writer),
+                                 writer=writer,
+                                 result_retention_seconds=settings.result_retention_seconds),
                    admission=Admission(settings, sessions,
                                        LoadingCache(10_000, ttl) if ttl > 0 else None))
 

@@ -32,7 +32,9 @@ def upload_file(form: UploadForm) -> Response:
     ctx.admission.precheck_upload(session, who)  # 429 before reading the bytes of a full tenant
     record = files.upload_file(session, who, ctx.storage, form.file.stream,
                                filename=form.file.filename or "upload", purpose=form.purpose,
-                               fmt=form.format, max_bytes=ctx.settings.max_upload_bytes)
+                               fmt=form.format, max_bytes=ctx.settings.max_upload_bytes,
+                               expires_after_seconds=form.expires_after_seconds,
+                               default_retention_seconds=ctx.settings.file_retention_seconds)
     ctx.admission.admit_upload(session, who, record)  # under the tenant's lock; refused: removed
     return json_response(presenters.file_summary(record), 201,
                          {"Location": f"/v1/files/{record.id}"})

@@ -11,12 +11,14 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from app import presenters
 from app.api.context import caller, context, db, on_commit
+from app.api.estimate_schemas import EstimateOut
 from app.api.responses import Response, json_response
-from app.api.schemas import FormatQuery, JobList, JobOut, JobPath, JobQuery, Problem, SubmitJob
+from app.api.schemas import (FormatQuery, JobDeleted, JobList, JobOut, JobPath, JobQuery, Problem,
+                             SubmitJob)
 from app.db import close_quietly
 from app.errors import Conflict
 from app.formats import MEDIA_TYPES
-from app.services import commands, jobs, outputs, webhooks
+from app.services import commands, estimates, jobs, outputs, retention, webhooks
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -34,7 +36,8 @@ def submit_command(body: SubmitJob, idempotency_key: str | None,
                   idempotency_key=idempotency_key,
                   fingerprint=jobs.request_fingerprint(raw_body) if idempotency_key else None,
                   variant=body.variant, completion_window_seconds=body.completion_window_seconds,
-                  require_gpu=body.require_gpu)
+                  require_gpu=body.require_gpu,
+                  results_expire_after_seconds=body.results_expire_after_seconds)
     if body.input_file is not None:
         return commands.SubmitFileJob(
             input_file=body.input_file, output_format=body.output_format,
@@ -60,6 +63,19 @@ def submit_job(body: SubmitJob) -> Response:
     return json_response(presenters.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
 
 
+@api.post("/jobs/estimate", responses={200: EstimateOut, **ERRORS})
+def estimate_job(body: SubmitJob) -> Response:
+    """What `POST /v1/jobs` with this body would be, queueing nothing: the rows (a file's
+    counted exactly, after the checks its validation makes), the rows queued ahead, and when it
+    would start and finish at the model's recent rate."""
+    ctx = context()
+    settings = ctx.settings
+    return json_response(estimates.estimate(
+        db(), caller(), submit_command(body, None, None), ctx.intake,
+        chunk_rows=settings.tuning.chunk_rows,
+        default_rows_per_second=settings.estimate_rows_per_second))
+
+
 @api.get("/jobs", responses={200: JobList, **ERRORS})
 def list_jobs(query: JobQuery) -> Response:
     """List jobs, newest first, with an opaque cursor."""
@@ -82,12 +98,23 @@ def cancel_job(path: JobPath) -> Response:
     return json_response(presenters.job_summary(job))
 
 
-@api.get("/jobs/<job_id>/results", responses={404: Problem, 401: Problem})
+@api.delete("/jobs/<job_id>", responses={200: JobDeleted, 401: Problem, 404: Problem,
+                                          409: Problem})
+def delete_job(path: JobPath) -> Response:
+    """Delete a finished job's results, errors, part and output files (409 while it is not
+    finished); afterwards it is a 404, but its usage still counts."""
+    ctx = context()
+    job_id = jobs.delete_job(db(), caller(), commands.DeleteJob(path.job_id))
+    on_commit(lambda: retention.collect_garbage(ctx.sessions, ctx.settings.sweep_batch))
+    return json_response({"id": str(job_id), "deleted": True})
+
+
+@api.get("/jobs/<job_id>/results", responses={404: Problem, 401: Problem, 410: Problem})
 def job_results(path: JobPath, query: FormatQuery) -> Response:
     """Results. Inline jobs: JSONL in input order, `{"index", "output"}` or `{"index", "error"}`.
     File jobs: rows joined to the input (id, kept columns, outputs) in `format`; while running,
-    the rows of the chunks finished so far."""
-    job = jobs.get_job(db(), caller(), path.job_id)
+    the rows of the chunks finished so far. 410 once the results expired."""
+    job = jobs.job_with_results(db(), caller(), path.job_id)
     if job.kind == "inline":
         lines = jobs.iter_result_lines(context().sessions, job.id)
         return Response(stream_with_context(lines), mimetype="application/x-ndjson",
@@ -95,10 +122,10 @@ def job_results(path: JobPath, query: FormatQuery) -> Response:
     return file_job_rows(job, "results", query.format)
 
 
-@api.get("/jobs/<job_id>/errors", responses={404: Problem, 401: Problem})
+@api.get("/jobs/<job_id>/errors", responses={404: Problem, 401: Problem, 410: Problem})
 def job_errors(path: JobPath, query: FormatQuery) -> Response:
     """A file job's failed rows: id columns plus `error_code` and `error_message`."""
-    job = jobs.get_job(db(), caller(), path.job_id)
+    job = jobs.job_with_results(db(), caller(), path.job_id)
     if job.kind == "inline":
         raise Conflict("inline jobs report errors per line in /results")
     return file_job_rows(job, "errors", query.format)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from flask_openapi3 import FileStorage
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
+from app.api.usage_schemas import JobUsage
 from app.domain.states import JobStatus
 
 
@@ -37,6 +38,11 @@ class SubmitJob(BaseModel):
                                    description="Finish within this (e.g. `90s`, `30m`, `24h`, `7d`), "
                                                "else the job ends `expired`, keeping finished rows.")
 
+    # retention (issue 16)
+    results_expire_after_seconds: int | None = Field(
+        default=None, ge=0, description="Keep results this long after the job ends (0: keep); "
+                                        "default KILN_RESULT_RETENTION_SECONDS; then 410.")
+
     @property
     def completion_window_seconds(self) -> float:
         units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -59,6 +65,8 @@ class UploadForm(BaseModel):
     file: FileStorage
     purpose: str = Field(default="input", max_length=32)
     format: str | None = Field(default=None, description="csv, jsonl or parquet (optionally .gz); default: from the file name")
+    # retention (issue 16)
+    expires_after_seconds: int | None = Field(default=None, ge=0, description="Delete the file this long after upload (0: keep); default: the tenant's, else KILN_FILE_RETENTION_SECONDS.")
 
 
 class FilePath(BaseModel):
@@ -130,6 +138,10 @@ class JobOut(BaseModel):
     error_file: str | None = None
     output_format: str | None = None
     parent_id: str | None = None
+    usage: JobUsage | None = None  # usage (app.api.usage_schemas)
+    # retention (issue 16)
+    results_expire_at: datetime | None = None
+    results_expired: bool = False
 
 
 class JobList(BaseModel):
@@ -140,6 +152,11 @@ class JobList(BaseModel):
 
 class JobPath(BaseModel):
     job_id: str = Field(description="The job's id.")
+
+
+class JobDeleted(BaseModel):  # retention (issue 16)
+    id: str
+    deleted: Literal[True] = True
 
 
 class JobQuery(BaseModel):

@@ -21,6 +21,10 @@ def read_records(path: Path) -> list:
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def print_json(value) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
 def wait_with_progress(kiln, job_id: str) -> dict:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("rows"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
@@ -47,11 +51,18 @@ def wait_with_progress(kiln, job_id: str) -> dict:
 @click.option("--webhook-url", default=None)
 @click.option("--idempotency-key", default=None)
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the job with a progress bar.")
+@click.option("--estimate", "estimate_", is_flag=True,
+              help="Print the estimate (rows, queue ahead, finish time) and submit nothing.")
 @click.pass_context
 def submit(ctx: click.Context, model: str, input_path: Path, priority: int,
-           webhook_url: str | None, idempotency_key: str | None, wait_: bool) -> None:
+           webhook_url: str | None, idempotency_key: str | None, wait_: bool,
+           estimate_: bool) -> None:
     """Submit an inline job; prints the job id (and the final job with --wait)."""
     kiln = client(ctx)
+    if estimate_:
+        body = {"model": model, "inputs": read_records(input_path), "priority": priority}
+        print_json(api_call(kiln.estimate, body))
+        return
     job = api_call(kiln.submit, model, read_records(input_path), priority=priority,
                    webhook_url=webhook_url, idempotency_key=idempotency_key)
     err.print(f"submitted job {job['id']} ({job['request_counts']['total']} records)")
@@ -150,10 +161,14 @@ def errors(ctx: click.Context, job_id: str, output: Path | None, fmt: str | None
 @click.option("--wait", "wait_", is_flag=True, help="Wait with a progress bar.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="With --wait: download the results here.")
+@click.option("--estimate", "estimate_", is_flag=True,
+              help="Upload, print the estimate (exact rows, queue ahead, finish time), then "
+                   "delete the upload; no job is created.")
 @click.pass_context
 def upload(ctx: click.Context, path: Path, model: str, keep_columns: str | None,
            id_column: str | None, output_format: str | None, fmt: str | None,
-           max_failed_fraction: float | None, wait_: bool, output: Path | None) -> None:
+           max_failed_fraction: float | None, wait_: bool, output: Path | None,
+           estimate_: bool) -> None:
     """Upload a CSV/JSONL/Parquet file for bulk scoring and create the job."""
     kiln = client(ctx)
     columns = (TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -161,9 +176,18 @@ def upload(ctx: click.Context, path: Path, model: str, keep_columns: str | None,
         task = progress.add_task("upload", total=path.stat().st_size)
         meta = api_call(kiln.upload, path, fmt=fmt,
                         on_bytes=lambda n: progress.advance(task, n))
-    job = api_call(kiln.submit_file, model, meta["id"], output_format=output_format,
+    options = dict(output_format=output_format,
                    keep_columns=keep_columns.split(",") if keep_columns else None,
                    id_column=id_column, max_failed_fraction=max_failed_fraction)
+    if estimate_:
+        try:
+            print_json(api_call(kiln.estimate, {"model": model, "input_file": meta["id"],
+                                                **{k: v for k, v in options.items()
+                                                   if v is not None}}))
+        finally:
+            api_call(kiln.delete_file, meta["id"])
+        return
+    job = api_call(kiln.submit_file, model, meta["id"], **options)
     err.print(f"uploaded {meta['filename']} as {meta['id']}; job {job['id']}")
     if not wait_:
         click.echo(job["id"])

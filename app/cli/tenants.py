@@ -66,6 +66,26 @@ def tenants_limits(ctx: click.Context, name: str, burst: int | None, **limits) -
     _print_json(_described(ctx, name, {**limits, "submit_burst": burst}))
 
 
+@tenants.command("retention")
+@click.argument("name")
+@click.option("--file-retention-seconds", type=float, default=None,
+              help="Uploads are deleted this long after upload (0 = kept); unset: the "
+                   "KILN_FILE_RETENTION_SECONDS default.")
+@click.pass_context
+def tenants_retention(ctx: click.Context, name: str, file_retention_seconds: float | None) -> None:
+    """Set (or, without the option, reset to the default) a tenant's upload retention."""
+    from app.errors import Conflict, NotFound
+    from app.services.limits import set_file_retention
+
+    try:
+        with sessions(settings_from(ctx)).begin() as session:
+            tenant = set_file_retention(session, name, file_retention_seconds)
+            _print_json({"tenant": tenant.name,
+                         "file_retention_seconds": tenant.file_retention_seconds})
+    except (Conflict, NotFound) as exc:
+        raise click.ClickException(exc.detail) from None
+
+
 def _described(ctx: click.Context, name: str, changes: dict) -> dict:
     from app.errors import Conflict, NotFound
     from app.services.limits import describe_tenant, set_limits, tenant_by_name

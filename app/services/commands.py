@@ -33,6 +33,7 @@ class SubmitJob:
     variant: str | None = None
     completion_window_seconds: float = DEFAULT_WINDOW_SECONDS
     require_gpu: bool = False
+    results_expire_after_seconds: float | None = None  # None: the intake's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,14 @@ class SubmitFileJob:
     require_gpu: bool = False
     parent_id: uuid.UUID | None = None
     queue: str | None = None
+    results_expire_after_seconds: float | None = None  # None: the intake's default
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteJob:
+    """Delete a terminal job's results and files, keeping its row (a tombstone) for usage."""
+
+    job_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,17 @@ class Intake:
     queues: tuple[str | None, str] = (None, "gpu")
     models: LoadingCache | None = None
     writer: GroupCommit | None = None
+    result_retention_seconds: float = 0.0  # KILN_RESULT_RETENTION_SECONDS; 0 = kept
 
 
 IN_SESSION = Intake()  # defaults: jobs written in the caller's transaction, nothing cached
+
+
+@dataclass(frozen=True, slots=True)
+class ReportUsage:
+    """A tenant's usage of the jobs it submitted in [start, end) (either open), in total and,
+    with `group_by` (`model` or `day`), per group."""
+
+    start: Any = None  # datetime, timezone-aware or UTC
+    end: Any = None
+    group_by: str | None = None

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
-from typing import BinaryIO
+from datetime import UTC, datetime, timedelta
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, PayloadTooLarge
+from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.formats import detect_format
-from app.orm import File, Job
+from app.orm import File, Job, Tenant
 from app.services.auth import Caller, get_owned
 from app.storage import Storage
 from app.store import jobs as job_store
@@ -22,7 +23,8 @@ COPY_BYTES = 1024 * 1024
 
 def upload_file(session: Session, caller: Caller, storage: Storage, stream: BinaryIO, *,
                 filename: str, purpose: str = "input", fmt: str | None = None,
-                max_bytes: int) -> File:
+                max_bytes: int, expires_after_seconds: float | None = None,
+                default_retention_seconds: float = 0.0) -> File:
     """Copy an upload to storage in 1 MiB pieces, hashing as it goes; nothing partial survives."""
     file_format, compression = detect_format(filename, fmt)
     file_id = uuid.uuid4()
@@ -42,10 +44,24 @@ def upload_file(session: Session, caller: Caller, storage: Storage, stream: Bina
         raise
     record = File(id=file_id, tenant_id=caller.tenant_id, purpose=purpose, filename=filename,
                   format=file_format, compression=compression, bytes=size,
-                  sha256=digest.hexdigest(), uri=uri)
+                  sha256=digest.hexdigest(), uri=uri,
+                  expires_at=file_expiry(session, caller, expires_after_seconds,
+                                         default_retention_seconds))
     session.add(record)
     session.flush()
     return record
+
+
+def file_expiry(session: Session, caller: Caller, seconds: float | None,
+                default_seconds: float) -> datetime | None:
+    """When an upload expires: after the upload's own seconds, else the tenant's default, else
+    KILN_FILE_RETENTION_SECONDS (`default_seconds`); 0 keeps it."""
+    if seconds is None:
+        seconds = session.scalar(select(Tenant.file_retention_seconds)
+                                 .where(Tenant.id == caller.tenant_id))
+    if seconds is None:
+        seconds = default_seconds
+    return datetime.now(UTC) + timedelta(seconds=seconds) if seconds else None
 
 
 def record_output_file(session: Session, tenant_id: uuid.UUID, *, uri: str, filename: str,
@@ -58,7 +74,11 @@ def record_output_file(session: Session, tenant_id: uuid.UUID, *, uri: str, file
 
 
 def get_file(session: Session, caller: Caller, file_id: str) -> File:
-    return get_owned(session, caller, File, file_id, "file")
+    """The caller's file; one past `expires_at` is gone (the sweeper deletes it soon)."""
+    record = get_owned(session, caller, File, file_id, "file")
+    if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+        raise NotFound(f"file {file_id} expired at {record.expires_at.isoformat()}")
+    return record
 
 
 def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: int,
@@ -97,3 +117,21 @@ def iter_content(uri: str, piece_bytes: int = COPY_BYTES) -> Iterator[bytes]:
     with Storage.open(uri) as handle:
         while piece := handle.read(piece_bytes):
             yield piece
+
+
+def required_columns(signature: dict[str, Any]) -> list[str]:
+    if signature.get("kind") == "text":
+        return [signature.get("text_field", "text")]
+    return list(signature.get("columns", []))
+
+
+def check_columns(columns: list[str], signature: dict[str, Any],
+                  options: dict[str, Any]) -> str | None:
+    """Raise when the file lacks a column the model or the job needs; returns the id column."""
+    id_column = options.get("id_column") or ("custom_id" if "custom_id" in columns else None)
+    wanted = required_columns(signature) + ([id_column] if id_column else []) + \
+        list(options.get("keep_columns") or [])
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise InvalidInput(f"the input file lacks column(s) {missing}; it has {columns[:20]}")
+    return id_column

@@ -15,15 +15,18 @@ import psycopg
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.domain.states import JobStatus, cancel_target
+from app.domain.states import JobStatus, cancel_target, is_terminal
 from app.domain.validation import check_records
-from app.errors import BadRequest, Conflict, DatabaseUnavailable, InvalidInput, PayloadTooLarge
+from app.errors import (BadRequest, Conflict, DatabaseUnavailable, InvalidInput, NotFound,
+                        PayloadTooLarge, ResultsExpired)
 from app.groupcommit import GroupCommit
-from app.services.commands import IN_SESSION, Intake, RetryFailedRows, SubmitFileJob, SubmitJob
+from app.services.commands import (IN_SESSION, DeleteJob, Intake, RetryFailedRows, SubmitFileJob,
+                                   SubmitJob)
 from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller, get_owned
 from app.store import jobs as job_store
+from app.store import retention
 from app.services.models import ModelRef, resolve_model_ref
 
 
@@ -72,6 +75,25 @@ def submit_job(session: Session, caller: Caller, command: SubmitJob,
     if (replayed := _replayed(session, caller, key, fingerprint)) is not None:
         return replayed, False
     inputs = command.inputs
+    found = checked_inline(session, caller, command, intake)
+    job = NewJob(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name,
+                 kind="inline", status=JobStatus.QUEUED.value, priority=command.priority,
+                 total_count=len(inputs), inputs=inputs, job_metadata=command.metadata or {},
+                 webhook_url=command.webhook_url, idempotency_key=key,
+                 request_hash=fingerprint,
+                 options={"model_version": found.version, "variant": found.variant,
+                          "queue": route(found, intake.queues, command.require_gpu),
+                          **({"max_batch_wait_ms": found.batch_wait_ms}
+                             if found.batch_wait_ms is not None else {})},
+                 expires_at=deadline(command.completion_window_seconds),
+                 results_retention_seconds=results_retention(command, intake))
+    return _insert(session, caller, job, key, fingerprint, intake.writer)
+
+
+def checked_inline(session: Session, caller: Caller, command: SubmitJob,
+                   intake: Intake) -> ModelRef:
+    """The model of an inline job whose records it can score; else why not (4xx)."""
+    inputs = command.inputs
     if not inputs:
         raise InvalidInput("inputs must hold at least one record")
     if len(inputs) > intake.max_inline_inputs:
@@ -83,17 +105,14 @@ def submit_job(session: Session, caller: Caller, command: SubmitJob,
     if errors:
         first = errors[0]
         raise InvalidInput(first.message, errors=[e.as_dict() for e in errors])
-    job = NewJob(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name,
-                 kind="inline", status=JobStatus.QUEUED.value, priority=command.priority,
-                 total_count=len(inputs), inputs=inputs, job_metadata=command.metadata or {},
-                 webhook_url=command.webhook_url, idempotency_key=key,
-                 request_hash=fingerprint,
-                 options={"model_version": found.version, "variant": found.variant,
-                          "queue": route(found, intake.queues, command.require_gpu),
-                          **({"max_batch_wait_ms": found.batch_wait_ms}
-                             if found.batch_wait_ms is not None else {})},
-                 expires_at=deadline(command.completion_window_seconds))
-    return _insert(session, caller, job, key, fingerprint, intake.writer)
+    return found
+
+
+def results_retention(command: SubmitJob | SubmitFileJob, intake: Intake) -> float | None:
+    """Seconds the job's results are kept once it ends: the command's, else the intake's
+    default; None (0) keeps them."""
+    seconds = command.results_expire_after_seconds
+    return (intake.result_retention_seconds if seconds is None else seconds) or None
 
 
 def submit_file_job(session: Session, caller: Caller, command: SubmitFileJob,
@@ -116,7 +135,8 @@ def submit_file_job(session: Session, caller: Caller, command: SubmitFileJob,
                  input_file_id=source.id, options=options, job_metadata=command.metadata or {},
                  webhook_url=command.webhook_url, idempotency_key=key,
                  request_hash=fingerprint, parent_id=command.parent_id,
-                 expires_at=deadline(command.completion_window_seconds))
+                 expires_at=deadline(command.completion_window_seconds),
+                 results_retention_seconds=results_retention(command, intake))
     return _insert(session, caller, job, key, fingerprint, intake.writer)
 
 
@@ -212,7 +232,8 @@ def retry_failed_rows(session: Session, caller: Caller, command: RetryFailedRows
         id_column=options.get("id_column"),
         max_failed_fraction=float(options.get("max_failed_fraction", 1.0)),
         metadata=parent.job_metadata, priority=parent.priority, webhook_url=parent.webhook_url,
-        parent_id=parent.id, queue=options.get("queue")))
+        parent_id=parent.id, queue=options.get("queue"),
+        results_expire_after_seconds=parent.results_retention_seconds or 0))
     return job
 
 
@@ -235,7 +256,37 @@ def _replay(existing: Job, fingerprint: str | None) -> Job:
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:
-    return get_owned(session, caller, Job, job_id, "job")
+    """The caller's job; a deleted one (a tombstone) is not found."""
+    job = get_owned(session, caller, Job, job_id, "job")
+    if job.deleted_at is not None:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+def results_expired(job: Job) -> bool:
+    """Whether the job's results are gone, or due to go at the sweeper's next pass."""
+    return job.results_expired_at is not None or (
+        job.results_expire_at is not None and job.results_expire_at <= datetime.now(UTC))
+
+
+def job_with_results(session: Session, caller: Caller, job_id: str) -> Job:
+    """`get_job` for reading its results or errors: 410 once they expired."""
+    job = get_job(session, caller, job_id)
+    if results_expired(job):
+        raise ResultsExpired(f"the results of job {job.id} expired at "
+                             f"{(job.results_expire_at or job.results_expired_at).isoformat()}",
+                             results_expired=True)
+    return job
+
+
+def delete_job(session: Session, caller: Caller, command: DeleteJob) -> uuid.UUID:
+    """Delete a terminal job's results, errors, part and output files (their bytes go once the
+    request commits, see `app.store.retention`); its row stays as a tombstone for usage."""
+    job = get_job(session, caller, command.job_id)
+    if not is_terminal(job.status):
+        raise Conflict(f"job {job.id} is {job.status}: cancel it, or wait for it to end")
+    retention.delete_job(session, job.id)
+    return job.id
 
 
 def encode_cursor(job: Job) -> str:
@@ -255,7 +306,7 @@ def list_jobs(session: Session, caller: Caller, *, status: str | None = None,
               model: str | None = None, limit: int = 20,
               cursor: str | None = None) -> tuple[list[Job], str | None]:
     """Newest first, one page; the second value is the cursor of the next page, if any."""
-    query = select(Job).where(Job.tenant_id == caller.tenant_id)
+    query = select(Job).where(Job.tenant_id == caller.tenant_id, Job.deleted_at.is_(None))
     if status:
         query = query.where(Job.status == status)
     if model:

@@ -95,6 +95,16 @@ def set_limits(session: Session, name: str, **changes: float | int | None) -> Te
     return tenant
 
 
+def set_file_retention(session: Session, name: str, seconds: float | None) -> Tenant:
+    """The tenant's default retention of uploads (None: KILN_FILE_RETENTION_SECONDS; 0: kept)."""
+    if seconds is not None and seconds < 0:
+        raise Conflict("file_retention_seconds must be 0 (kept) or more")
+    tenant = tenant_by_name(session, name)
+    tenant.file_retention_seconds = seconds
+    session.flush()
+    return tenant
+
+
 def current_use(session: Session, tenant_id: uuid.UUID) -> dict[str, int]:
     backlog = limit_store.tenant_backlog(session, tenant_id)
     return {"queued_rows": backlog.queued_rows, "active_jobs": backlog.active_jobs,

@@ -8,9 +8,12 @@ a re-run never duplicates rows. Dispatch hands out the publishing slots within f
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+from app.store.lifecycle import NO_USAGE, Usage
 
 CLAIM_CHUNK = text("""
 UPDATE job_chunks c SET status = 'running', attempt = c.attempt + 1, last_error = NULL,
@@ -42,7 +45,8 @@ WITH done AS (
     WHERE job_id = :job_id AND index = :index AND attempt = :attempt AND status = 'running'
     RETURNING job_id)
 UPDATE jobs SET completed_count = completed_count + :completed,
-    failed_count = failed_count + :failed
+    failed_count = failed_count + :failed, model_seconds = model_seconds + :model_seconds,
+    bytes_in = bytes_in + :bytes_in, bytes_out = bytes_out + :bytes_out
 FROM done WHERE jobs.id = done.job_id
 RETURNING jobs.id
 """)
@@ -130,11 +134,13 @@ def release_chunk(session: Session, job_id: uuid.UUID, index: int, attempt: int,
 
 def commit_chunk(session: Session, job_id: uuid.UUID, index: int, attempt: int, *,
                  completed: int, failed: int, output_uri: str | None,
-                 error_uri: str | None) -> bool:
-    """A scored chunk's parts and counts, added to its job's, fenced by attempt."""
+                 error_uri: str | None, usage: Usage = NO_USAGE) -> bool:
+    """A scored chunk's parts, counts and usage, added to its job's, fenced by attempt: only
+    the attempt that commits the chunk counts its rows and their usage."""
     return session.execute(COMMIT_CHUNK, {
         "job_id": job_id, "index": index, "attempt": attempt, "completed": completed,
-        "failed": failed, "output_uri": output_uri, "error_uri": error_uri}).first() is not None
+        "failed": failed, "output_uri": output_uri, "error_uri": error_uri,
+        **asdict(usage)}).first() is not None
 
 
 def cancel_chunk(session: Session, job_id: uuid.UUID, index: int, attempt: int) -> None:

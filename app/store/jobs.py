@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.domain.states import JobStatus
 from app.orm import Job, Model
-from app.store.lifecycle import Ended, Outcome, finish
+from app.store.lifecycle import NO_USAGE, Ended, Outcome, Usage, finish
 from app.store.transitions import moves
 
 CLAIM = text("""
@@ -91,19 +91,24 @@ START_LEASES = text("""
 UPDATE jobs j
 SET status = 'running', attempt = j.attempt + 1,
     lease_expires_at = now() + make_interval(secs => :lease_seconds),
-    started_at = coalesce(j.started_at, now()), completed_count = 0, failed_count = 0
+    started_at = coalesce(j.started_at, now()), completed_count = 0, failed_count = 0,
+    model_seconds = 0, bytes_in = 0, bytes_out = 0
 WHERE j.id = ANY(CAST(:ids AS uuid[]))
 """)
 
-# One statement per batch records the progress of the jobs the batch does not complete, fenced
-# by attempt (one row version per job per batch); the jobs it completes end through `finish`.
+# One statement per batch records the progress of the jobs the batch does not complete, and its
+# usage, fenced by attempt (one row version per job per batch); the jobs it completes end
+# through `finish`.
 RECORD_PROGRESS = text("""
 UPDATE jobs j
 SET completed_count = j.completed_count + v.completed,
     failed_count = j.failed_count + v.failed,
+    model_seconds = j.model_seconds + v.model_seconds,
+    bytes_in = j.bytes_in + v.bytes_in, bytes_out = j.bytes_out + v.bytes_out,
     lease_expires_at = now() + make_interval(secs => :lease_seconds)
 FROM jsonb_to_recordset(CAST(:counts AS jsonb))
-     AS v(id uuid, attempt int, completed int, failed int)
+     AS v(id uuid, attempt int, completed int, failed int, model_seconds float8, bytes_in bigint,
+          bytes_out bigint)
 WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
 RETURNING j.id, j.status, j.attempt
 """)
@@ -131,6 +136,24 @@ UPDATE job_chunks SET status = 'cancelled' WHERE job_id = :job_id AND status = '
 REQUEST_CANCEL = text("""
 UPDATE jobs SET status = 'cancelling' WHERE id = :job_id AND status = 'running' RETURNING id
 """)
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Rows of one job scored by `attempt`, and what scoring them cost."""
+
+    attempt: int
+    completed: int
+    failed: int
+    usage: Usage = NO_USAGE
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.attempt, self.completed + other.completed, self.failed + other.failed,
+                     self.usage + other.usage)
+
+    @property
+    def rows(self) -> int:
+        return self.completed + self.failed
 
 
 @dataclass
@@ -194,27 +217,28 @@ def write_results(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 @moves("queued->succeeded", "running->succeeded")
-def finish_claimed(session: Session, counts: dict[uuid.UUID, tuple[int, int, int]]) -> list[Ended]:
-    """End jobs scored inside the transaction that locked them: (attempt, completed, failed) per
-    job; every row was scored, so each one succeeds, with the attempt that ran it."""
+def finish_claimed(session: Session, counts: dict[uuid.UUID, Tally]) -> list[Ended]:
+    """End jobs scored inside the transaction that locked them, each with its rows and usage;
+    every row was scored, so each one succeeds, with the attempt that ran it."""
     return finish(session, [Outcome(job_id, JobStatus.SUCCEEDED,
-                                    (JobStatus.QUEUED, JobStatus.RUNNING), claim_attempt=attempt,
-                                    completed=done, failed=failed)
-                            for job_id, (attempt, done, failed) in counts.items()])
+                                    (JobStatus.QUEUED, JobStatus.RUNNING),
+                                    claim_attempt=tally.attempt, completed=tally.completed,
+                                    failed=tally.failed, usage=tally.usage)
+                            for job_id, tally in counts.items()])
 
 
 @moves("running->succeeded", "cancelling->cancelled")
-def record_batch(session: Session, progress: dict[uuid.UUID, tuple[int, int, int]],
-                 completing: dict[uuid.UUID, tuple[int, int, int]],
+def record_batch(session: Session, progress: dict[uuid.UUID, Tally],
+                 completing: dict[uuid.UUID, Tally],
                  lease_seconds: float) -> tuple[set[uuid.UUID], list[Ended]]:
-    """One batch of leased jobs: add `progress` (attempt, completed, failed) to the jobs it does
-    not complete, end the jobs in `completing` (attempt, total completed, total failed), and end
-    the jobs whose cancel was requested. Returns the ids still owned, and the jobs that ended."""
+    """One batch of leased jobs: add `progress` (this batch's rows and usage) to the jobs it does
+    not complete, end the jobs in `completing` (the attempt's totals), and end the jobs whose
+    cancel was requested. Returns the ids still owned, and the jobs that ended."""
     owned: set[uuid.UUID] = set()
     cancelled: list[Outcome] = []
     if progress:
-        document = [{"id": job_id, "attempt": attempt, "completed": done, "failed": failed}
-                    for job_id, (attempt, done, failed) in progress.items()]
+        document = [{"id": job_id, "attempt": t.attempt, "completed": t.completed,
+                     "failed": t.failed, **asdict(t.usage)} for job_id, t in progress.items()]
         for row in session.execute(RECORD_PROGRESS, {"counts": orjson.dumps(document).decode(),
                                                      "lease_seconds": lease_seconds}):
             owned.add(row.id)
@@ -223,8 +247,8 @@ def record_batch(session: Session, progress: dict[uuid.UUID, tuple[int, int, int
                                          attempt=row.attempt))
     ended = finish(session, cancelled + [
         Outcome(job_id, JobStatus.SUCCEEDED, (JobStatus.RUNNING, JobStatus.CANCELLING),
-                attempt=attempt, completed=done, failed=failed)
-        for job_id, (attempt, done, failed) in completing.items()])
+                attempt=t.attempt, completed=t.completed, failed=t.failed, usage=t.usage)
+        for job_id, t in completing.items()])
     return owned | {job.id for job in ended}, ended
 
 

@@ -22,6 +22,22 @@ from app.store.outbox import NOTIFY_SQL, record_ended_jobs
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What scoring some rows cost: model time, and the bytes read and written."""
+
+    model_seconds: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.model_seconds + other.model_seconds, self.bytes_in + other.bytes_in,
+                     self.bytes_out + other.bytes_out)
+
+
+NO_USAGE = Usage()
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How one job ends: the target status, from which statuses, and what to record with it.
 
@@ -42,6 +58,7 @@ class Outcome:
     failed: int | None = None
     output_file_id: uuid.UUID | None = None
     error_file_id: uuid.UUID | None = None
+    usage: Usage | None = None  # absolute, like the counts: the usage of the rows it keeps
 
     def __post_init__(self) -> None:
         if self.status not in TERMINAL:
@@ -72,14 +89,18 @@ SET status = CASE WHEN j.status = 'cancelling' AND v.status IN ('succeeded', 'fa
     failed_count = coalesce(v.failed, j.failed_count),
     output_file_id = coalesce(v.output_file_id, j.output_file_id),
     error_file_id = coalesce(v.error_file_id, j.error_file_id),
+    model_seconds = coalesce(v.model_seconds, j.model_seconds),
+    bytes_in = coalesce(v.bytes_in, j.bytes_in), bytes_out = coalesce(v.bytes_out, j.bytes_out),
     attempt = coalesce(v.claim_attempt, j.attempt),
     started_at = CASE WHEN v.claim_attempt IS NULL THEN j.started_at
                       ELSE coalesce(j.started_at, statement_timestamp()) END,
-    finished_at = statement_timestamp(), lease_expires_at = NULL
+    finished_at = statement_timestamp(), lease_expires_at = NULL,
+    results_expire_at = statement_timestamp() + j.results_retention_seconds * interval '1 second'
 FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
      AS v(id uuid, status text, from_statuses text[], attempt int, claim_attempt int,
           error_code text, error_message text, completed int, failed int,
-          output_file_id uuid, error_file_id uuid)
+          output_file_id uuid, error_file_id uuid, model_seconds float8, bytes_in bigint,
+          bytes_out bigint)
 WHERE j.id = v.id AND j.status = ANY(v.from_statuses)
   AND (v.attempt IS NULL OR j.attempt = v.attempt)
 RETURNING j.id, j.status, {NOTIFY_SQL} AS notify
@@ -123,6 +144,7 @@ def finish(session: Session, outcomes: Iterable[Outcome]) -> list[Ended]:
 
 def _row(outcome: Outcome) -> dict[str, Any]:
     row = asdict(outcome)
+    row.update(row.pop("usage") or {})
     if outcome.error_message is not None:
         row["error_message"] = outcome.error_message[:2000]
     return row

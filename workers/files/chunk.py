@@ -15,11 +15,13 @@ from app.orm import File, Job, Model
 from app.services.outputs import part_uri
 from app.storage import Storage
 from app.store import chunks as chunk_store
+from app.store.lifecycle import Usage
 from app.store.outbox import record_progress_event
 from workers.context import WorkerContext
 from workers.files.finalizing import finalize_if_done
 from workers.files.phases import dispatch_next
 from workers.leases import PhaseLease
+from workers.runtime.clocked import ClockedModel
 from workers.scoring import RowContext, score_batch
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,10 @@ class ChunkRun:
     signature: dict[str, Any]
     batch_rows: int
     rows: RowContext
+    file_rows: int  # the whole input's, to share its bytes among the chunks
     completed: int = 0
     failed: int = 0
+    bytes_out: int = 0
 
     @classmethod
     def load(cls, context: WorkerContext, job_id: uuid.UUID, index: int, claimed) -> ChunkRun:
@@ -90,9 +94,10 @@ class ChunkRun:
         start_offset, end_offset = offsets[index] if index < len(offsets) else (0, 0)
         return cls(context, job_id, index, claimed.attempt, job.tenant_id,
                    ChunkPlan(claimed.start_row, claimed.end_row, start_offset, end_offset),
-                   source, model, dict(model_row.signature),
+                   source, ClockedModel(model), dict(model_row.signature),
                    context.batch_size(dict(model_row.processing)),
-                   RowContext(options.get("id_column"), tuple(options.get("keep_columns") or ())))
+                   RowContext(options.get("id_column"), tuple(options.get("keep_columns") or ())),
+                   job.total_count)
 
     def score(self, lease: PhaseLease) -> ChunkRun | None:
         """Score every batch into the parts, then commit; None when the chunk stopped (lost,
@@ -117,8 +122,10 @@ class ChunkRun:
         for batch in reader.read(self.plan, self.batch_rows, string_columns=strings):
             lease.check()
             results, errors = score_batch(batch, self.model, self.signature, self.rows)
-            handles["results"].write(b"".join(orjson.dumps(r) + b"\n" for r in results))
-            handles["errors"].write(b"".join(orjson.dumps(e) + b"\n" for e in errors))
+            for kind, rows in (("results", results), ("errors", errors)):
+                written = b"".join(orjson.dumps(row) + b"\n" for row in rows)
+                handles[kind].write(written)
+                self.bytes_out += len(written)
             self.completed, self.failed = self.completed + len(results), self.failed + len(errors)
             if not self.still_wanted():
                 return False
@@ -146,11 +153,19 @@ class ChunkRun:
             done = chunk_store.commit_chunk(
                 session, self.job_id, self.index, self.attempt, completed=self.completed,
                 failed=self.failed, output_uri=uris["results"] if self.completed else None,
-                error_uri=uris["errors"] if self.failed else None)
+                error_uri=uris["errors"] if self.failed else None, usage=self.usage())
             if done:
                 record_progress_event(session, self.job_id,
                                       self.context.settings.progress_event_seconds)
         return done
+
+
+    def usage(self) -> Usage:
+        """Model seconds, the chunk's share of the input's bytes (by rows; the shares add up to
+        the file's size), and the bytes of the parts written."""
+        total, size = max(self.file_rows, 1), self.source.bytes or 0
+        bytes_in = size * self.plan.end_row // total - size * self.plan.start_row // total
+        return Usage(self.model.seconds, bytes_in, self.bytes_out)
 
 
 def open_part(uri: str):

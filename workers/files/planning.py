@@ -8,6 +8,7 @@ from typing import Any
 
 from app.errors import InvalidInput, LeaseLost, describe_error
 from app.formats import open_reader
+from app.services.files import check_columns
 from app.orm import File, Job, Model
 from app.store import chunks as chunk_store
 from app.store import phases as phase_store
@@ -18,12 +19,6 @@ from workers.files.retrying import extract_failed_rows
 from workers.leases import PhaseLease
 
 log = logging.getLogger(__name__)
-
-
-def required_columns(signature: dict[str, Any]) -> list[str]:
-    if signature.get("kind") == "text":
-        return [signature.get("text_field", "text")]
-    return list(signature.get("columns", []))
 
 
 def validate_and_plan(context: WorkerContext, job_id: uuid.UUID) -> list[tuple]:
@@ -90,15 +85,3 @@ def usable_input(context: WorkerContext, job: Job, source: File | None, options:
         source = extract_failed_rows(context, job.id, job.parent_id, source, lease.check)
         options["retry_input_ready"] = True
     return source
-
-
-def check_columns(columns: list[str], signature: dict[str, Any],
-                  options: dict[str, Any]) -> str | None:
-    """Raise when the file lacks a column the model or the job needs; returns the id column."""
-    id_column = options.get("id_column") or ("custom_id" if "custom_id" in columns else None)
-    wanted = required_columns(signature) + ([id_column] if id_column else []) + \
-        list(options.get("keep_columns") or [])
-    missing = [c for c in wanted if c not in columns]
-    if missing:
-        raise InvalidInput(f"the input file lacks column(s) {missing}; it has {columns[:20]}")
-    return id_column
