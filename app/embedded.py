@@ -8,10 +8,40 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 log = logging.getLogger(__name__)
+
+
+def describe_exit(returncode: int) -> str:
+    """`exit code 1` or `signal SIGKILL`, from a Popen-style return code (negative: a signal)."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def process_alive(pid: int | None) -> bool:
+    """Running and not a zombie (a dead process nobody has reaped yet still has a pid)."""
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def reap(pid: int) -> str:
+    """Collect a dead process's exit status: ours when `kiln up` is its subreaper."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "exited (status unknown)"
+    return describe_exit(os.waitstatus_to_exitcode(status)) if reaped else "exited"
 
 
 class EmbeddedPostgres:
@@ -20,19 +50,49 @@ class EmbeddedPostgres:
     def __init__(self, home: Path):
         self.pgdata = (home / "pgdata").resolve()
         self._server = None
+        self._exit: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid (pg_ctl starts it detached: it is nobody's Popen)."""
+        return self._server.get_pid() if self._server is not None else None
 
     def start(self) -> str:
+        """Start the server, or start it again on the same data folder and socket after it died."""
         import pgserver
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_lock()
         self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
         self._server.ensure_postgres_running()
+        self._exit = None
         return self._server.get_uri()
+
+    def _remove_stale_lock(self) -> None:
+        """A killed postmaster that lingers as a zombie still "exists" for pgserver and for
+        Postgres's own lock check, which would refuse to start a new one on this folder."""
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return
+        if not process_alive(pid):
+            lock.unlink(missing_ok=True)
+
+    def exit_status(self) -> str | None:
+        """None while the postmaster runs; how it ended once it has."""
+        if self._server is None or self._exit is not None:
+            return self._exit
+        pid = self.pid
+        if process_alive(pid):
+            return None
+        self._exit = reap(pid) if pid is not None else "exited"
+        return self._exit
 
     def stop(self) -> None:
         from pgserver._commands import pg_ctl
 
-        if self._server is None:
+        if self._server is None or not process_alive(self.pid):
             return
         try:
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
@@ -51,6 +111,16 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exit_status(self) -> str | None:
+        """None while it runs (or when it is a server this object did not start)."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        return describe_exit(self.process.returncode)
 
     def ping(self) -> bool:
         import redis
@@ -92,27 +162,16 @@ class EmbeddedRedis:
                 self.process.wait()
 
 
-@dataclass
-class EmbeddedServices:
-    """Both servers, with their URLs recorded in `home/services.json` for other `kiln` commands."""
+def services_record(home: Path) -> Path:
+    return home / "services.json"
 
-    home: Path
 
-    def __post_init__(self) -> None:
-        self.postgres = EmbeddedPostgres(self.home)
-        self.redis = EmbeddedRedis(self.home)
+def record_services(home: Path, *, database_url: str, redis_url: str) -> None:
+    """Record the servers' URLs in `home/services.json`, for other `kiln` commands
+    (`Settings.with_embedded`)."""
+    services_record(home).write_text(json.dumps(
+        {"database_url": database_url, "redis_url": redis_url, "pid": os.getpid()}, indent=2))
 
-    @property
-    def record(self) -> Path:
-        return self.home / "services.json"
 
-    def start(self) -> dict[str, str]:
-        urls = {"database_url": self.postgres.start(), "redis_url": self.redis.start(),
-                "pid": str(os.getpid())}
-        self.record.write_text(json.dumps(urls, indent=2))
-        return urls
-
-    def stop(self) -> None:
-        self.record.unlink(missing_ok=True)
-        self.redis.stop()
-        self.postgres.stop()
+def forget_services(home: Path) -> None:
+    services_record(home).unlink(missing_ok=True)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import click
@@ -158,80 +155,84 @@ def reconcile(ctx: click.Context) -> None:
                f"republished {len(report.republished)}")
 
 
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workers.cli", *args], env=env)
-
-
 @cli.command()
 @click.option("--port", type=int, default=None, help="API port (default $KILN_API_PORT).")
 @click.pass_context
 def up(ctx: click.Context, port: int | None) -> None:
     """Run everything on one machine: embedded Postgres and Redis if none are configured,
-    migrations, the demo model, the API and a worker. Ctrl-C stops what it started."""
+    migrations, the demo model, the API and a worker. What dies is restarted; Ctrl-C stops it all."""
     from app.migrate import upgrade
+    from workers.supervisor import ChildProcess, GaveUp, Supervisor, become_subreaper
 
-    settings, embedded = with_embedded_services(settings_from(ctx))
+    become_subreaper()
+    settings = settings_from(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
     port = port or settings.api_port
-    stopping = False
-
-    def stop(_signum, _frame) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    children: dict[str, subprocess.Popen] = {}
+    url = f"http://{settings.api_host}:{port}"
+    supervisor = Supervisor(settings.home, url, say=lambda line: err.print(line, markup=False))
+    stopping = stop_on_signals()
+    gave_up = None
     try:
+        settings = with_embedded_services(settings, supervisor)
         upgrade(settings)
         err.print(add_demo_model(settings, "digits", only_if_missing=True))
         env = {**os.environ, "KILN_DATABASE_URL": settings.database_url,
                "KILN_REDIS_URL": settings.redis_url, "KILN_HOME": str(settings.home.resolve()),
                "KILN_WEBHOOK_ALLOW_PRIVATE": "true"}
-        commands = {"api": ["api", "--port", str(port)], "worker": ["worker"]}
-        children = {name: spawn(args, env) for name, args in commands.items()}
-        url = f"http://{settings.api_host}:{port}"
-        err.print(f"[bold green]Kiln is up.[/] API {url}  docs {url}/docs  (Ctrl-C stops it)")
-        while not stopping:
-            for name, child in list(children.items()):
-                if child.poll() is not None and not stopping:
-                    err.print(f"{name} exited with {child.returncode}; restarting it")
-                    children[name] = spawn(commands[name], env)
-            time.sleep(0.5)
+        supervisor.start(ChildProcess("worker", ["worker"], env))
+        supervisor.start(ChildProcess("api", ["api", "--port", str(port)], env, url=url))
+        err.print(f"[bold green]Kiln is up.[/] API {url}  docs {url}/docs  (Ctrl-C stops it; "
+                  f"`kiln status` shows its services)")
+        supervisor.run(until=lambda: stopping)
+    except GaveUp as exc:
+        gave_up = exc
+        err.print(f"[bold red]{exc.detail}[/]")
     finally:
         err.print("stopping …")
-        stop_children(children.values())
-        if embedded is not None:
-            embedded.stop()
+        supervisor.stop_all()
+        if supervisor.embedded:
+            forget_services(settings.home)
         err.print("stopped")
+    if gave_up is not None:
+        ctx.exit(1)
 
 
-def with_embedded_services(settings: Settings):
-    """Start embedded Postgres and Redis for whichever URL is not configured; returns the
-    settings pointing at them, and the servers (None when both URLs are configured)."""
-    from app.embedded import EmbeddedServices
+def stop_on_signals() -> list[bool]:
+    """A flag that SIGINT and SIGTERM set (truthy once set), checked by `kiln up`'s loop."""
+    stopping: list[bool] = []
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    def stop(_signum, _frame) -> None:
+        stopping.append(True)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    return stopping
+
+
+def with_embedded_services(settings: Settings, supervisor) -> Settings:
+    """Start (supervised) embedded Postgres and Redis for whichever URL is not configured;
+    returns the settings pointing at them, recorded in `KILN_HOME/services.json`."""
+    from app.embedded import EmbeddedPostgres, EmbeddedRedis, record_services
+    from workers.supervisor import EmbeddedServer
+
     base = Settings()
     if base.database_url and base.redis_url:
-        return settings, None
-    embedded = EmbeddedServices(settings.home)
+        return settings
     err.print(f"starting embedded Postgres and Redis under {settings.home.resolve()} …")
-    urls = embedded.start()
-    return settings.model_copy(update={
-        "database_url": base.database_url or urls["database_url"],
-        "redis_url": base.redis_url or urls["redis_url"]}), embedded
+    urls = {"database_url": base.database_url, "redis_url": base.redis_url}
+    for key, server in (("database_url", EmbeddedServer("postgres", EmbeddedPostgres(settings.home))),
+                        ("redis_url", EmbeddedServer("redis", EmbeddedRedis(settings.home)))):
+        if not urls[key]:
+            supervisor.start(server)
+            urls[key] = server.url
+    record_services(settings.home, **urls)
+    return settings.model_copy(update=urls)
 
 
-def stop_children(children) -> None:
-    """SIGTERM every child still running, then wait up to 30 s each before killing it."""
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
+def forget_services(home: Path) -> None:
+    from app.embedded import forget_services as forget
+
+    forget(home)
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from app.errors import KilnError, TooManyRequests
 log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://kiln.dev/problems/"
+# A lost database is usually back within seconds (a failover, or `kiln up` restarting it).
+DATABASE_RETRY_AFTER_SECONDS = 2
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
@@ -62,8 +64,10 @@ def from_driver_error(error: BaseException, invalidated: bool = False) -> Respon
     if invalidated or isinstance(error, (OSError, psycopg.OperationalError,
                                          psycopg.InterfaceError)):
         log.warning("database unavailable: %s", error)
-        return problem(503, "database_unavailable", "Service unavailable",
-                       "the database is unreachable; retry shortly")
+        response = problem(503, "database_unavailable", "Service unavailable",
+                           "the database is unreachable; retry shortly")
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response
     return from_unexpected(error)  # logs the exception being handled
 
 

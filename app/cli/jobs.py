@@ -11,7 +11,8 @@ import orjson
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
-from app.cli.base import api_call, client, err
+from app.cli.base import api_call, client, err, settings_from
+from app.cli.upstatus import print_up_status
 
 
 def read_records(path: Path) -> list:
@@ -74,10 +75,13 @@ def submit(ctx: click.Context, model: str, input_path: Path, priority: int,
 
 
 @click.command()
-@click.argument("job_id")
+@click.argument("job_id", required=False)
 @click.pass_context
-def status(ctx: click.Context, job_id: str) -> None:
-    """Print a job as JSON."""
+def status(ctx: click.Context, job_id: str | None) -> None:
+    """Print a job as JSON; with no job id, the services of the running `kiln up`."""
+    if job_id is None:
+        print_up_status(settings_from(ctx))
+        return
     click.echo(orjson.dumps(api_call(client(ctx).job, job_id), option=orjson.OPT_INDENT_2).decode())
 
 
