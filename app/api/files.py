@@ -8,6 +8,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from app.api.context import caller, context, db
 from app.api.responses import Response, json_response
 from app.api.schemas import FileList, FileOut, FilePath, FileQuery, Problem, UploadForm
+from app.errors import InvalidInput
 from app.formats import MEDIA_TYPES
 from app import presenters
 from app.services import files
@@ -28,6 +29,10 @@ def allow_large_uploads() -> None:
 @api.post("/files", responses={201: FileOut, **ERRORS})
 def upload_file(form: UploadForm) -> Response:
     """Upload a CSV, JSONL or Parquet file (gzip for CSV and JSONL) as multipart field `file`."""
+    if not hasattr(form.file, "stream"):  # a part named `file` sent without a file name
+        raise InvalidInput("file: expected a file upload (a multipart part with a filename)",
+                           errors=[{"field": "file", "message": "not a file",
+                                    "code": "not_a_file"}])
     ctx, session, who = context(), db(), caller()
     ctx.admission.precheck_upload(session, who)  # 429 before reading the bytes of a full tenant
     record = files.upload_file(session, who, ctx.storage, form.file.stream,

@@ -258,6 +258,9 @@ def test_upload_errors(kiln, make_stack):
     assert bad.status_code == 422 and bad.headers["Content-Type"] == PROBLEM
     missing = kiln.http.post("/v1/files", data={"purpose": "input"})
     assert missing.status_code == 422
+    nameless = kiln.http.post("/v1/files", files={"file": ("", b"")}, data={"format": "csv"})
+    assert nameless.status_code == 422 and nameless.headers["Content-Type"] == PROBLEM
+    assert nameless.json()["errors"][0]["code"] == "not_a_file"
     both = kiln.http.post("/v1/jobs", json={"model": "digits", "inputs": [{}], "input_file": "x"})
     assert both.status_code == 422
     unknown = kiln.http.post("/v1/jobs", json={"model": "digits", "input_file": str(uuid.uuid4())})
