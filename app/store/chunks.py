@@ -83,29 +83,8 @@ WHERE c.job_id = picked.job_id AND c.index = picked.index
 RETURNING c.job_id, c.index, picked.queue
 """)
 
-DISPATCH = text("""
-WITH open AS (
-    SELECT c.job_id, c.index, c.status = 'queued' AND c.lease_expires_at IS NULL AS held,
-           j.status AS job_status, j.created_at, j.options->>'queue' AS queue
-    FROM job_chunks c JOIN jobs j ON j.id = c.job_id
-    WHERE c.tenant_id = :tenant_id AND c.status IN ('queued', 'running')
-      AND j.status IN ('running', 'cancelling')),
-in_flight AS (SELECT job_id, count(*) FILTER (WHERE NOT held) AS n FROM open GROUP BY job_id),
-picked AS (
-    SELECT job_id, index, queue FROM (
-        SELECT o.job_id, o.index, o.queue, o.created_at,
-               f.n + row_number() OVER (PARTITION BY o.job_id ORDER BY o.index) AS slot
-        FROM open o JOIN in_flight f ON f.job_id = o.job_id
-        WHERE o.held AND o.job_status = 'running') numbered
-    WHERE slot <= :job_window
-    ORDER BY slot, created_at, job_id, index
-    LIMIT CASE WHEN :tenant_limit > 0
-               THEN greatest(:tenant_limit - (SELECT coalesce(sum(n), 0) FROM in_flight), 0) END)
-UPDATE job_chunks c SET lease_expires_at = now() + make_interval(secs => :grace_seconds)
-FROM picked
-WHERE c.job_id = picked.job_id AND c.index = picked.index
-  AND c.status = 'queued' AND c.lease_expires_at IS NULL
-RETURNING c.job_id, c.index, picked.queue
+CANCEL_QUEUED = text("""
+UPDATE job_chunks SET status = 'cancelled' WHERE job_id = :job_id AND status = 'queued'
 """)
 
 
@@ -146,6 +125,11 @@ def commit_chunk(session: Session, job_id: uuid.UUID, index: int, attempt: int, 
 def cancel_chunk(session: Session, job_id: uuid.UUID, index: int, attempt: int) -> None:
     """A running chunk of a cancelling job stops where it is."""
     session.execute(CANCEL_CHUNK, {"job_id": job_id, "index": index, "attempt": attempt})
+
+
+def cancel_queued(session: Session, job_id: uuid.UUID) -> None:
+    """A job that ends by a cancel takes its chunks still waiting with it."""
+    session.execute(CANCEL_QUEUED, {"job_id": job_id})
 
 
 def dispatch_chunks(session: Session, tenant_id: uuid.UUID, *, job_window: int, tenant_limit: int,

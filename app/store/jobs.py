@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.domain.states import JobStatus
 from app.orm import Job, Model
+from app.store import chunks as chunk_store
 from app.store.lifecycle import NO_USAGE, Ended, Outcome, Usage, finish
 from app.store.transitions import moves
 
@@ -127,10 +128,6 @@ RENEW = text("""
 UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
 FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
 WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
-""")
-
-CANCEL_QUEUED_CHUNKS = text("""
-UPDATE job_chunks SET status = 'cancelled' WHERE job_id = :job_id AND status = 'queued'
 """)
 
 REQUEST_CANCEL = text("""
@@ -256,7 +253,7 @@ def record_batch(session: Session, progress: dict[uuid.UUID, Tally],
 def cancel_now(session: Session, job_id: uuid.UUID, current: str) -> list[Ended]:
     """End a job nobody is scoring (queued, validating, or a file job with no running chunk),
     and its chunks still waiting."""
-    session.execute(CANCEL_QUEUED_CHUNKS, {"job_id": job_id})
+    chunk_store.cancel_queued(session, job_id)
     return finish(session, [Outcome(job_id, JobStatus.CANCELLED, (JobStatus(current),))])
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.domain.states import JobStatus
 from app.orm import File, Job
+from app.store import chunks as chunk_store
 from app.store.lifecycle import Ended, Outcome, finish
 from app.store.transitions import moves
 
@@ -69,10 +70,6 @@ CLAIM_FINALIZE = text("""
 UPDATE jobs SET status = 'finalizing', attempt = attempt + 1, last_error = NULL,
     lease_expires_at = now() + make_interval(secs => :lease_seconds)
 WHERE id = :job_id AND status = 'running' RETURNING attempt
-""")
-
-CANCEL_QUEUED_CHUNKS = text("""
-UPDATE job_chunks SET status = 'cancelled' WHERE job_id = :job_id AND status = 'queued'
 """)
 
 # Finalize records each joined file as it is written, so that an attempt that follows a lost
@@ -144,7 +141,7 @@ def chunk_state(session: Session, job_id: uuid.UUID):
 @moves("cancelling->cancelled")
 def end_cancelled(session: Session, job_id: uuid.UUID) -> list[Ended]:
     """A cancelling file job whose running chunks have stopped ends, with its queued chunks."""
-    session.execute(CANCEL_QUEUED_CHUNKS, {"job_id": job_id})
+    chunk_store.cancel_queued(session, job_id)
     return finish(session, [Outcome(job_id, JobStatus.CANCELLED, (JobStatus.CANCELLING,))])
 
 
