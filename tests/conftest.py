@@ -43,7 +43,8 @@ def services():
         admin_url = embedded_pg.start()
         embedded = [embedded_pg]
     if support.local_redis_up() and not force:
-        redis_url = f"{support.LOCAL_REDIS}/{random.randint(1, 15)}"
+        db = os.environ.get("KILN_TEST_REDIS_DB") or random.randint(1, 15)  # parallel runs: set it
+        redis_url = f"{support.LOCAL_REDIS}/{db}"
     else:
         from app.embedded import EmbeddedRedis
         embedded_redis = EmbeddedRedis(home)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from app.queueing.drains import DrainFlags
@@ -26,8 +27,10 @@ class Coalescer:
     """
 
     def __init__(self, publisher: Publisher, window_seconds: float,
-                 drains: DrainFlags | None = None, *, quiet_seconds: float):
+                 drains: DrainFlags | None = None, *, quiet_seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.publisher, self.window, self.drains = publisher, window_seconds, drains
+        self.clock = clock
         self.quiet_seconds = quiet_seconds
         self.last_sent: dict[Any, float] = {}
         self.last_job: dict[Any, float] = {}
@@ -41,7 +44,7 @@ class Coalescer:
         """A job of `model_key` was committed; `window_seconds` overrides the default window
         (a model's own `max_batch_wait_ms`)."""
         window = self.window if window_seconds is None else window_seconds
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             quiet = now - self.last_job.get(model_key, -1e9) >= min(window, self.quiet_seconds)
             self.last_job[model_key] = now
@@ -72,8 +75,8 @@ class Coalescer:
                 if due_at is None:
                     self._wake.clear()
                     continue
-            time.sleep(max(due_at - time.monotonic(), 0.0))
-            now, due = time.monotonic(), []
+            time.sleep(min(max(due_at - self.clock(), 0.0), 1.0))
+            now, due = self.clock(), []
             with self._lock:
                 for key, (job_id, queue, at) in list(self.pending.items()):
                     if at <= now:
