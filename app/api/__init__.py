@@ -6,7 +6,8 @@ import orjson
 from flask import Request, request
 from flask_openapi3 import Info, OpenAPI
 
-from app.api import files, health, jobs, metrics, models, problems, usage, webhooks
+from app.api import audit, files, health, jobs, metrics, models, problems, usage, webhooks
+from app.api import requests as request_origin
 from app.api.responses import OrjsonProvider, Response
 from app.api.context import ApiContext, caller, close_session, commit_request
 from app.db import make_engine, make_sessionmaker
@@ -73,11 +74,13 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.before_request(require_api_key)
     app.before_request(reject_malformed_json)
     app.teardown_appcontext(close_session)
+    request_origin.init_app(app)
     problems.init_app(app)
     app.register_api(jobs.api)
     app.register_api(models.api)
     app.register_api(files.api)
     app.register_api(webhooks.api)
     app.register_api(usage.api)
+    app.register_api(audit.api)
     app.register_blueprint(health.bp)
     return app
