@@ -18,6 +18,7 @@ class Origin:
     actor: str | None = None  # an API key's prefix, `cli:<os user>`, or None (the system)
     request_id: str | None = None
     client_ip: str | None = None
+    tenant_id: str | None = None  # the authenticated caller's tenant (logs only)
 
 
 _ORIGIN: ContextVar[Origin] = ContextVar("kiln_origin", default=Origin())  # noqa: B039 - frozen

@@ -125,7 +125,8 @@ def commit_request(response: object) -> object:
 def caller() -> Caller:
     if "caller" not in g:
         g.caller = authenticate(db(), request.headers.get("Authorization"), context().callers)
-        origin.set_origin(actor=g.caller.key_prefix)  # undone by `app.api.requests`
+        origin.set_origin(actor=g.caller.key_prefix,  # undone by `app.api.requests`
+                          tenant_id=str(g.caller.tenant_id))
     return g.caller
 
 

@@ -19,7 +19,7 @@ def bind_origin() -> None:
     given = request.headers.get(HEADER, "")
     request_id = given if ACCEPTED.fullmatch(given) else origin.new_request_id()
     g.origin_token = origin.set_origin(request_id=request_id, client_ip=request.remote_addr,
-                                       actor=None)
+                                       actor=None, tenant_id=None)
 
 
 def echo_request_id(response: Response) -> Response:

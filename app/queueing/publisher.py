@@ -8,10 +8,18 @@ from collections.abc import Iterable
 
 from celery import Celery
 
+from app import origin
 from app.queueing.celery_config import RUN_CHUNK, RUN_JOB, celery_config
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+REQUEST_ID_HEADER = "kiln_request_id"
+
+
+def message_headers() -> dict[str, str] | None:
+    """The publishing request's id, carried to the worker's log lines (`workers.tasks`)."""
+    request_id = origin.current().request_id
+    return {REQUEST_ID_HEADER: request_id} if request_id else None
 
 
 class Publisher:
@@ -38,7 +46,7 @@ class Publisher:
             for job_id in job_ids:
                 self.celery.send_task(RUN_JOB, kwargs={"job_id": str(job_id),
                                                        **({"helper": True} if helper else {})},
-                                      queue=queue or self.queue)
+                                      queue=queue or self.queue, headers=message_headers())
         except Exception as exc:  # noqa: BLE001 - any broker failure; the job is safe in Postgres
             log.warning("publish failed, the reconciler will re-publish: %s", exc)
             return False
@@ -50,7 +58,7 @@ class Publisher:
             for job_id, index, *routed in chunks:
                 target = (routed[0] if routed else None) or queue or self.queue
                 self.celery.send_task(RUN_CHUNK, kwargs={"job_id": str(job_id), "index": index},
-                                      queue=target)
+                                      queue=target, headers=message_headers())
         except Exception as exc:  # noqa: BLE001 - as above
             log.warning("publish failed, the reconciler will re-publish: %s", exc)
             return False
