@@ -85,6 +85,8 @@ def configure(level: str, fmt: str) -> None:
         "handlers": {"kiln": {"class": "logging.StreamHandler", "formatter": "kiln",
                               "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["kiln"], "level": level.upper()}})
+    if fmt == "json":  # Python's warnings become records too, so every line is JSON
+        logging.captureWarnings(True)
 
 
 @contextmanager

@@ -136,10 +136,10 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     from workers.metrics_server import worker_metrics
 
     with worker_metrics(settings):
-        celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
+        celery.worker_main([*(["--quiet"] if settings.log_format == "json" else []),
+                            "worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
                             "--loglevel", settings.log_level, "--without-gossip",
-                            "--without-mingle", "--hostname", f"kiln-{queues}-{os.getpid()}@%h",
-                            *(["--quiet"] if settings.log_format == "json" else [])])
+                            "--without-mingle", "--hostname", f"kiln-{queues}-{os.getpid()}@%h"])
 
 
 @cli.command()
