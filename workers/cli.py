@@ -87,6 +87,14 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         signals.setup_logging.connect(lambda **_: configure(level, fmt), weak=False)
 
 
+def configure_tracing() -> None:
+    """Each prefork child starts its own tracer (OTEL_* variables) and flushes it on exit."""
+    from app import tracing
+
+    signals.worker_process_init.connect(lambda **_: tracing.configure("kiln-worker"), weak=False)
+    signals.worker_process_shutdown.connect(lambda **_: tracing.flush(), weak=False)
+
+
 @cli.command()
 @click.option("--queues", "-Q", default=None, help="Queues to consume (default $KILN_QUEUE).")
 @click.option("--concurrency", "-c", type=int, default=None, help="Prefork children.")
@@ -113,6 +121,7 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing()
     apply_cpu_policy(settings.tuning.cpu_policy)  # inherited by the prefork children and their threads
     celery = create_celery(settings, require_gpu=require_gpu)
 

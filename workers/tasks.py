@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from celery import shared_task
+from opentelemetry.trace import SpanKind
 
-from app import logs, metrics, origin
+from app import logs, metrics, origin, tracing
 from app.queueing.publisher import REQUEST_ID_HEADER
 from app.queueing.celery_config import RUN_CHUNK, RUN_JOB
 from app.store import jobs as job_store
@@ -33,8 +34,13 @@ def job_context(request, job_id: str, chunk: int | None = None) -> Iterator[None
     lines and on the messages published inside (the chunks a validated file job fans out)."""
     known = request_id(request)
     token = origin.set_origin(request_id=known)
+    carrier = {name: value for name in ("traceparent", "tracestate")
+               if isinstance(value := getattr(request, name, None), str)}
     try:
-        with logs.bound(job_id=job_id, chunk=chunk, request_id=known, worker=request.hostname):
+        with logs.bound(job_id=job_id, chunk=chunk, request_id=known, worker=request.hostname), \
+                tracing.continued(carrier, "kiln.run_chunk" if chunk is not None
+                                  else "kiln.run_job", SpanKind.CONSUMER, job_id=job_id,
+                                  chunk=chunk):
             yield
     finally:
         origin.reset(token)

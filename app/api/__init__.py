@@ -10,6 +10,7 @@ from app.api import audit, files, health, jobs, metrics, models, problems, usage
 from app.api import requests as request_origin
 from app.api.responses import OrjsonProvider, Response
 from app.api.context import ApiContext, caller, close_session, commit_request
+from app import tracing
 from app.db import make_engine, make_sessionmaker
 from app.errors import BadRequest
 from app.settings import Settings, load_settings
@@ -54,6 +55,7 @@ class KilnApp(OpenAPI):
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
+    tracing.configure("kiln-api")  # each API worker process builds its app, and its tracer
     app = KilnApp(__name__, info=Info(title="Kiln", version="0.1.0",
                                       description="Asynchronous batch inference."),
                   security_schemes={"bearer": BEARER},
