@@ -66,7 +66,11 @@ def _exporter(name: str, environ: Mapping[str, str]):
     protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                            environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise ValueError("OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs "
+                             "`pip install opentelemetry-exporter-otlp-proto-grpc`") from None
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     return OTLPSpanExporter()
