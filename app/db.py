@@ -13,6 +13,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import tracing
 from app.errors import InvalidInput
 from app.settings import Settings
 
@@ -36,7 +37,9 @@ def make_engine(settings: Settings, **kwargs) -> Engine:
     # JSON that psycopg parses itself (jsonb in the rows of text() statements, e.g. a claim's
     # inputs) goes through orjson too: several times faster than the standard library.
     psycopg.types.json.set_json_loads(orjson.loads)
-    return create_engine(settings.sqlalchemy_url, **options)
+    engine = create_engine(settings.sqlalchemy_url, **options)
+    tracing.instrument_engine(engine)  # nothing unless OTEL_* turned traces on
+    return engine
 
 
 def connect(engine: Engine, **kwargs) -> psycopg.Connection:

@@ -39,7 +39,8 @@ class ApiServer:
             "workers_kill_timeout": GRACEFUL_TIMEOUT_SECONDS, "respawn_failed_workers": True,
             "respawn_interval": 1.0, "log_access": False,
             "log_level": LogLevels(settings.log_level.lower()),
-            "log_dictconfig": logging_config(LOGGING_CONFIG, settings.log_level),
+            "log_dictconfig": logging_config(LOGGING_CONFIG, settings.log_level,
+                                             settings.log_format),
         }
 
     def run(self) -> None:
@@ -48,11 +49,17 @@ class ApiServer:
         Server(**self.options).serve()
 
 
-def logging_config(granian_config: dict[str, Any], level: str) -> dict[str, Any]:
+def logging_config(granian_config: dict[str, Any], level: str,
+                   fmt: str = "text") -> dict[str, Any]:
     """granian's own logging configuration, plus Kiln's loggers (through the root logger) at
-    KILN_LOG_LEVEL in the format `kiln worker` uses."""
+    KILN_LOG_LEVEL in the format `kiln worker` uses; with KILN_LOG_FORMAT=json granian's own
+    lines are JSON too."""
+    from app.logs import formatter_config
+
     config = copy.deepcopy(granian_config)
-    config["formatters"]["kiln"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    if fmt == "json":
+        config["formatters"] = {name: formatter_config(fmt) for name in config["formatters"]}
+    config["formatters"]["kiln"] = formatter_config(fmt)
     config["handlers"]["kiln"] = {"formatter": "kiln", "class": "logging.StreamHandler",
                                   "stream": "ext://sys.stderr"}
     config["root"] = {"handlers": ["kiln"], "level": level.upper()}

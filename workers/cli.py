@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from pathlib import Path
@@ -79,8 +78,21 @@ def models_optimize(ctx: click.Context, name: str, variants: tuple[str, ...], ve
         raise click.ClickException(exc.detail) from None
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Kiln's format for every logger; with json, Celery's too (it then leaves logging alone)."""
+    from app.logs import configure
+
+    configure(level, fmt)
+    if fmt == "json":
+        signals.setup_logging.connect(lambda **_: configure(level, fmt), weak=False)
+
+
+def configure_tracing() -> None:
+    """Each prefork child starts its own tracer (OTEL_* variables) and flushes it on exit."""
+    from app import tracing
+
+    signals.worker_process_init.connect(lambda **_: tracing.configure("kiln-worker"), weak=False)
+    signals.worker_process_shutdown.connect(lambda **_: tracing.flush(), weak=False)
 
 
 @cli.command()
@@ -108,7 +120,8 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     threads = settings.ort_threads or max(1, cpus() // concurrency)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing()
     apply_cpu_policy(settings.tuning.cpu_policy)  # inherited by the prefork children and their threads
     celery = create_celery(settings, require_gpu=require_gpu)
 
@@ -132,7 +145,8 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     from workers.metrics_server import worker_metrics
 
     with worker_metrics(settings):
-        celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
+        celery.worker_main([*(["--quiet"] if settings.log_format == "json" else []),
+                            "worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
                             "--loglevel", settings.log_level, "--without-gossip",
                             "--without-mingle", "--hostname", f"kiln-{queues}-{os.getpid()}@%h"])
 

@@ -6,9 +6,11 @@ import orjson
 from flask import Request, request
 from flask_openapi3 import Info, OpenAPI
 
-from app.api import files, health, jobs, metrics, models, problems, usage, webhooks
+from app.api import audit, files, health, jobs, metrics, models, problems, usage, webhooks
+from app.api import requests as request_origin
 from app.api.responses import OrjsonProvider, Response
 from app.api.context import ApiContext, caller, close_session, commit_request
+from app import tracing
 from app.db import make_engine, make_sessionmaker
 from app.errors import BadRequest
 from app.settings import Settings, load_settings
@@ -53,6 +55,7 @@ class KilnApp(OpenAPI):
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
+    tracing.configure("kiln-api")  # each API worker process builds its app, and its tracer
     app = KilnApp(__name__, info=Info(title="Kiln", version="0.1.0",
                                       description="Asynchronous batch inference."),
                   security_schemes={"bearer": BEARER},
@@ -73,11 +76,13 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.before_request(require_api_key)
     app.before_request(reject_malformed_json)
     app.teardown_appcontext(close_session)
+    request_origin.init_app(app)
     problems.init_app(app)
     app.register_api(jobs.api)
     app.register_api(models.api)
     app.register_api(files.api)
     app.register_api(webhooks.api)
     app.register_api(usage.api)
+    app.register_api(audit.api)
     app.register_blueprint(health.bp)
     return app

@@ -11,6 +11,7 @@ from flask import current_app, g, request
 from flask.globals import app_ctx
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from app import origin
 from app.caching import LoadingCache
 from app.db import close_quietly, connect
 from app.groupcommit import GroupCommit
@@ -124,6 +125,8 @@ def commit_request(response: object) -> object:
 def caller() -> Caller:
     if "caller" not in g:
         g.caller = authenticate(db(), request.headers.get("Authorization"), context().callers)
+        origin.set_origin(actor=g.caller.key_prefix,  # undone by `app.api.requests`
+                          tenant_id=str(g.caller.tenant_id))
     return g.caller
 
 

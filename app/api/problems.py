@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, StatementError
 from werkzeug.exceptions import HTTPException
 
+from app import origin
 from app.api.responses import Response
 from app.errors import KilnError, TooManyRequests
 
@@ -24,7 +25,7 @@ DATABASE_RETRY_AFTER_SECONDS = 2
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
     body = {"type": PROBLEM_BASE + code, "title": title, "status": status, "detail": detail,
-            "instance": request.path, **extra}
+            "instance": request.path, "request_id": origin.current().request_id, **extra}
     return Response(orjson.dumps(body), status=status, mimetype="application/problem+json")
 
 

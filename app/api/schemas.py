@@ -195,3 +195,4 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str | None = None
+    request_id: str | None = Field(default=None, description="The `X-Request-Id` of the request.")

@@ -6,7 +6,7 @@ Each submodule keeps its own name (`app.cli.models` is the module; its group is
 `app.cli.models.models`).
 """
 
-from app.cli import api, db, jobs, keys, models, tenants, usage, webhooks
+from app.cli import api, audit, db, jobs, keys, models, tenants, usage, webhooks
 from app.cli.api import multiprocess_metrics
 from app.cli.base import cli, err, sessions, settings_from
 
@@ -26,3 +26,4 @@ cli.add_command(models.models)
 cli.add_command(webhooks.webhooks)
 cli.add_command(tenants.tenants)
 cli.add_command(usage.usage)
+cli.add_command(audit.audit)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
+from app import origin
 from app.settings import Settings, load_settings
 
 err = Console(stderr=True)
+# Long-running services, whose changes are the system's own, not the operator's.
+SERVICES = frozenset({"api", "worker", "up", "reconcile"})
 
 
 def settings_from(ctx: click.Context) -> Settings:
@@ -20,6 +23,8 @@ def cli(ctx: click.Context) -> None:
     """Kiln: asynchronous batch inference on Postgres, Redis and Celery."""
     ctx.ensure_object(dict)
     ctx.obj["settings"] = load_settings()
+    if ctx.invoked_subcommand not in SERVICES:  # an operator's command: audited as `cli:<user>`
+        origin.set_origin(actor=origin.cli_actor())
 
 
 def sessions(settings: Settings):

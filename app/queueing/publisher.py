@@ -7,11 +7,22 @@ import uuid
 from collections.abc import Iterable
 
 from celery import Celery
+from opentelemetry.trace import SpanKind
 
+from app import origin, tracing
 from app.queueing.celery_config import RUN_CHUNK, RUN_JOB, celery_config
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+REQUEST_ID_HEADER = "kiln_request_id"
+
+
+def message_headers() -> dict[str, str] | None:
+    """The publishing request's id, carried to the worker's log lines, and the trace context
+    (`traceparent`), continued by the worker's span (`workers.tasks`)."""
+    request_id = origin.current().request_id
+    headers = tracing.inject({REQUEST_ID_HEADER: request_id} if request_id else {})
+    return headers or None
 
 
 class Publisher:
@@ -36,9 +47,11 @@ class Publisher:
         `workers.tasks.run_job`)."""
         try:
             for job_id in job_ids:
-                self.celery.send_task(RUN_JOB, kwargs={"job_id": str(job_id),
-                                                       **({"helper": True} if helper else {})},
-                                      queue=queue or self.queue)
+                with tracing.span("kiln.publish run_job", SpanKind.PRODUCER, job_id=str(job_id)):
+                    self.celery.send_task(RUN_JOB, kwargs={"job_id": str(job_id),
+                                                           **({"helper": True} if helper
+                                                              else {})},
+                                          queue=queue or self.queue, headers=message_headers())
         except Exception as exc:  # noqa: BLE001 - any broker failure; the job is safe in Postgres
             log.warning("publish failed, the reconciler will re-publish: %s", exc)
             return False
@@ -49,8 +62,11 @@ class Publisher:
         try:
             for job_id, index, *routed in chunks:
                 target = (routed[0] if routed else None) or queue or self.queue
-                self.celery.send_task(RUN_CHUNK, kwargs={"job_id": str(job_id), "index": index},
-                                      queue=target)
+                with tracing.span("kiln.publish run_chunk", SpanKind.PRODUCER,
+                                  job_id=str(job_id), chunk=index):
+                    self.celery.send_task(RUN_CHUNK,
+                                          kwargs={"job_id": str(job_id), "index": index},
+                                          queue=target, headers=message_headers())
         except Exception as exc:  # noqa: BLE001 - as above
             log.warning("publish failed, the reconciler will re-publish: %s", exc)
             return False

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.caching import LoadingCache, cached_or_loaded
 from app.errors import NotFound, Unauthorized
 from app.orm import ApiKey, Tenant
+from app.services import audit
 
 KEY_PREFIX = "kiln_"
 
@@ -23,6 +24,7 @@ class Caller:
 
     tenant_id: uuid.UUID
     tenant_name: str
+    key_prefix: str | None = None  # the audit log's actor
 
 
 def get_owned(session: Session, caller: Caller, entity, raw_id, what: str):
@@ -48,6 +50,8 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
         tenant = Tenant(name=name)
         session.add(tenant)
         session.flush()
+        audit.record(session, "tenant.create", "tenant", tenant.id, tenant_id=tenant.id,
+                     details={"name": name})
     return tenant
 
 
@@ -59,6 +63,8 @@ def create_key(session: Session, tenant_name: str, name: str | None = None) -> t
     key = ApiKey(tenant_id=tenant.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(plain), name=name)
     session.add(key)
     session.flush()
+    audit.record(session, "key.create", "api_key", key.prefix, tenant_id=tenant.id,
+                 details={"name": name} if name else None)
     return key, plain
 
 
@@ -73,6 +79,7 @@ def revoke_key(session: Session, prefix: str) -> ApiKey:
         raise NotFound(f"no API key with prefix {prefix!r}")
     if key.revoked_at is None:
         key.revoked_at = func.now()
+        audit.record(session, "key.revoke", "api_key", key.prefix, tenant_id=key.tenant_id)
     session.flush()
     return key
 
@@ -90,11 +97,11 @@ def authenticate(session: Session, authorization: str | None,
 
     def load() -> Caller:
         row = session.execute(
-            select(ApiKey.tenant_id, Tenant.name).join(Tenant)
+            select(ApiKey.tenant_id, Tenant.name, ApiKey.prefix).join(Tenant)
             .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         ).first()
         if row is None:
             raise Unauthorized("the API key is unknown or revoked")
-        return Caller(tenant_id=row.tenant_id, tenant_name=row.name)
+        return Caller(tenant_id=row.tenant_id, tenant_name=row.name, key_prefix=row.prefix)
 
     return cached_or_loaded(cache, key_hash, load)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.formats import detect_format
 from app.orm import File, Job, Tenant
+from app.services import audit
 from app.services.auth import Caller, get_owned
 from app.storage import Storage
 from app.store import jobs as job_store
@@ -49,6 +50,8 @@ def upload_file(session: Session, caller: Caller, storage: Storage, stream: Bina
                                          default_retention_seconds))
     session.add(record)
     session.flush()
+    audit.record_for(session, caller, "file.upload", "file", record.id, filename=filename[:200],
+                     bytes=size, purpose=purpose)
     return record
 
 
@@ -105,6 +108,7 @@ def delete_file(session: Session, caller: Caller, file_id: str) -> None:
     job_store.forget_file(session, found.id)
     session.delete(found)
     session.flush()
+    audit.record_for(session, caller, "file.delete", "file", found.id)
     remove_stored(uri)
 
 

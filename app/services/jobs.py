@@ -25,7 +25,9 @@ from app.services.commands import (IN_SESSION, DeleteJob, Intake, RetryFailedRow
 from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller, get_owned
+from app.services import audit
 from app.store import jobs as job_store
+from app.store.audit import AUDIT_SUBMITTED
 from app.store import retention
 from app.services.models import ModelRef, resolve_model_ref
 
@@ -148,9 +150,14 @@ JOBS = Job.__table__
 INSERTED = [(column, Job.__mapper__.get_property_by_column(column).key, str(column.name))
             for column in JOBS.c if column.server_default is None]
 _NAMES = ", ".join(f'"{name}"' for _, _, name in INSERTED)
-INSERT_JOBS = (f"INSERT INTO {JOBS.name} ({_NAMES}) SELECT {_NAMES} "
-               f"FROM jsonb_populate_recordset(NULL::{JOBS.name}, %s::jsonb) "
-               "ON CONFLICT DO NOTHING RETURNING id, created_at")
+# A row that also carries `app.store.audit.SUBMIT_KEYS` gets its audit event in the same
+# statement (so in the same transaction), and only when it was inserted.
+INSERT_JOBS = (f"WITH document AS (SELECT %s::jsonb AS rows), "
+               f"inserted AS (INSERT INTO {JOBS.name} ({_NAMES}) SELECT {_NAMES} "
+               f"FROM jsonb_populate_recordset(NULL::{JOBS.name}, (SELECT rows FROM document)) "
+               "ON CONFLICT DO NOTHING "
+               "RETURNING id, created_at, tenant_id, model_name, kind, total_count), "
+               f"{AUDIT_SUBMITTED} SELECT id, created_at FROM inserted")
 CREATED_AT = f"SELECT id, created_at FROM {JOBS.name} WHERE id = ANY(%s)"
 
 
@@ -174,12 +181,13 @@ def insert_jobs_on(conn: psycopg.Connection,
     return insert_jobs(lambda sql, params: conn.execute(sql, params).fetchall(), rows)
 
 
-def job_row(job: NewJob) -> tuple[uuid.UUID, bytes]:
-    """A new job's id and its columns as one JSON object, for `insert_jobs`. Column defaults
-    are applied to the job here, so the (transient) job reads as stored; a value JSON cannot
-    hold is the caller's 422."""
+def job_row(job: NewJob, audit: dict[str, Any] | None = None) -> tuple[uuid.UUID, bytes]:
+    """A new job's id and its columns as one JSON object, for `insert_jobs`, with the `audit`
+    keys (`app.services.audit.submit_fields`) when given. Column defaults are applied to the
+    job here, so the (transient) job reads as stored; a value JSON cannot hold is the caller's
+    422."""
     job.id = job.id or uuid.uuid4()
-    values = {}
+    values = dict(audit or {})
     for column, attribute, name in INSERTED:
         value = getattr(job, attribute)
         if value is None and column.default is not None:
@@ -195,8 +203,9 @@ def job_row(job: NewJob) -> tuple[uuid.UUID, bytes]:
 def _insert(session: Session, caller: Caller, job: NewJob, idempotency_key: str | None,
             fingerprint: str | None, writer: GroupCommit | None) -> tuple[Job | NewJob, bool]:
     """Write a new job: through `writer` (group commit, committed on return) or in `session`'s
-    transaction (committed with it)."""
-    row = job_row(job)
+    transaction (committed with it). Its audit event is written by the same statement."""
+    row = job_row(job, audit.submit_fields(
+        caller, "job.retry" if job.parent_id is not None else "job.submit"))
     if writer is None:
         created_at = insert_jobs(lambda sql, params: session.connection().exec_driver_sql(
             sql, params).all(), [row])[0]
@@ -286,6 +295,7 @@ def delete_job(session: Session, caller: Caller, command: DeleteJob) -> uuid.UUI
     if not is_terminal(job.status):
         raise Conflict(f"job {job.id} is {job.status}: cancel it, or wait for it to end")
     retention.delete_job(session, job.id)
+    audit.record_for(session, caller, "job.delete", "job", job.id)
     return job.id
 
 
@@ -331,6 +341,7 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
         raise Conflict(f"job {job.id} is {job.status} and cannot be cancelled")
     if target is JobStatus.CANCELLING and job.kind == "file" and not _running_chunks(session, job):
         target = JobStatus.CANCELLED  # nobody is scoring it: end it now
+    previous = job.status
     if target is JobStatus.CANCELLED:
         moved = bool(job_store.cancel_now(session, job.id, job.status))
     else:
@@ -338,6 +349,8 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
     session.refresh(job)
     if not moved:  # the job moved on between the read and the update
         return cancel_job(session, caller, job_id)
+    audit.record_for(session, caller, "job.cancel", "job", job.id, was=previous,
+                     now=job.status)
     return job
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound
 from app.orm import Tenant
+from app.services import audit
 from app.settings import Settings
 from app.store import limits as limit_store
 
@@ -66,6 +67,8 @@ def create_tenant(session: Session, name: str) -> Tenant:
     tenant = Tenant(name=name)
     session.add(tenant)
     session.flush()
+    audit.record(session, "tenant.create", "tenant", tenant.id, tenant_id=tenant.id,
+                 details={"name": name})
     return tenant
 
 
@@ -92,6 +95,8 @@ def set_limits(session: Session, name: str, **changes: float | int | None) -> Te
             raise Conflict(f"{column} must be 0 (unlimited) or more")
         setattr(tenant, column, value)
     session.flush()
+    audit.record(session, "tenant.limits", "tenant", tenant.id, tenant_id=tenant.id,
+                 details={k: v for k, v in changes.items() if v is not None})
     return tenant
 
 
@@ -102,6 +107,8 @@ def set_file_retention(session: Session, name: str, seconds: float | None) -> Te
     tenant = tenant_by_name(session, name)
     tenant.file_retention_seconds = seconds
     session.flush()
+    audit.record(session, "tenant.file_retention", "tenant", tenant.id, tenant_id=tenant.id,
+                 details={"file_retention_seconds": seconds})
     return tenant
 
 

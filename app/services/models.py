@@ -19,6 +19,7 @@ from app.caching import LoadingCache, cached_or_loaded
 from app.domain.onnx_check import check_alias, check_model, check_model_name
 from app.errors import Conflict, InvalidInput, NotFound
 from app.orm import Model
+from app.services import audit
 from app.storage import Storage
 
 LATEST = "latest"
@@ -53,6 +54,9 @@ def register_model(session: Session, storage: Storage, *, name: str, artifact: b
                   metrics=metrics, provenance=provenance or {}, aliases=[])
     session.add(model)
     session.flush()
+    audit.record(session, "model.register" if variant == BASE_VARIANT else "model.optimize",
+                 "model", model.id, tenant_id=tenant_id,
+                 details={"name": name, "version": version, "variant": variant})
     return model
 
 
@@ -180,6 +184,8 @@ def set_alias(session: Session, tenant_id: uuid.UUID, name: str, alias: str,
         kept = [a for a in model.aliases if a not in (alias, LATEST)]
         model.aliases = [*kept, alias] if model is target else kept
     session.flush()
+    audit.record(session, "model.alias", "model", target.id, tenant_id=tenant_id,
+                 details={"name": name, "alias": alias, "version": version})
     return target
 
 
@@ -188,6 +194,8 @@ def set_default_variant(session: Session, model: Model, variant: str) -> None:
     base = owned_model(session, model.tenant_id, model.name, model.version)
     base.processing = {**base.processing, "default_variant": variant}
     session.flush()
+    audit.record(session, "model.default_variant", "model", base.id, tenant_id=model.tenant_id,
+                 details={"name": model.name, "version": model.version, "variant": variant})
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from urllib.parse import urlsplit
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
 from app.errors import Conflict, InvalidInput
 from app.orm import Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
 from app.secretbox import SecretBox
+from app.services import audit
 from app.services.auth import Caller, get_owned
 from app.store.outbox import notify_dispatchers
 from app.settings import Settings
@@ -62,6 +64,8 @@ def create_endpoint(session: Session, caller: Caller, box: SecretBox, policy: Ur
                                secret_ciphertext=box.encrypt(secret))
     session.add(endpoint)
     session.flush()
+    audit.record_for(session, caller, "webhook.create", "webhook_endpoint", endpoint.id,
+                     host=urlsplit(url).hostname, events=endpoint.events)
     return endpoint, secret
 
 
@@ -77,8 +81,10 @@ def get_endpoint(session: Session, caller: Caller, endpoint_id: str) -> WebhookE
 
 def delete_endpoint(session: Session, caller: Caller, endpoint_id: str) -> None:
     """Deleting an endpoint deletes its deliveries too, so nothing more is sent to it."""
-    session.delete(get_endpoint(session, caller, endpoint_id))
+    endpoint = get_endpoint(session, caller, endpoint_id)
+    session.delete(endpoint)
     session.flush()
+    audit.record_for(session, caller, "webhook.delete", "webhook_endpoint", endpoint.id)
 
 
 def rotate_endpoint_secret(session: Session, caller: Caller, box: SecretBox,
@@ -89,6 +95,7 @@ def rotate_endpoint_secret(session: Session, caller: Caller, box: SecretBox,
     endpoint.secret_ciphertext = box.encrypt(secret)
     endpoint.secret_rotated_at = datetime.now(UTC)
     session.flush()
+    audit.record_for(session, caller, "webhook.rotate_secret", "webhook_endpoint", endpoint.id)
     return endpoint, secret
 
 
@@ -98,6 +105,7 @@ def enable_endpoint(session: Session, caller: Caller, endpoint_id: str) -> Webho
     endpoint.disabled_at = None
     endpoint.disabled_reason = None
     session.flush()
+    audit.record_for(session, caller, "webhook.enable", "webhook_endpoint", endpoint.id)
     return endpoint
 
 
@@ -121,6 +129,7 @@ def rotate_job_secret(session: Session, caller: Caller, box: SecretBox) -> dict[
         index_elements=[TenantWebhookSecret.tenant_id],
         set_={"secret_ciphertext": statement.excluded.secret_ciphertext, "rotated_at": now}))
     session.expire_all()
+    audit.record_for(session, caller, "webhook.rotate_job_secret", "tenant", caller.tenant_id)
     return {**job_secret_info(session, caller), "secret": secret}
 
 
@@ -171,4 +180,6 @@ def redeliver(session: Session, caller: Caller, delivery_id: str) -> WebhookDeli
     session.flush()
     notify_dispatchers(session)
     session.refresh(copy)
+    audit.record_for(session, caller, "delivery.redeliver", "webhook_delivery", copy.id,
+                     original=str(original.id), job_id=str(original.job_id or "") or None)
     return copy

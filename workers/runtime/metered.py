@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from app import tracing
 from app.metrics import ModelMeter
 
 PROVIDER_LABELS = {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}
@@ -19,7 +20,7 @@ class MeteredModel:
     """
 
     def __init__(self, runtime: Any, model: str):
-        self.runtime = runtime
+        self.runtime, self._model_name = runtime, model
         providers = getattr(runtime, "providers", None) or ["unknown"]
         self.meter = ModelMeter(model, PROVIDER_LABELS.get(providers[0], providers[0]))
         self.run = self._metered(runtime.run)
@@ -30,7 +31,8 @@ class MeteredModel:
         def metered(batch):
             started = time.perf_counter()
             try:
-                outputs = call(batch)
+                with tracing.span("kiln.model.run", rows=len(batch), model=self._model_name):
+                    outputs = call(batch)
             except Exception:
                 self.meter.record(len(batch), time.perf_counter() - started, ok=False)
                 raise
