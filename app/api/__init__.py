@@ -12,6 +12,7 @@ from app.api.context import ApiContext, caller, close_session, commit_request
 from app.db import make_engine, make_sessionmaker
 from app.errors import BadRequest
 from app.settings import Settings, load_settings
+from app import ui
 
 BEARER = {"type": "http", "scheme": "bearer", "description": "An API key from `kiln keys create`."}
 
@@ -80,4 +81,5 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(webhooks.api)
     app.register_api(usage.api)
     app.register_blueprint(health.bp)
+    ui.init_app(app)
     return app

@@ -1,0 +1,128 @@
+"""Sign-in, sign-out, the session cookie, CSRF tokens and the security headers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from flask import (Flask, abort, g, redirect, render_template, request, session, url_for)
+from flask.sessions import SecureCookieSessionInterface
+
+from app.api.context import context, db
+from app.errors import KilnError, Unauthorized
+from app.secretbox import KEY_FILE, load_or_create_key
+from app.services.auth import authenticate_hash, hash_key
+from app.settings import Settings
+from app.ui.blueprint import bp
+
+PUBLIC = {"ui.signin", "ui.static"}
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+       "object-src 'none'")
+
+
+def session_secret(settings: Settings) -> str:
+    """Derived from KILN_SECRET_KEY (its first key) or $KILN_HOME/secret.key, never equal to it:
+    the cookie's signing key and the secret box's encryption key stay apart."""
+    base = (settings.secret_key.split(",")[0].strip() if settings.secret_key
+            else load_or_create_key(settings.home / KEY_FILE))
+    return hmac.new(base.encode(), b"kiln-ui-session", hashlib.sha256).hexdigest()
+
+
+class DashboardSessions(SecureCookieSessionInterface):
+    """Flask's signed cookie, keyed from the settings on first use (creating the app reads no
+    key file), and `Secure` whenever the request came over HTTPS."""
+
+    def get_signing_serializer(self, app: Flask):
+        if not app.secret_key:
+            app.secret_key = session_secret(app.extensions["kiln"].settings)
+        return super().get_signing_serializer(app)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure or super().get_cookie_secure(app)
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def check_csrf() -> None:
+    sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
+    expected = session.get("csrf") or ""
+    if not expected or not hmac.compare_digest(sent, expected):
+        abort(400, description="The form's CSRF token is missing or wrong: reload the page.")
+
+
+@bp.app_context_processor
+def template_globals() -> dict:
+    return {"csrf_token": csrf_token, "tenant_name": session.get("tenant")}
+
+
+@bp.before_request
+def signed_in_and_checked():
+    if request.endpoint == "ui.upload":  # an upload may be far larger than a form
+        request.max_content_length = context().settings.max_upload_bytes + 1024 * 1024
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        check_csrf()
+    if request.endpoint in PUBLIC:
+        return None
+    key_hash = session.get("key_hash")
+    if key_hash:
+        try:
+            g.caller = authenticate_hash(db(), key_hash, context().callers)
+            return None
+        except Unauthorized:
+            session.clear()
+    if request.headers.get("HX-Request"):
+        return "", 401, {"HX-Redirect": url_for("ui.signin")}
+    return redirect(url_for("ui.signin", next=request.path))
+
+
+@bp.after_request
+def security_headers(response):
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if request.endpoint != "ui.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.errorhandler(KilnError)
+def kiln_error(error: KilnError):
+    return render_template("ui/error.html", title=error.title, detail=error.detail), error.status
+
+
+@bp.errorhandler(400)
+def bad_request(error):
+    return render_template("ui/error.html", title="Refused", detail=error.description), 400
+
+
+@bp.route("/signin", methods=["GET", "POST"])
+def signin():
+    if request.method == "GET":
+        csrf_token()
+        return render_template("ui/signin.html")
+    key = request.form.get("api_key", "").strip()
+    try:
+        caller = authenticate_hash(db(), hash_key(key), context().callers) if key else None
+    except Unauthorized:
+        caller = None
+    if caller is None:
+        return render_template("ui/signin.html", error="That API key is unknown or revoked."), 401
+    session.clear()
+    session.permanent = True
+    session.update(key_hash=hash_key(key), tenant=caller.tenant_name,
+                   csrf=secrets.token_urlsafe(32))
+    target = request.args.get("next", "")
+    return redirect(target if target.startswith("/ui/") else url_for("ui.jobs"))
+
+
+@bp.route("/signout", methods=["POST"])
+def signout():
+    session.clear()
+    return redirect(url_for("ui.signin"))
