@@ -6,7 +6,8 @@ import hashlib
 import hmac
 import secrets
 
-from flask import (Flask, abort, g, redirect, render_template, request, session, url_for)
+from flask import (Flask, abort, current_app, g, redirect, render_template, request, session,
+                   url_for)
 from flask.sessions import SecureCookieSessionInterface
 
 from app.api.context import context, db
@@ -15,6 +16,7 @@ from app.secretbox import KEY_FILE, load_or_create_key
 from app.services.auth import authenticate_hash, hash_key
 from app.settings import Settings
 from app.ui.blueprint import bp
+from app.ui.signouts import SignedOut
 
 PUBLIC = {"ui.signin", "ui.static"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -41,6 +43,13 @@ class DashboardSessions(SecureCookieSessionInterface):
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure or super().get_cookie_secure(app)
+
+
+def signed_out() -> SignedOut:
+    extensions = current_app.extensions
+    if "kiln_ui_signed_out" not in extensions:
+        extensions["kiln_ui_signed_out"] = SignedOut(context().settings.redis_url)
+    return extensions["kiln_ui_signed_out"]
 
 
 def csrf_token() -> str:
@@ -70,7 +79,9 @@ def signed_in_and_checked():
     if request.endpoint in PUBLIC:
         return None
     key_hash = session.get("key_hash")
-    if key_hash:
+    if key_hash and signed_out().contains(session.get("sid", "")):
+        session.clear()
+    elif key_hash:
         try:
             g.caller = authenticate_hash(db(), key_hash, context().callers)
             return None
@@ -117,12 +128,14 @@ def signin():
     session.clear()
     session.permanent = True
     session.update(key_hash=hash_key(key), tenant=caller.tenant_name,
-                   csrf=secrets.token_urlsafe(32))
+                   csrf=secrets.token_urlsafe(32), sid=secrets.token_urlsafe(16))
     target = request.args.get("next", "")
     return redirect(target if target.startswith("/ui/") else url_for("ui.jobs"))
 
 
 @bp.route("/signout", methods=["POST"])
 def signout():
+    if "sid" in session:
+        signed_out().record(session["sid"], current_app.permanent_session_lifetime.total_seconds())
     session.clear()
     return redirect(url_for("ui.signin"))

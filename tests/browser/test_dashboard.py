@@ -26,9 +26,13 @@ BAD_IDS = ["img-00004", "img-00100", "img-00222"]
 
 
 def shot(driver, name: str) -> Path:
+    """A screenshot of the page, once it has run without a script error or a CSP violation."""
     path = ARTIFACTS / f"{name}.png"
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 1000
+    broken = [entry["message"] for entry in driver.get_log("browser")
+              if "Content Security Policy" in entry["message"] or "Uncaught" in entry["message"]]
+    assert not broken, broken
     return path
 
 
@@ -259,12 +263,18 @@ def test_a_second_tenant_sees_none_of_the_first_tenants_objects(signed_in, base,
 
 def test_sign_out_and_be_refused(signed_in, base):
     driver = signed_in
+    kept = {c["name"]: c["value"] for c in driver.get_cookies()}["kiln_session"]
+    with httpx.Client(base_url=base, cookies={"kiln_session": kept}) as copy:
+        assert copy.get("/ui/jobs").status_code == 200  # the cookie works before sign-out
     click(driver, "#signout")
     until(driver, lambda d: "/ui/signin" in d.current_url, 20, "sign-out did not end")
     for path in ("/ui/jobs", "/ui/files", "/ui/usage"):
         driver.get(base + path)
         assert "/ui/signin" in driver.current_url and css(driver, "#api_key")
         assert not driver.find_elements(By.CSS_SELECTOR, ".tenant")
+    with httpx.Client(base_url=base, cookies={"kiln_session": kept}) as copy:
+        refused = copy.get("/ui/jobs")  # a copy kept from before is refused too
+        assert refused.status_code == 302 and "/ui/signin" in refused.headers["Location"]
 
 
 def form_token(page: str) -> str:
