@@ -9,9 +9,10 @@ import secrets
 from flask import (Flask, abort, current_app, g, redirect, render_template, request, session,
                    url_for)
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.exceptions import HTTPException
 
 from app.api.context import context, db
-from app.errors import KilnError, Unauthorized
+from app.errors import KilnError, TooManyRequests, Unauthorized
 from app.secretbox import KEY_FILE, load_or_create_key
 from app.services.auth import authenticate_hash, hash_key
 from app.settings import Settings
@@ -35,6 +36,13 @@ def session_secret(settings: Settings) -> str:
 class DashboardSessions(SecureCookieSessionInterface):
     """Flask's signed cookie, keyed from the settings on first use (creating the app reads no
     key file), and `Secure` whenever the request came over HTTPS."""
+
+    def open_session(self, app: Flask, request):
+        """Only the dashboard has sessions: an API request pays for no cookie parsing, and
+        its app reads no key file."""
+        if request.path != "/ui" and not request.path.startswith("/ui/"):
+            return None  # Flask's null session
+        return super().open_session(app, request)
 
     def get_signing_serializer(self, app: Flask):
         if not app.secret_key:
@@ -105,12 +113,16 @@ def security_headers(response):
 
 @bp.errorhandler(KilnError)
 def kiln_error(error: KilnError):
-    return render_template("ui/error.html", title=error.title, detail=error.detail), error.status
+    headers = ({"Retry-After": str(error.retry_after_seconds)}
+               if isinstance(error, TooManyRequests) else {})
+    return (render_template("ui/error.html", title=error.title, detail=error.detail),
+            error.status, headers)
 
 
-@bp.errorhandler(400)
-def bad_request(error):
-    return render_template("ui/error.html", title="Refused", detail=error.description), 400
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException):
+    title = "Refused" if error.code == 400 else error.name
+    return render_template("ui/error.html", title=title, detail=error.description), error.code
 
 
 @bp.route("/signin", methods=["GET", "POST"])
