@@ -26,8 +26,9 @@ def dashboard(services, tmp_path_factory):
                               KILN_WORKER_CONCURRENCY="1", KILN_WEBHOOK_ALLOW_PRIVATE="true",
                               KILN_WEBHOOK_RETRY_SCHEDULE_SECONDS="0,0.5,0.5")
     stack.add_digits()
-    api = start_api(stack.env, stack.logdir)
-    worker = start_worker(stack.env, stack.logdir)
+    # generous: on a loaded 2-core machine importing the app alone has taken 10 s
+    api = start_api(stack.env, stack.logdir, timeout=120)
+    worker = start_worker(stack.env, stack.logdir, timeout=120)
     yield stack, api
     worker.stop()
     api.stop()

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.browser.conftest import ARTIFACTS
@@ -101,8 +102,14 @@ def test_opening_the_base_url_lands_on_sign_in_and_a_key_signs_in(browser, base,
     css(browser, "#api_key").send_keys("kiln_deadbeef_not-a-key")
     click(browser, "#signin")
     assert "unknown or revoked" in css(browser, "#signin-error").text
-    sign_in(browser, base, tenant[0])
+    field = browser.switch_to.active_element  # by keyboard alone: the key field has focus
+    assert field.get_attribute("id") == "api_key"
+    field.clear()
+    field.send_keys(tenant[0], Keys.ENTER)
+    until(browser, lambda d: d.current_url.startswith(f"{base}/ui/jobs"), 20, "not signed in")
     assert "ui-first" in css(browser, ".tenant").text
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.text == "Skip to content"
     cookies = {c["name"]: c for c in browser.get_cookies()}
     session = cookies["kiln_session"]
     assert session["httpOnly"] and session["sameSite"] == "Strict" and "expiry" in session
@@ -187,6 +194,11 @@ def test_cancel_a_long_job(signed_in, base, tenant):
     assert done["request_counts"]["completed"] < 30_000
     assert not driver.find_elements(By.CSS_SELECTOR, "#cancel")
     shot(driver, "07-job-cancelled")
+    driver.get(f"{base}/ui/jobs")
+    Select(css(driver, "#status")).select_by_visible_text("cancelled")
+    click(driver, "#filter")
+    listed = driver.find_elements(By.CSS_SELECTOR, "#job-rows tr[data-job-id]")
+    assert [r.get_attribute("data-job-id") for r in listed] == [job["id"]]
 
 
 def test_redeliver_a_webhook(signed_in, base, tenant):
@@ -219,7 +231,8 @@ def test_models_webhooks_and_usage_pages(signed_in, base):
     created = css(driver, "#shown-secret").text
     assert created.startswith("whsec_")
     click(driver, "#endpoints .rotate")
-    rotated = css(driver, "#shown-secret").text
+    rotated = until(driver, lambda d: (shown := d.find_element(By.CSS_SELECTOR, "#shown-secret")
+                                       .text) != created and shown, 20, "no rotated secret")
     assert rotated.startswith("whsec_") and rotated != created
     shot(driver, "10-webhooks")
     driver.get(f"{base}/ui/webhooks")
