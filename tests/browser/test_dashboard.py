@@ -317,3 +317,14 @@ def test_forms_without_the_csrf_token_are_refused_and_headers_are_strict(base, t
         assert web.get("/ui/jobs").status_code == 200  # still signed in
         done = web.post(f"/ui/jobs/{job['id']}/cancel", data={"csrf_token": token})
         assert done.status_code in (302, 409)  # 409: it ended before the cancel
+
+        # bad input is a 4xx page, never a 500
+        text = web.post("/ui/files", files={"file": ("notes.txt", b"hello")},
+                        data={"csrf_token": token})
+        assert text.status_code == 422 and text.headers["Content-Type"].startswith("text/html")
+        good = web.post("/ui/files", files={"file": ("ok.csv", to_csv(digits_rows(5)))},
+                        data={"csrf_token": token})
+        assert good.status_code == 302
+        file_page = good.headers["Location"]
+        unknown = web.post(f"{file_page}/jobs", data={"model": "nope", "csrf_token": token})
+        assert unknown.status_code == 404 and "nope" in unknown.text
