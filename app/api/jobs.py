@@ -88,7 +88,8 @@ def estimate_job(body: SubmitJob) -> Response:
 def list_jobs(query: JobQuery) -> Response:
     """List jobs, newest first, with an opaque cursor."""
     page, next_cursor = jobs.list_jobs(db(), caller(), status=query.status, model=query.model,
-                                       limit=query.limit, cursor=query.cursor)
+                                       limit=query.limit, cursor=query.cursor,
+                                       search=query.search)
     return json_response({"object": "list", "data": [presenters.job_summary(j) for j in page],
                           "next_cursor": next_cursor})
 

@@ -169,6 +169,8 @@ def test_upload_start_watch_errors_and_download(signed_in, base, tenant):
     assert [r.get_attribute("data-job-id") for r in
             driver.find_elements(By.CSS_SELECTOR, "#job-rows tr[data-job-id]")] == [job_id]
     shot(driver, "05-jobs")
+    found = tenant[1].http.get("/v1/jobs", params={"search": "browser-upload"}).json()["data"]
+    assert [j["id"] for j in found] == [job_id]  # the API searches with the same service
 
     open_job(driver, base, job_id)
     click(driver, "#retry")
@@ -197,7 +199,9 @@ def test_cancel_a_long_job(signed_in, base, tenant):
     driver.get(f"{base}/ui/jobs")
     Select(css(driver, "#status")).select_by_visible_text("cancelled")
     click(driver, "#filter")
-    listed = driver.find_elements(By.CSS_SELECTOR, "#job-rows tr[data-job-id]")
+    until(driver, lambda d: "status=cancelled" in d.current_url, 20, "the filter was not sent")
+    listed = until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#job-rows tr[data-job-id]"),
+                   20, "no cancelled job listed")
     assert [r.get_attribute("data-job-id") for r in listed] == [job["id"]]
 
 
