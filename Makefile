@@ -21,6 +21,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py
 
 test: $(VENV)/.dev-installed
+	sh scripts/ensure_browser.sh
 	$(BIN)/python -m pytest
 
 chaos: $(VENV)/.dev-installed

@@ -176,6 +176,8 @@ class Settings(BaseSettings):
     tuning: Tuning = Field(default_factory=Tuning, description="see `Tuning` and docs/tuning.md")
     secret_key: str | None = Field(default=None, description="Encrypts stored webhook secrets; "
                                    "unset: generated once into $KILN_HOME/secret.key")
+    ui_session_seconds: float = Field(default=12 * 3600, gt=0,
+                                      description="How long a dashboard sign-in lasts")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
         default=[0, 5, 300, 1800, 7200, 18000, 36000, 36000],

@@ -104,6 +104,12 @@ def webhook(env: dict[str, str]) -> bool:
         listener.wait(timeout=10)
 
 
+def dashboard_banner(env: dict[str, str]) -> str:
+    """Where the dashboard is, and the key to paste on its sign-in page."""
+    return (f"\nDashboard: {env['KILN_API_URL']}/ui/\n"
+            f"Sign in with the API key: {env['KILN_API_KEY']}\n")
+
+
 def main() -> int:
     port = pick_port(8000)
     env = {k: v for k, v in os.environ.items()
@@ -130,6 +136,7 @@ def main() -> int:
 
         print("$ kiln keys create --tenant demo", flush=True)
         env["KILN_API_KEY"] = kiln(env, "keys", "create", "--tenant", "demo").strip().splitlines()[-1]
+        print(dashboard_banner(env), flush=True)
 
         _, x_test, _, y_test = digits_split()
         x_test, y_test = x_test[:25], y_test[:25]
@@ -153,7 +160,11 @@ def main() -> int:
                   f"{max(output['probabilities']):>10.3f}{mark}")
         print(f"\naccuracy {correct}/{len(lines)}")
         journey_one = job["status"] == "succeeded" and correct >= 0.9 * len(lines)
-        return 0 if journey_one and bulk_scoring(env) and webhook(env) else 1
+        passed = journey_one and bulk_scoring(env) and webhook(env)
+        print(dashboard_banner(env), flush=True)
+        if sys.stdin.isatty():  # a person is watching: keep Kiln up for the dashboard
+            input("Press Enter to stop Kiln … ")
+        return 0 if passed else 1
     finally:
         print("stopping Kiln …", flush=True)
         up.send_signal(signal.SIGINT)

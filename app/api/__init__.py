@@ -14,6 +14,7 @@ from app import tracing
 from app.db import make_engine, make_sessionmaker
 from app.errors import BadRequest
 from app.settings import Settings, load_settings
+from app import ui
 
 BEARER = {"type": "http", "scheme": "bearer", "description": "An API key from `kiln keys create`."}
 
@@ -85,4 +86,5 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(usage.api)
     app.register_api(audit.api)
     app.register_blueprint(health.bp)
+    ui.init_app(app)
     return app

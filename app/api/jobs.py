@@ -52,15 +52,23 @@ def submit_job(body: SubmitJob) -> Response:
     ctx = context()
     if body.webhook_url:  # the SSRF guard; checked again each time it is sent
         webhooks.check_webhook_url(str(body.webhook_url), webhooks.url_policy(ctx.settings))
-    key, who = request.headers.get("Idempotency-Key"), caller()
-    command = submit_command(body, key, request.get_json(silent=True) if key else None)
-    writer = ctx.admission.writer_for(who, ctx.intake.writer)  # limits: 429 when over
+    key = request.headers.get("Idempotency-Key")
+    job = submit_and_announce(submit_command(body, key, request.get_json(silent=True) if key
+                                             else None))
+    return json_response(presenters.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
+
+
+def submit_and_announce(command: commands.SubmitJob | commands.SubmitFileJob):
+    """Submit for the request's caller under its limits (429 when over), and tell the workers
+    about a new job; the API and the dashboard both submit through here."""
+    ctx, who = context(), caller()
+    writer = ctx.admission.writer_for(who, ctx.intake.writer)
     intake = ctx.intake if writer is ctx.intake.writer else replace(ctx.intake, writer=writer)
     job, created = jobs.submit(db(), who, command, intake)
     # (the writer committed the job: the session only ever read)
     if created:
         ctx.announce(job)
-    return json_response(presenters.job_summary(job), 202, {"Location": f"/v1/jobs/{job.id}"})
+    return job
 
 
 @api.post("/jobs/estimate", responses={200: EstimateOut, **ERRORS})
@@ -80,7 +88,8 @@ def estimate_job(body: SubmitJob) -> Response:
 def list_jobs(query: JobQuery) -> Response:
     """List jobs, newest first, with an opaque cursor."""
     page, next_cursor = jobs.list_jobs(db(), caller(), status=query.status, model=query.model,
-                                       limit=query.limit, cursor=query.cursor)
+                                       limit=query.limit, cursor=query.cursor,
+                                       search=query.search)
     return json_response({"object": "list", "data": [presenters.job_summary(j) for j in page],
                           "next_cursor": next_cursor})
 

@@ -166,6 +166,8 @@ class JobQuery(BaseModel):
     model: str | None = None
     limit: int = Field(default=20, ge=1, le=200)
     cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+    search: str | None = Field(default=None, min_length=1, max_length=200,
+                               description="A job id, or text found in the job's metadata.")
 
 
 class ModelOut(BaseModel):

@@ -93,7 +93,13 @@ def authenticate(session: Session, authorization: str | None,
     """
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("send the API key as 'Authorization: Bearer KEY'")
-    key_hash = hash_key(authorization[len("Bearer "):].strip())
+    return authenticate_hash(session, hash_key(authorization[len("Bearer "):].strip()), cache)
+
+
+def authenticate_hash(session: Session, key_hash: str,
+                      cache: LoadingCache[Caller] | None = None) -> Caller:
+    """The tenant of the key with this hash (the dashboard's session keeps the hash, never the
+    key), checked on every request so that revoking the key ends the session."""
 
     def load() -> Caller:
         row = session.execute(

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Text, and_, cast, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.states import JobStatus, cancel_target, is_terminal
@@ -313,10 +313,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def list_jobs(session: Session, caller: Caller, *, status: str | None = None,
-              model: str | None = None, limit: int = 20,
-              cursor: str | None = None) -> tuple[list[Job], str | None]:
-    """Newest first, one page; the second value is the cursor of the next page, if any."""
+              model: str | None = None, limit: int = 20, cursor: str | None = None,
+              search: str | None = None) -> tuple[list[Job], str | None]:
+    """Newest first, one page; the second value is the cursor of the next page, if any.
+    `search` is a job id, or text found in the job's metadata."""
     query = select(Job).where(Job.tenant_id == caller.tenant_id, Job.deleted_at.is_(None))
+    if search:
+        query = query.where(_matching(search.strip()))
     if status:
         query = query.where(Job.status == status)
     if model:
@@ -329,6 +332,14 @@ def list_jobs(session: Session, caller: Caller, *, status: str | None = None,
                                 .limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+def _matching(search: str):
+    try:
+        return Job.id == uuid.UUID(search)
+    except ValueError:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return cast(Job.job_metadata, Text).ilike(f"%{escaped}%")
 
 
 def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
