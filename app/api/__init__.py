@@ -7,6 +7,7 @@ from flask import Request, request
 from flask_openapi3 import Info, OpenAPI
 
 from app.api import files, health, jobs, metrics, models, problems, usage, webhooks
+from app.api import openai as openai_dialect
 from app.api.responses import OrjsonProvider, Response
 from app.api.context import ApiContext, caller, close_session, commit_request
 from app.db import make_engine, make_sessionmaker
@@ -80,4 +81,5 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(webhooks.api)
     app.register_api(usage.api)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openai_dialect.blueprint())
     return app
