@@ -13,6 +13,7 @@ import pytest
 from app.client import KilnClient
 from tests import support
 from tests.conftest import build_stack
+from tests.integration.test_webhooks import Receiver
 from workers.demo_models import DIGITS_COLUMNS, digits_split
 
 TEXTS = ["A man is eating food.", "The stock market fell sharply on Monday.",
@@ -24,11 +25,11 @@ def dialect(services, tmp_path_factory):
     """An isolated stack with minilm and digits, an API and a worker; the official client on
     /openai/v1 and Kiln's own client on /v1, both with one tenant's key."""
     stack, name = build_stack(services, tmp_path_factory.mktemp("openai"),
-                              KILN_TUNING__CHUNK_ROWS="40")
+                              KILN_TUNING__CHUNK_ROWS="40", KILN_WEBHOOK_ALLOW_PRIVATE="true")
     stack.kiln("models", "add-demo", "minilm", timeout=300)
     stack.add_digits()
-    api = support.start_api(stack.env, stack.logdir)
-    worker = support.start_worker(stack.env, stack.logdir, "-c", "1")
+    api = support.start_api(stack.env, stack.logdir, timeout=120)  # a busy machine starts slowly
+    worker = support.start_worker(stack.env, stack.logdir, "-c", "1", timeout=180)
     key = stack.create_key()
     client = openai.OpenAI(base_url=f"{api.url}/openai/v1", api_key=key, max_retries=0)
     kiln = KilnClient(api.url, key)
@@ -78,7 +79,7 @@ def kiln_embeddings(kiln, texts):
 
 
 def digit_records(n):
-    x_train, x_test, _, y_test = digits_split()
+    _, x_test, _, y_test = digits_split()
     return [({c: int(v) for c, v in zip(DIGITS_COLUMNS, x_test[i])}, int(y_test[i]))
             for i in range(n)]
 
@@ -161,3 +162,165 @@ def test_a_predictions_batch_scores_digits_and_fails_a_bad_record_alone(dialect)
                    for line in b"".join(kiln.iter_results(inline["id"])).splitlines()]
     assert [labels[f"img-{i}"] for i in range(5)] == kiln_labels
     assert "broken" in errors and errors["broken"]["response"]["status_code"] == 400
+
+
+def many_texts(n):
+    return [embed_line(f"doc-{i:05d}", f"document number {i} about topic {i % 17}")
+            for i in range(n)]
+
+
+def assert_covers_every_line(client, batch, n, unfinished_code):
+    output = read_lines(client, batch.output_file_id)
+    errors = read_lines(client, batch.error_file_id)
+    assert sorted(line["custom_id"] for line in output + errors) == \
+        [f"doc-{i:05d}" for i in range(n)]
+    assert errors, "some lines never ran"
+    assert {line["error"]["code"] for line in errors} == {unfinished_code}
+    assert all(line["response"] is None for line in errors)
+    assert all(line["response"]["status_code"] == 200 for line in output)
+    counts = batch.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (n, len(output), len(errors))
+
+
+def test_cancelling_a_large_batch_keeps_the_finished_lines(dialect):
+    client, _, _, _ = dialect
+    source = upload(client, many_texts(3000))
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/embeddings",
+                                  completion_window="24h")
+    wait_batch(client, batch.id, statuses=("in_progress",), timeout=60)
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status in ("cancelling", "cancelled")
+    assert isinstance(cancelled.cancelling_at, int)
+    done = wait_batch(client, batch.id)
+    assert done.status == "cancelled" and isinstance(done.cancelled_at, int)
+    assert_covers_every_line(client, done, 3000, "batch_cancelled")
+    with pytest.raises(openai.BadRequestError):  # a permanent condition is never a 409 here
+        client.batches.create(input_file_id="not-a-file", endpoint="/v1/images",
+                              completion_window="24h")
+
+
+def test_a_batch_past_its_window_expires_keeping_the_finished_lines(dialect):
+    client, _, _, _ = dialect
+    source = upload(client, many_texts(2000))
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/embeddings",
+                                  completion_window="2s")
+    assert batch.expires_at - batch.created_at <= 3
+    done = wait_batch(client, batch.id, timeout=60)
+    assert done.status == "expired" and isinstance(done.expired_at, int), done
+    assert done.expired_at >= done.expires_at - 1
+    assert_covers_every_line(client, done, 2000, "batch_expired")
+
+
+def test_lists_page_until_has_more_is_false(dialect):
+    _, _, stack, api = dialect
+    client = openai.OpenAI(base_url=f"{api.url}/openai/v1", api_key=stack.create_key(),
+                           max_retries=0)
+    uploaded = [upload(client, [embed_line(f"r{i}", "hello")], name=f"in-{i}.jsonl").id
+                for i in range(5)]
+    first = client.files.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    assert [f.id for f in client.files.list(limit=2)] == uploaded[::-1]  # every page, newest first
+    assert [f.id for f in client.files.list(limit=2, order="asc")] == uploaded
+    assert [f.id for f in client.files.list(purpose="batch_output")] == []
+    created = [client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings",
+                                     completion_window="24h").id for file_id in uploaded[:3]]
+    assert [b.id for b in client.batches.list(limit=1)] == created[::-1]
+    page = client.batches.list(limit=2)
+    assert page.has_more and len(page.data) == 2
+    deleted = client.files.delete(uploaded[4])
+    assert deleted.deleted and deleted.id == uploaded[4] and deleted.object == "file"
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded[4])
+
+
+def test_malformed_lines_fail_the_batch_with_their_line_numbers(dialect):
+    client, _, _, _ = dialect
+    source = upload(client, [embed_line("ok", "fine"), b"{not json", {"method": "POST"},
+                             embed_line("ok", "again")])
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/embeddings",
+                                  completion_window="24h")
+    assert batch.status == "failed" and isinstance(batch.failed_at, int)
+    assert [(e.line, e.code) for e in batch.errors.data] == [
+        (2, "invalid_json_line"), (3, "missing_required_parameter"), (4, "duplicate_custom_id")]
+    assert batch.errors.data[1].param == "custom_id"
+
+
+def test_errors_come_in_the_dialects_shape(dialect):
+    client, _, stack, api = dialect
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.batches.create(input_file_id=upload(client, [embed_line("a", "x", model="nope")]).id,
+                              endpoint="/v1/embeddings", completion_window="24h")
+    assert unknown.value.code == "model_not_found"
+    assert unknown.value.body["type"] == "invalid_request_error"
+    assert "nope" in unknown.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as window:
+        client.batches.create(input_file_id=upload(client, [embed_line("a", "x")]).id,
+                              endpoint="/v1/embeddings", completion_window="soon")
+    assert "completion_window" in window.value.body["message"]
+
+    mine = upload(client, [embed_line("a", "x")])
+    batch = client.batches.create(input_file_id=mine.id, endpoint="/v1/embeddings",
+                                  completion_window="24h")
+    other = openai.OpenAI(base_url=f"{api.url}/openai/v1", api_key=stack.create_key(),
+                          max_retries=0)
+    for call in (lambda: other.files.retrieve(mine.id), lambda: other.files.content(mine.id),
+                 lambda: other.files.delete(mine.id), lambda: other.batches.retrieve(batch.id),
+                 lambda: other.batches.cancel(batch.id),
+                 lambda: other.batches.create(input_file_id=mine.id, endpoint="/v1/embeddings",
+                                              completion_window="24h")):
+        with pytest.raises(openai.NotFoundError) as found:
+            call()
+        assert set(found.value.body) == {"message", "type", "param", "code"}
+        assert found.value.code == "not_found"
+    stranger = openai.OpenAI(base_url=f"{api.url}/openai/v1", api_key="kiln_not_a_key",
+                             max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        stranger.batches.list()
+    assert denied.value.body["type"] == "authentication_error"
+    assert wait_batch(client, batch.id).status == "completed"
+
+
+def test_embeddings_answer_synchronously_like_the_model(dialect):
+    client, kiln, _, _ = dialect
+    expected = kiln_embeddings(kiln, TEXTS)
+    packed = client.embeddings.create(model="minilm", input=TEXTS)  # base64 on the wire
+    assert packed.model == "minilm" and packed.usage.prompt_tokens > 0
+    assert np.allclose([item.embedding for item in packed.data], expected, atol=1e-5)
+    plain = client.embeddings.create(model="minilm", input=TEXTS[0], encoding_format="float")
+    assert np.allclose(plain.data[0].embedding, expected[0], atol=1e-5)
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="nope", input="x")
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="minilm", input=[])
+
+
+def test_an_openai_format_endpoint_gets_events_the_client_unwraps(dialect):
+    _, _, stack, api = dialect
+    key = stack.create_key()
+    client = openai.OpenAI(base_url=f"{api.url}/openai/v1", api_key=key, max_retries=0)
+    kiln = KilnClient(api.url, key)
+    with Receiver() as dialect_hook, Receiver() as kiln_hook:
+        created = kiln.http.post("/v1/webhooks", json={"url": dialect_hook.url + "/openai",
+                                                       "event_format": "openai"})
+        assert created.status_code == 201, created.text
+        assert created.json()["event_format"] == "openai"
+        assert created.json()["events"] == ["job.succeeded", "job.failed", "job.cancelled",
+                                            "job.expired"]
+        kiln.http.post("/v1/webhooks", json={"url": kiln_hook.url + "/kiln"}).raise_for_status()
+        inline = kiln.submit("minilm", [{"text": "not a batch"}])  # a Kiln job: no batch event
+        kiln.wait(inline["id"], timeout_seconds=60)
+        batch = client.batches.create(input_file_id=upload(client, [embed_line("a", "x")]).id,
+                                      endpoint="/v1/embeddings", completion_window="24h")
+        assert wait_batch(client, batch.id).status == "completed"
+        [got] = dialect_hook.wait(1)
+        event = client.webhooks.unwrap(got.body, got.headers, secret=created.json()["secret"])
+        assert (event.object, event.type, event.data.id) == ("event", "batch.completed", batch.id)
+        headers = {name.lower(): value for name, value in got.headers.items()}
+        assert isinstance(event.created_at, int) and event.id == headers["webhook-id"]
+        with pytest.raises(openai.InvalidWebhookSignatureError):
+            client.webhooks.unwrap(got.body + b" ", got.headers, secret=created.json()["secret"])
+        kiln_events = [r.payload["type"] for r in kiln_hook.wait(2)]
+        assert kiln_events == ["job.succeeded", "job.succeeded"]  # Kiln's format, both jobs
+        time.sleep(1)
+        assert len(dialect_hook.requests) == 1
+    kiln.close()
