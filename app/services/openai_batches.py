@@ -114,11 +114,12 @@ def convert(session: Session, caller: Caller, storage: Storage, source, endpoint
                     continue
                 converted.lines += 1
                 if not isinstance(parsed, dialect.LineError):
-                    if parsed.custom_id in seen:
+                    custom_id = parsed.custom_id
+                    if custom_id in seen:
                         parsed = dialect.LineError(number, "duplicate_custom_id",
-                                                   f"custom_id {parsed.custom_id!r} is used "
-                                                   "by an earlier line", "custom_id")
-                    seen.add(parsed.custom_id)
+                                                   f"custom_id {custom_id!r} is used by an "
+                                                   "earlier line", "custom_id")
+                    seen.add(custom_id)
                 if isinstance(parsed, dialect.Accepted):
                     parsed = accept(session, caller, parsed, converted, intake)
                 if isinstance(parsed, dialect.LineError):
