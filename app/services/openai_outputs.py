@@ -26,8 +26,8 @@ OUTPUT_PURPOSE = "batch_output"
 def ensure_outputs(session: Session, storage: Storage, job: Job) -> Job:
     """The job, its dialect files written if it has ended and they are not yet."""
     state = (job.options or {}).get("openai") or {}
-    if not is_terminal(job.status) or "completed" in state:
-        return job
+    if not is_terminal(job.status) or "completed" in state or job.results_expired_at:
+        return job  # (results past their retention are gone: no files to write from)
     state = dialect_store.lock_state(session, job.id)  # one writer; the others wait, then see it
     if "completed" in state:
         session.refresh(job)
