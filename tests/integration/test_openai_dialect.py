@@ -184,7 +184,7 @@ def assert_covers_every_line(client, batch, n, unfinished_code):
 
 def test_cancelling_a_large_batch_keeps_the_finished_lines(dialect):
     client, _, _, _ = dialect
-    source = upload(client, many_texts(3000))
+    source = upload(client, many_texts(5000))
     batch = client.batches.create(input_file_id=source.id, endpoint="/v1/embeddings",
                                   completion_window="24h")
     wait_batch(client, batch.id, statuses=("in_progress",), timeout=60)
@@ -193,7 +193,7 @@ def test_cancelling_a_large_batch_keeps_the_finished_lines(dialect):
     assert isinstance(cancelled.cancelling_at, int)
     done = wait_batch(client, batch.id)
     assert done.status == "cancelled" and isinstance(done.cancelled_at, int)
-    assert_covers_every_line(client, done, 3000, "batch_cancelled")
+    assert_covers_every_line(client, done, 5000, "batch_cancelled")
     with pytest.raises(openai.BadRequestError):  # a permanent condition is never a 409 here
         client.batches.create(input_file_id="not-a-file", endpoint="/v1/images",
                               completion_window="24h")
@@ -201,14 +201,14 @@ def test_cancelling_a_large_batch_keeps_the_finished_lines(dialect):
 
 def test_a_batch_past_its_window_expires_keeping_the_finished_lines(dialect):
     client, _, _, _ = dialect
-    source = upload(client, many_texts(2000))
+    source = upload(client, many_texts(4000))
     batch = client.batches.create(input_file_id=source.id, endpoint="/v1/embeddings",
-                                  completion_window="2s")
-    assert batch.expires_at - batch.created_at <= 3
+                                  completion_window="1s")
+    assert batch.expires_at - batch.created_at <= 2
     done = wait_batch(client, batch.id, timeout=60)
     assert done.status == "expired" and isinstance(done.expired_at, int), done
     assert done.expired_at >= done.expires_at - 1
-    assert_covers_every_line(client, done, 2000, "batch_expired")
+    assert_covers_every_line(client, done, 4000, "batch_expired")
 
 
 def test_lists_page_until_has_more_is_false(dialect):
