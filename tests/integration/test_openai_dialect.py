@@ -2,8 +2,11 @@
 `kiln api` and worker: files, batches on /v1/embeddings (minilm) and /v1/predictions (digits),
 cancel, expire, pages, errors in the dialect's shape, sync embeddings and signed events."""
 
+import contextlib
 import io
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -324,3 +327,18 @@ def test_an_openai_format_endpoint_gets_events_the_client_unwraps(dialect):
         time.sleep(1)
         assert len(dialect_hook.requests) == 1
     kiln.close()
+
+
+def test_the_readme_example_runs_as_written(dialect):
+    _, _, stack, api = dialect
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## OpenAI client", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'base_url="http://localhost:8000/openai/v1", api_key="kiln_…"' in example
+    example = example.replace("http://localhost:8000", api.url).replace(
+        '"kiln_…"', repr(stack.create_key()))
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(compile(example, "README.md", "exec"), {})
+    lines = printed.getvalue().splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["doc-0", "doc-1"]
+    assert len(lines) == 3
