@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain import openai_batch as dialect
@@ -18,7 +18,7 @@ from app.domain.states import JobStatus
 from app.domain.validation import check_records
 from app.errors import BadRequest, InvalidInput, NotFound
 from app.formats import open_decoded
-from app.orm import Job
+from app.orm import File, Job
 from app.services import files, jobs
 from app.services.auth import Caller
 from app.services.commands import Intake, SubmitFileJob
@@ -92,7 +92,11 @@ def create_batch(session: Session, sessions: sessionmaker[Session], caller: Call
                            id_column=dialect.ROW_COLUMN, keep_columns=[dialect.CUSTOM_ID_COLUMN],
                            metadata=command.metadata, completion_window_seconds=seconds,
                            extra_options={"openai": state})
-    job, _ = jobs.submit_file_job(session, caller, submit, intake)
+    try:
+        job, _ = jobs.submit_file_job(session, caller, submit, intake)
+    except BaseException:  # refused (a limit, a lost database): the rows file goes too
+        forget_rows_file(sessions, rows_file, converted.rows_uri)
+        raise
     if converted.errors:
         finish(session, [Outcome(job.id, JobStatus.FAILED, (JobStatus.VALIDATING,),
                                  error_code="invalid_file",
@@ -177,6 +181,12 @@ def record_rows_file(sessions: sessionmaker[Session], caller: Caller,
             fmt="jsonl", purpose=ROWS_PURPOSE, size=converted.size,
             sha256=converted.digest.hexdigest(), rows=converted.rows)
         return record.id
+
+
+def forget_rows_file(sessions: sessionmaker[Session], file_id: uuid.UUID, uri: str) -> None:
+    with sessions.begin() as session:
+        session.execute(delete(File).where(File.id == file_id))
+    Storage.remove(uri)
 
 
 def get_batch(session: Session, caller: Caller, batch_id: str) -> Job:
