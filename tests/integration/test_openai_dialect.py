@@ -275,6 +275,9 @@ def test_errors_come_in_the_dialects_shape(dialect):
             call()
         assert set(found.value.body) == {"message", "type", "param", "code"}
         assert found.value.code == "not_found"
+    with pytest.raises(openai.NotFoundError) as chat:
+        client.chat.completions.create(model="minilm", messages=[{"role": "user", "content": "hi"}])
+    assert "chat/completions" in chat.value.body["message"] and chat.value.code == "not_found"
     stranger = openai.OpenAI(base_url=f"{api.url}/openai/v1", api_key="kiln_not_a_key",
                              max_retries=0)
     with pytest.raises(openai.AuthenticationError) as denied:

@@ -7,6 +7,7 @@ from flask import Blueprint, request
 
 from app.api.context import caller, context
 from app.api.openai import batches, embeddings, errors, files
+from app.errors import NotFound
 
 PREFIX = "/openai/v1"
 
@@ -17,6 +18,12 @@ def authenticate() -> None:
     caller()
     if request.path == f"{PREFIX}/files" and request.method == "POST":
         request.max_content_length = context().settings.max_upload_bytes + 1024 * 1024
+
+
+def unsupported(rest: str):
+    """Anything else under the prefix (chat completions, images, …) in the dialect's shape."""
+    raise NotFound(f"{request.method} {PREFIX}/{rest} is not part of Kiln's OpenAI dialect; "
+                   "see docs/openai.md for what is")
 
 
 def blueprint() -> Blueprint:
@@ -34,4 +41,6 @@ def blueprint() -> Blueprint:
     for rule, view, method in rules:
         bp.add_url_rule(rule, f"{view.__module__.rsplit('.', 1)[-1]}_{view.__name__}", view,
                         methods=[method])
+    bp.add_url_rule("/<path:rest>", "unsupported", unsupported,
+                    methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     return bp
