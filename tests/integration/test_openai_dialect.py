@@ -28,7 +28,8 @@ def dialect(services, tmp_path_factory):
     """An isolated stack with minilm and digits, an API and a worker; the official client on
     /openai/v1 and Kiln's own client on /v1, both with one tenant's key."""
     stack, name = build_stack(services, tmp_path_factory.mktemp("openai"),
-                              KILN_TUNING__CHUNK_ROWS="40", KILN_WEBHOOK_ALLOW_PRIVATE="true")
+                              KILN_TUNING__CHUNK_ROWS="40", KILN_WEBHOOK_ALLOW_PRIVATE="true",
+                              KILN_TUNING__CACHE_SECONDS="0.2")
     stack.kiln("models", "add-demo", "minilm", timeout=300)
     stack.add_digits()
     api = support.start_api(stack.env, stack.logdir, timeout=120)  # a busy machine starts slowly
@@ -345,3 +346,25 @@ def test_the_readme_example_runs_as_written(dialect):
     lines = printed.getvalue().splitlines()
     assert [line.split()[0] for line in lines[:2]] == ["doc-0", "doc-1"]
     assert len(lines) == 3
+
+
+def test_a_tenants_limits_apply_to_batches_as_429s(dialect):
+    _, _, stack, api = dialect
+    name = f"t-{time.monotonic_ns()}"
+    stack.kiln("tenants", "create", name)
+    key = stack.create_key(name)
+    client = openai.OpenAI(base_url=f"{api.url}/openai/v1", api_key=key, max_retries=0)
+    stack.kiln("tenants", "limits", name, "--max-active-jobs=1")
+    time.sleep(0.5)  # the API's cache of limits
+    first = client.batches.create(input_file_id=upload(client, many_texts(5000)).id,
+                                  endpoint="/v1/embeddings", completion_window="24h")
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.batches.create(input_file_id=upload(client, many_texts(2)).id,
+                              endpoint="/v1/embeddings", completion_window="24h")
+    assert refused.value.code == "quota_exceeded"
+    assert refused.value.response.headers["retry-after"].isdigit()
+    assert [b.id for b in client.batches.list()] == [first.id]  # nothing of the refused one
+    with KilnClient(api.url, key) as kiln:  # and no converted rows file left behind
+        rows_files = kiln.http.get("/v1/files", params={"purpose": "batch_rows"}).json()["data"]
+    assert len(rows_files) == 1
+    assert client.batches.cancel(first.id).status in ("cancelling", "cancelled")
