@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from app.domain.events import EVENT_TYPES
+from app.domain.events import EVENT_TYPES, event_format, listed_events
 from app.orm import File, Job, WebhookDelivery, WebhookEndpoint
 
 
@@ -78,7 +78,8 @@ def file_summary(record: File) -> dict:
 
 def endpoint_summary(endpoint: WebhookEndpoint, secret: str | None = None) -> dict[str, Any]:
     body = {"id": str(endpoint.id), "object": "webhook_endpoint", "url": endpoint.url,
-            "events": endpoint.events or list(EVENT_TYPES), "description": endpoint.description,
+            "events": listed_events(endpoint.events) or list(EVENT_TYPES),
+            "event_format": event_format(endpoint.events), "description": endpoint.description,
             "enabled": endpoint.disabled_at is None, "disabled_at": endpoint.disabled_at,
             "disabled_reason": endpoint.disabled_reason, "created_at": endpoint.created_at,
             "secret_rotated_at": endpoint.secret_rotated_at}

@@ -7,6 +7,7 @@ from flask import Request, request
 from flask_openapi3 import Info, OpenAPI
 
 from app.api import audit, files, health, jobs, metrics, models, problems, usage, webhooks
+from app.api import openai as openai_dialect
 from app.api import requests as request_origin
 from app.api.responses import OrjsonProvider, Response
 from app.api.context import ApiContext, caller, close_session, commit_request
@@ -86,5 +87,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(usage.api)
     app.register_api(audit.api)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openai_dialect.blueprint())
     ui.init_app(app)
     return app

@@ -28,6 +28,9 @@ class CreateWebhook(BaseModel):
     events: list[EventType] | None = Field(default=None, description="Omitted: every terminal event. `job.progress` (file jobs, at most one per "
                             "KILN_PROGRESS_EVENT_SECONDS) is sent only when listed.")
     description: str | None = Field(default=None, max_length=500)
+    event_format: Literal["kiln", "openai"] = Field(
+        default="kiln", description="`openai`: the OpenAI dialect's events for its batches "
+        "(`batch.completed` and so on, as `client.webhooks.unwrap` reads them); see docs/openai.md")
 
 
 class WebhookOut(BaseModel):
@@ -35,6 +38,7 @@ class WebhookOut(BaseModel):
     object: Literal["webhook_endpoint"] = "webhook_endpoint"
     url: str
     events: list[str]
+    event_format: Literal["kiln", "openai"] = "kiln"
     description: str | None
     enabled: bool
     disabled_at: datetime | None
@@ -95,7 +99,8 @@ def create_webhook(body: CreateWebhook) -> Response:
     """Register an endpoint for your job events. The signing secret is in this answer only."""
     endpoint, secret = webhooks.create_endpoint(
         db(), caller(), context().secret_box, webhooks.url_policy(context().settings),
-        url=str(body.url), events=body.events, description=body.description)
+        url=str(body.url), events=body.events, description=body.description,
+        event_format=body.event_format)
     return json_response(presenters.endpoint_summary(endpoint, secret), 201,
                          {"Location": f"/v1/webhooks/{endpoint.id}"})
 

@@ -58,6 +58,7 @@ class SubmitFileJob:
     parent_id: uuid.UUID | None = None
     queue: str | None = None
     results_expire_after_seconds: float | None = None  # None: the intake's default
+    extra_options: dict[str, Any] | None = None  # kept in the job's options (e.g. a dialect's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,7 @@ def submit_file_job(session: Session, caller: Caller, command: SubmitFileJob,
                "output_format": command.output_format or source.format,
                "keep_columns": command.keep_columns or [], "id_column": command.id_column,
                "max_failed_fraction": command.max_failed_fraction,
-               "input_format": source.format}
+               "input_format": source.format, **(command.extra_options or {})}
     job = NewJob(tenant_id=caller.tenant_id, model_id=found.id, model_name=found.name,
                  kind="file", status=JobStatus.VALIDATING.value, priority=command.priority,
                  input_file_id=source.id, options=options, job_metadata=command.metadata or {},

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from app.domain.events import OPENAI_FORMAT
 from app.domain.signing import generate_secret
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
 from app.errors import Conflict, InvalidInput
@@ -55,12 +56,15 @@ def check_webhook_url(url: str, policy: UrlPolicy, resolve: Resolver = system_re
 
 def create_endpoint(session: Session, caller: Caller, box: SecretBox, policy: UrlPolicy, *,
                     url: str, events: Sequence[str] | None = None, description: str | None = None,
-                    resolve: Resolver = system_resolver) -> tuple[WebhookEndpoint, str]:
+                    resolve: Resolver = system_resolver,
+                    event_format: str = "kiln") -> tuple[WebhookEndpoint, str]:
     """Register a URL for the tenant's job events; the plain secret is returned once."""
     check_webhook_url(url, policy, resolve, field="url")
     secret = generate_secret()
     endpoint = WebhookEndpoint(tenant_id=caller.tenant_id, url=url,
-                               events=sorted(set(events or [])), description=description,
+                               events=sorted(set(events or []))
+                               + ([OPENAI_FORMAT] if event_format == "openai" else []),
+                               description=description,
                                secret_ciphertext=box.encrypt(secret))
     session.add(endpoint)
     session.flush()

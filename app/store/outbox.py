@@ -15,7 +15,8 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
-from app.domain.events import EVENT_BY_STATUS, PROGRESS
+from app.domain.events import (EVENT_BY_STATUS, OPENAI_EVENT_BY_STATUS, PROGRESS, event_format,
+                               listed_events)
 from app.domain.signing import new_message_id
 from app.domain.states import JobStatus
 from app.orm import Job, WebhookDelivery, WebhookEndpoint
@@ -48,14 +49,17 @@ def record_ended_jobs(session: Session, ended: Sequence[Any]) -> int:
         event = EVENT_BY_STATUS[JobStatus(job.status)]
         if (job.id, event) in recorded:
             continue
-        targets = {e.url: e.id for e in endpoints.get(job.tenant_id, ())
-                   if not e.events or event in e.events}
+        batch = "openai" in (job.options or {})
+        targets = {e.url: (e.id, event_format(e.events)) for e in endpoints.get(job.tenant_id, ())
+                   if (not listed_events(e.events) or event in e.events)
+                   and (batch or event_format(e.events) == "kiln")}
         if job.webhook_url and job.webhook_url not in targets:
-            targets[job.webhook_url] = None
-        payload, message_id = event_payload(job, event), new_message_id()
+            targets[job.webhook_url] = (None, "kiln")
+        message_id = new_message_id()
+        payloads = {"kiln": event_payload(job, event), "openai": openai_event(job, message_id)}
         rows += [{"id": uuid.uuid4(), "tenant_id": job.tenant_id, "job_id": job.id,
                   "endpoint_id": endpoint_id, "event_id": message_id, "url": url, "event": event,
-                  "payload": payload} for url, endpoint_id in targets.items()]
+                  "payload": payloads[fmt]} for url, (endpoint_id, fmt) in targets.items()]
     if rows:
         session.execute(insert(WebhookDelivery), rows)
         notify_dispatchers(session)
@@ -106,6 +110,14 @@ def event_payload(job: Job, event: str) -> dict[str, Any]:
     when = job.finished_at or datetime.now(UTC)
     return {"type": event, "timestamp": when.isoformat(),
             "data": {**job_summary(job), "links": job_links(job)}}
+
+
+def openai_event(job: Job, message_id: str) -> dict[str, Any]:
+    """The OpenAI dialect's event for a batch's end, as `client.webhooks.unwrap` reads it."""
+    when = job.finished_at or datetime.now(UTC)
+    return {"id": message_id, "object": "event",
+            "type": OPENAI_EVENT_BY_STATUS[JobStatus(job.status)],
+            "created_at": int(when.timestamp()), "data": {"id": str(job.id)}}
 
 
 def job_links(job: Job) -> dict[str, str | None]:
