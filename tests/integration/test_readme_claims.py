@@ -20,7 +20,7 @@ from tests.integration.test_files import digits_rows, to_csv, upload
 from tests.integration.test_webhooks import RECORD, Receiver
 from tests.integration.test_workers import register_slow_model, slow_records
 from tests.support import (KilnProcess, await_api, create_database, drop_database, free_port, run_kiln, spawn_api,
-                           start_api_and_worker, wait_for)
+                           start_api, start_api_and_worker, start_worker, wait_for)
 
 PROBLEM = "application/problem+json"
 
@@ -93,14 +93,16 @@ def test_settings_the_readme_names_change_what_the_api_and_worker_do(claims):
 
 def test_readyz_is_503_while_postgres_or_redis_is_down(claims):
     dead = f"127.0.0.1:{free_port()}"
-    for env in ({"KILN_REDIS_URL": f"redis://{dead}/0"},
-                {"KILN_DATABASE_URL": f"postgresql://postgres@{dead}/kiln"}):
-        api = await_api(spawn_api({**claims.stack.env, **env}, claims.stack.logdir))
-        try:
-            assert httpx.get(api.url + "/healthz").status_code == 200  # alive, not ready
+    apis = [spawn_api({**claims.stack.env, **env}, claims.stack.logdir) for env in (
+        {"KILN_REDIS_URL": f"redis://{dead}/0"},
+        {"KILN_DATABASE_URL": f"postgresql://postgres@{dead}/kiln"})]
+    try:
+        for api in apis:
+            await_api(api)  # alive (/healthz), not ready
             ready = httpx.get(api.url + "/readyz", timeout=30)
-            assert ready.status_code == 503, (env, ready.text)
-        finally:
+            assert ready.status_code == 503, ready.text
+    finally:
+        for api in apis:
             api.stop()
     assert httpx.get(claims.api.url + "/readyz").status_code == 200
 
@@ -293,3 +295,45 @@ def deliveries(kiln: KilnClient, job_id: str) -> list[dict]:
     response = kiln.http.get(f"/v1/jobs/{job_id}/webhooks")
     assert response.status_code == 200, response.text
     return response.json()["data"]
+
+
+def test_the_guard_runs_at_send_time_and_a_secret_key_list_reads_old_secrets(make_stack):
+    """An endpoint the API accepted (KILN_WEBHOOK_ALLOWED_HOSTS=localhost) is still refused by a
+    worker without that setting; a worker whose KILN_SECRET_KEY cannot read the endpoint's secret
+    fails the delivery saying so; one with `NEW,OLD` reads it and delivers, signed as before."""
+    iso = make_stack(KILN_SECRET_KEY="old-key", KILN_WEBHOOK_ALLOWED_HOSTS="localhost",
+                     KILN_WEBHOOK_RETRY_SCHEDULE_SECONDS="0,0.2")
+    iso.add_digits()
+    api = start_api(iso.env, iso.logdir)
+    kiln = KilnClient(api.url, iso.create_key())
+    phases = [({"KILN_SECRET_KEY": "new-key,old-key", "KILN_WEBHOOK_ALLOWED_HOSTS": ""},
+               "blocked by the SSRF guard"),
+              ({"KILN_SECRET_KEY": "new-key"}, "cannot be decrypted"),
+              ({"KILN_SECRET_KEY": "new-key,old-key"}, None)]
+    try:
+        with Receiver() as receiver:
+            endpoint = kiln.http.post("/v1/webhooks", json={"url": local(receiver)}).json()
+            job = kiln.submit("digits", [RECORD])
+            current = None  # the delivery each phase sends: the event's, then a redelivery's
+            for env, error in phases:
+                worker = start_worker({**iso.env, **env}, iso.logdir)
+                try:
+                    if current is None:
+                        current = wait_for(lambda: deliveries(kiln, job["id"]),
+                                           message="the delivery")[0]["id"]
+                    else:
+                        again = kiln.http.post(f"/v1/webhook-deliveries/{current}/redeliver")
+                        assert again.status_code == 202, again.text
+                        current = again.json()["id"]
+                    state = "failed" if error else "delivered"
+                    [shown] = wait_for(lambda s=state, i=current: [
+                        d for d in deliveries(kiln, job["id"]) if d["id"] == i and d["state"] == s],
+                        message=f"a {state} delivery")
+                finally:
+                    worker.stop()
+                if error:
+                    assert error in shown["last_error"] and receiver.requests == [], shown
+            [got] = receiver.requests
+            assert verify(endpoint["secret"], got.headers, got.body, now=time.time())
+    finally:
+        api.stop()

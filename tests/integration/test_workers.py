@@ -279,6 +279,19 @@ def test_jobs_that_need_a_gpu_go_to_the_gpu_queue_and_cpu_workers_leave_them(mak
                  message="the reconciler's republish")
         assert client.job(gpu_job["id"])["status"] == "queued"
         assert broker.llen(gpu_queue) >= 2
+        # the other two routes the README names: the model's processing.requires_gpu, and an
+        # fp16 variant (`kiln models optimize --variant fp16` registers one without CUDA)
+        with iso.sessions.begin() as session:
+            register_model(session, Storage(iso.settings.resolved_storage_url), name="gpu-only",
+                           artifact=test_models.slow_classifier(16, 1),
+                           signature=test_models.SIGNATURE, metrics={},
+                           processing={**test_models.PROCESSING, "requires_gpu": True})
+        assert client.submit("gpu-only", record)["queue"] == gpu_queue
+        assert "fp16" in iso.kiln("models", "optimize", "digits", "--variant", "fp16").stdout
+        fp16 = client.http.post("/v1/jobs", json={"model": "digits", "inputs": record,
+                                                  "variant": "fp16"})
+        assert fp16.status_code == 202 and fp16.json()["queue"] == gpu_queue, fp16.text
+        assert client.submit("digits", record)["queue"] == iso.settings.queue  # fp32 stays
         broker.delete(gpu_queue)
     finally:
         worker.stop()
