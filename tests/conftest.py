@@ -24,6 +24,16 @@ class Services:
     admin_url: str
     redis_url: str
     home: Path
+    template: str | None = None  # a database migrated to head once, copied for each stack
+
+    def migrated_template(self) -> str:
+        if self.template is None:
+            name = f"kiln_template_{uuid.uuid4().hex[:10]}"
+            url = support.create_database(self.admin_url, name)
+            upgrade(support.settings_from_env(support.test_env({
+                "KILN_DATABASE_URL": url, "KILN_REDIS_URL": self.redis_url})))
+            self.template = name
+        return self.template
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +60,10 @@ def services():
         embedded_redis = EmbeddedRedis(home)
         redis_url = embedded_redis.start()
         embedded = (embedded or []) + [embedded_redis]
-    yield Services(admin_url, redis_url, home)
+    services = Services(admin_url, redis_url, home)
+    yield services
+    if services.template:
+        support.drop_database(admin_url, services.template)
     for server in embedded or []:
         server.stop()
     shutil.rmtree(home, ignore_errors=True)
@@ -96,17 +109,18 @@ class Stack:
 
 
 def build_stack(services: Services, tmp: Path, **overrides: str) -> tuple[Stack, str]:
+    """A stack on a copy of the migrated template (what `upgrade head` on an empty database
+    makes: tests/integration/test_migrations.py runs that itself)."""
     name = f"kiln_test_{uuid.uuid4().hex[:10]}"
-    database_url = support.create_database(services.admin_url, name)
+    database_url = support.create_database(services.admin_url, name,
+                                           template=services.migrated_template())
     env = support.test_env({
         "KILN_DATABASE_URL": database_url, "KILN_REDIS_URL": services.redis_url,
         "KILN_HOME": str(tmp), "KILN_QUEUE": f"q-{name}", "KILN_LEASE_SECONDS": "2",
         "KILN_RECONCILE_INTERVAL_SECONDS": "0.5", "KILN_QUEUED_GRACE_SECONDS": "2",
         "KILN_WORKER_CONCURRENCY": "2", "KILN_API_WORKERS": "2", "KILN_LOG_LEVEL": "INFO",
         **overrides})
-    settings = support.settings_from_env(env)
-    upgrade(settings)
-    return Stack(env, settings, tmp), name
+    return Stack(env, support.settings_from_env(env), tmp), name
 
 
 @pytest.fixture(scope="session")

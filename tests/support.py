@@ -47,9 +47,11 @@ def with_database(admin_url: str, name: str) -> str:
     return f"{base}?{query}" if query else base
 
 
-def create_database(admin_url: str, name: str) -> str:
+def create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    """An empty database, or a copy of `template` (faster than migrating one)."""
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     return with_database(admin_url, name)
 
 
@@ -127,11 +129,20 @@ def start_process(name: str, env: dict[str, str], logdir: Path, *args: str,
     return KilnProcess(name, process, log)
 
 
-def start_api(env: dict[str, str], logdir: Path, timeout: float = 30,
+def start_api(env: dict[str, str], logdir: Path, timeout: float = 60,
               port: int | None = None) -> KilnProcess:
+    return await_api(spawn_api(env, logdir, port), timeout)
+
+
+def spawn_api(env: dict[str, str], logdir: Path, port: int | None = None) -> KilnProcess:
     port = port or free_port()
     api = start_process("api", env, logdir, "api", "--port", str(port))
     api.url = f"http://127.0.0.1:{port}"
+    return api
+
+
+def await_api(api: KilnProcess, timeout: float = 60) -> KilnProcess:
+    """Healthy within `timeout` (a loaded 2-core machine takes tens of seconds to start one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if api.process.poll() is not None:
@@ -148,7 +159,25 @@ def start_api(env: dict[str, str], logdir: Path, timeout: float = 30,
 
 def start_worker(env: dict[str, str], logdir: Path, *args: str, timeout: float = 60,
                  module: str = "workers.cli") -> KilnProcess:
-    worker = start_process("worker", env, logdir, "worker", *args, module=module)
+    return await_worker(start_process("worker", env, logdir, "worker", *args, module=module),
+                        timeout)
+
+
+def start_api_and_worker(env: dict[str, str], logdir: Path, *worker_args: str,
+                         worker_env: dict[str, str] | None = None) -> tuple[KilnProcess, KilnProcess]:
+    """Both processes started at once (each takes seconds to be ready); both stopped if either
+    does not become ready."""
+    api = spawn_api(env, logdir)
+    worker = start_process("worker", {**env, **(worker_env or {})}, logdir, "worker", *worker_args)
+    try:
+        return await_api(api), await_worker(worker)
+    except BaseException:
+        worker.stop()
+        api.stop()
+        raise
+
+
+def await_worker(worker: KilnProcess, timeout: float = 60) -> KilnProcess:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.process.poll() is not None:

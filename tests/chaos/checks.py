@@ -11,10 +11,14 @@ from typing import Any
 import httpx
 import orjson
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from tests.chaos.stack import ChaosStack
 from tests.chaos.traffic import HttpLog, Submission
+
+# What a restarting Postgres raises (refused or dropped connections, "the database system is
+# starting up", an admin shutdown): anything else, a broken query included, is a failure.
+POSTGRES_RESTARTING = (OperationalError, InterfaceError)
 
 OVERDUE_LEASES = text("""
 SELECT 'job ' || id AS what, extract(epoch FROM now() - lease_expires_at) AS overdue
@@ -33,7 +37,7 @@ def query(stack: ChaosStack, statement, params: dict[str, Any] | None = None,
         try:
             with stack.sessions() as session:
                 return session.execute(statement, params or {}).all()
-        except DBAPIError:
+        except POSTGRES_RESTARTING:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -50,13 +54,23 @@ class LeaseWatch(threading.Thread):
         self.samples = 0
         self.worst: tuple[float, str] = (0.0, "")
         self.late: dict[str, float] = {}
+        self.error: BaseException | None = None  # what stopped the watch, if not `stopping`
+        self.started = self.stopped = 0.0
 
     def run(self) -> None:
+        self.started = time.monotonic()
+        try:
+            self.watch()
+        except BaseException as exc:  # noqa: BLE001 - reported by `check`, not lost with the thread
+            self.error = exc
+        self.stopped = time.monotonic()
+
+    def watch(self) -> None:
         while not self.stopping.wait(self.every):
             try:
                 with self.stack.sessions() as session:
                     rows = session.execute(OVERDUE_LEASES).all()
-            except DBAPIError:
+            except POSTGRES_RESTARTING:
                 continue
             sampled = time.monotonic()
             postgres = self.stack.outage("postgres")
@@ -70,6 +84,14 @@ class LeaseWatch(threading.Thread):
 
     def over(self, bound_seconds: float) -> dict[str, float]:
         return {what: round(s, 2) for what, s in self.late.items() if s > bound_seconds}
+
+    def check_sampled(self) -> None:
+        """The watch ran to the end and sampled at least a quarter of its periods (Postgres is
+        down a few seconds of a minute's run): a watch that saw nothing proves nothing."""
+        assert self.error is None, f"the lease watch failed: {self.error!r}"
+        periods = (self.stopped - self.started) / self.every
+        assert periods > 0 and self.samples >= periods / 4, \
+            f"the lease watch took {self.samples} samples in {periods:.0f} periods"
 
 
 @dataclass

@@ -55,7 +55,7 @@ SUBMIT_SPREAD_SECONDS = 55.0
 SUBMITTERS = 4
 GIVE_UP_SUBMITTING_SECONDS = 90.0
 TERMINAL_BOUND_SECONDS = 90.0     # from a job's creation to its terminal state
-LEASE_SLACK_SECONDS = 2.5         # scheduling slack on a loaded 2-core machine
+LEASE_SLACK_SECONDS = 4.5         # scheduling slack on a loaded 2-core machine (bound 5.0 s)
 POSTGRES_GRACE_SECONDS = 2.0      # 5xx allowed this long after Postgres is back
 WEBHOOK_BOUND_SECONDS = 60.0      # after the last job ended (a killed dispatcher's lease is 32 s)
 
@@ -296,6 +296,7 @@ def test_every_accepted_job_ends_with_exactly_one_result_per_input(chaos_stack, 
     assert not invalid, invalid[:5]
     assert not several_ids, several_ids
     assert not unexpected_events, unexpected_events
+    watch.check_sampled()
     assert not overdue, f"running with a lease expired over {lease_bound}s: {overdue}"
     assert stale_at_end == 0
     assert not five_out, five_out[:20]

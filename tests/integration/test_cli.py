@@ -99,7 +99,11 @@ def test_a_gpu_worker_refuses_to_start_without_cuda(stack):
     from tests.support import run_kiln, start_worker
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        start_worker(stack.env, stack.logdir, "-Q", "gpu").stop()  # with CUDA it does start
+        worker = start_worker(stack.env, stack.logdir, "-Q", "gpu")  # with CUDA it does start
+        try:
+            assert worker.process.poll() is None and b" ready." in worker.log.read_bytes()
+        finally:
+            worker.stop()
         return
     result = run_kiln(stack.env, "worker", "-Q", "gpu", check=False, timeout=60)
     assert result.returncode != 0

@@ -75,8 +75,7 @@ def test_a_burst_of_jobs_all_finish_without_the_reconciler(make_stack, records):
     suppressed would sit queued until the test times out."""
     stack = make_stack(KILN_QUEUED_GRACE_SECONDS="600", KILN_RECONCILE_INTERVAL_SECONDS="600")
     stack.add_digits()
-    api = support.start_api(stack.env, stack.logdir)
-    worker = support.start_worker(stack.env, stack.logdir)
+    api, worker = support.start_api_and_worker(stack.env, stack.logdir)
     try:
         with KilnClient(api.url, stack.create_key()) as client:
             for wave in range(3):  # bursts with idle gaps: drains start, end and restart
@@ -88,7 +87,9 @@ def test_a_burst_of_jobs_all_finish_without_the_reconciler(make_stack, records):
                 time.sleep(1.5)  # longer than the flag's TTL
         log = worker.log.read_text()
         received = len(re.findall(r"Task kiln.run_job\[[^\]]+\] received", log))
-        assert received < 150, f"{received} messages for 300 jobs"
+        # each wave starts a drain with a message; a flag that never held would give 300 (the
+        # margin is for a loaded machine, where drains end and restart more often)
+        assert 3 <= received < 200, f"{received} messages for 300 jobs"
     finally:
         worker.stop()
         api.stop()

@@ -11,7 +11,7 @@ def test_one_head(stack):
 
 
 def test_upgrade_matches_models_and_downgrade_works(make_stack):
-    fresh = make_stack()  # build_stack has already run `upgrade head` on an empty database
+    fresh = make_stack()  # a copy of the template, made by `upgrade head` on an empty database
     config = alembic_config(fresh.settings)
     command.check(config)  # raises when the models and the migrations drift
     with fresh.sessions() as session:

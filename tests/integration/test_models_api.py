@@ -86,7 +86,7 @@ def test_register_a_user_model_and_score_a_job_with_it(client):
     assert len(outputs) == 20 and all(len(o["probabilities"]) == 10 for o in outputs)
 
 
-def test_versions_and_aliases_choose_what_a_job_gets(client):
+def test_versions_and_aliases_choose_what_a_job_gets(client, kiln):
     name = f"versioned-{uuid.uuid4().hex[:6]}"
     for seed in (1, 2):
         assert register(client, name, slow_classifier(hidden=16, layers=1, seed=seed)) \
@@ -103,8 +103,11 @@ def test_versions_and_aliases_choose_what_a_job_gets(client):
     assert run_job(client, f"{name}@latest", records)[0]["model_version"] == 2
     assert run_job(client, f"{name}@1", records)[0]["model_version"] == 1
 
-    # Moving the alias moves the jobs, once the API's model cache entry expires.
-    client.http.post(f"/v1/models/{name}/aliases", json={"alias": "prod", "version": 2})
+    # Moving the alias (with `kiln models alias`) moves the jobs, once the API's model cache
+    # entry expires.
+    moved = support.run_kiln({**kiln.env, "KILN_API_KEY": client.http.headers["Authorization"][7:]},
+                             "models", "alias", name, "prod", "2")
+    assert moved.stdout.strip() == f"{name}@prod -> v2"
     time.sleep(1.2)
     assert run_job(client, f"{name}@prod", records)[0]["model_version"] == 2
     assert {m["version"]: m["aliases"] for m in listed(client, name)} == \

@@ -64,6 +64,7 @@ def test_files_models_and_results_live_in_s3(s3):
     assert len(stored) == 1 and fs.size(stored[0]) == len(data)
     job = kiln.submit_file("digits", meta["id"], output_format="parquet", keep_columns=["truth"])
     done = kiln.wait(job["id"], timeout_seconds=120)
+    assert done["status"] == "succeeded", done
     assert done["request_counts"] == {"total": 1000, "completed": 999, "failed": 1}
     out = parse("parquet", b"".join(kiln.iter_results(job["id"])))
     assert [r["custom_id"] for r in out] == [r["custom_id"] for r in rows if r["custom_id"] != "img-00010"]

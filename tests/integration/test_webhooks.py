@@ -15,13 +15,18 @@ import httpx
 import orjson
 import pytest
 
+from sqlalchemy import select
+
 from app.client import KilnClient
+from app.orm import WebhookDelivery
 from app.domain.signing import signature_headers, verify
 from tests.conftest import build_stack
-from tests.support import drop_database, kiln_command, start_api, start_worker, wait_for
+from tests.support import (await_api, drop_database, kiln_command, spawn_api, start_api,
+                           start_api_and_worker, wait_for)
 
 RECORD = {f"p{i}": float(i % 17) for i in range(64)}
 HANG = "hang"
+PROGRESS_SECONDS, ROWS = 0.2, 1000  # the progress test: 10 chunks of 100 rows, one at a time
 
 
 @dataclass
@@ -102,9 +107,9 @@ def hooks(services, tmp_path_factory):
                               KILN_WEBHOOK_RETRY_SCHEDULE_SECONDS="0,0.5,0.5",
                               KILN_WEBHOOK_TIMEOUT_SECONDS="6", KILN_WEBHOOK_CONCURRENCY="4")
     stack.add_digits()
-    api = start_api(stack.env, stack.logdir)
-    strict_api = start_api({**stack.env, "KILN_WEBHOOK_ALLOW_PRIVATE": "false"}, stack.logdir)
-    worker = start_worker(stack.env, stack.logdir)
+    strict_api = spawn_api({**stack.env, "KILN_WEBHOOK_ALLOW_PRIVATE": "false"}, stack.logdir)
+    api, worker = start_api_and_worker(stack.env, stack.logdir)
+    await_api(strict_api)
     yield Hooks(stack, api, worker, strict_api)
     for process in (worker, strict_api, api):
         process.stop()
@@ -356,17 +361,17 @@ def test_kiln_webhooks_listen_verifies_and_prints(hooks, tmp_path):
 def test_progress_events_are_opt_in_and_rate_limited(services, tmp_path_factory):
     stack, name = build_stack(services, tmp_path_factory.mktemp("progress"),
                               KILN_WEBHOOK_ALLOW_PRIVATE="true", KILN_TUNING__CHUNK_ROWS="100",
-                              KILN_PROGRESS_EVENT_SECONDS="0.05",
+                              KILN_PROGRESS_EVENT_SECONDS=str(PROGRESS_SECONDS),
                               KILN_MAX_RUNNING_CHUNKS_PER_JOB="1")
     stack.add_digits()
-    api, worker = start_api(stack.env, stack.logdir), start_worker(stack.env, stack.logdir)
+    api, worker = start_api_and_worker(stack.env, stack.logdir)
     try:
         kiln = KilnClient(api.url, stack.create_key())
         with Receiver() as progress, Receiver() as terminal_only:
             kiln.http.post("/v1/webhooks", json={"url": progress.url,
                                                   "events": ["job.progress", "job.succeeded"]})
             kiln.http.post("/v1/webhooks", json={"url": terminal_only.url})
-            data = b"".join(orjson.dumps(RECORD) + b"\n" for _ in range(1000))
+            data = b"".join(orjson.dumps(RECORD) + b"\n" for _ in range(ROWS))
             file_id = kiln.http.post("/v1/files", files={"file": ("r.jsonl", data)}).json()["id"]
             job = kiln.http.post("/v1/jobs", json={"model": "digits", "input_file": file_id}).json()
             assert kiln.wait(job["id"], timeout_seconds=60)["status"] == "succeeded"
@@ -381,10 +386,19 @@ def test_progress_events_are_opt_in_and_rate_limited(services, tmp_path_factory)
             assert types.count("job.progress") >= 1 and types[-1] == "job.succeeded"
             completed = [p["data"]["request_counts"]["completed"] for p in recorded
                          if p["type"] == "job.progress"]
-            assert completed == sorted(completed) and all(0 < c <= 1000 for c in completed)
+            assert completed == sorted(completed) and all(0 < c <= ROWS for c in completed)
             assert len(set(completed)) == len(completed)  # one event per recorded step
             assert len({r.headers["webhook-id"] for r in got}) == len(got)
             assert [r.payload["type"] for r in terminal_only.wait(1)] == ["job.succeeded"]
+        # the rate limit: the outbox rows of one job's progress events (their transaction
+        # times, which the limit compares) are at least the interval apart
+        with stack.sessions() as session:
+            created = session.scalars(select(WebhookDelivery.created_at).where(
+                WebhookDelivery.job_id == uuid.UUID(job["id"]),
+                WebhookDelivery.event == "job.progress").order_by(WebhookDelivery.created_at)).all()
+        assert len(created) == len(completed)
+        gaps = [(b - a).total_seconds() for a, b in pairwise(created)]
+        assert all(gap >= PROGRESS_SECONDS for gap in gaps), gaps
     finally:
         worker.stop()
         api.stop()

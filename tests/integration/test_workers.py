@@ -19,7 +19,10 @@ from app.services.jobs import submit_job
 from app.services.models import register_model
 from app.storage import Storage
 from tests import models as test_models
-from tests.support import start_api, start_worker, wait_for
+from tests.support import start_api, start_api_and_worker, start_worker, wait_for
+
+
+REPUBLISHED = re.compile(r"reconciler: \d+ given up, \d+ requeued, [1-9]\d* republished")
 
 
 def slow_records(n: int, seed: int = 1):
@@ -37,18 +40,33 @@ def register_slow_model(stack, name: str, hidden: int = 1024, layers: int = 8) -
 
 
 @contextmanager
-def slow_model_stack(make_stack, **env):
+def slow_model_stack(make_stack, hidden: int = 1024, worker_env: dict | None = None, **env):
     """An isolated stack with a slow model, an API and a worker; yields what tests use."""
     iso = make_stack(**env)
     name = f"slow-{uuid.uuid4().hex[:6]}"
-    register_slow_model(iso, name)
-    api = start_api(iso.env, iso.logdir)
-    worker = start_worker(iso.env, iso.logdir)
+    register_slow_model(iso, name, hidden=hidden)
+    api, worker = start_api_and_worker(iso.env, iso.logdir, worker_env=worker_env)
     try:
         yield iso, name, KilnClient(api.url, iso.create_key()), worker
     finally:
         worker.stop()
         api.stop()
+
+
+def unpublished_job(stack, key: str, model: str, records) -> str:
+    """A job recorded in Postgres and never published to Redis: only the reconciler's pass,
+    once the job is past its grace, sends it to a worker."""
+    from app.services.auth import authenticate
+
+    with stack.sessions.begin() as session:
+        caller: Caller = authenticate(session, f"Bearer {key}")
+        job, _ = submit_job(session, caller, SubmitJob(model=model, inputs=records))
+        return str(job.id)
+
+
+def job_status(stack, job_id: str) -> str:
+    with stack.sessions() as session:
+        return session.get(Job, uuid.UUID(job_id)).status
 
 
 def result_rows(stack, job_id):
@@ -90,9 +108,16 @@ def test_cancel_a_queued_job_is_immediate(make_stack):
         assert job["status"] == "queued"  # no worker is running on this stack
         cancelled = client.cancel(job["id"])
         assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
+        # a witness on another model (a drain of digits cannot take it): once the reconciler
+        # has republished it, a pass has run past the grace of the older, cancelled job too
+        witness_model = f"witness-{uuid.uuid4().hex[:6]}"
+        register_slow_model(iso, witness_model, hidden=16, layers=1)
+        witness = unpublished_job(iso, client.http.headers["Authorization"].split()[1],
+                                  witness_model, slow_records(1))
         worker = start_worker(iso.env, iso.logdir)
         try:
-            time.sleep(3)  # longer than the reconciler's grace period
+            wait_for(lambda: job_status(iso, witness) == "succeeded", timeout=60,
+                     message="the reconciler's republish of the witness")
             assert client.job(job["id"])["status"] == "cancelled"
             assert result_rows(iso, job["id"]) == []
         finally:
@@ -122,18 +147,11 @@ def test_cancel_a_running_job_stops_at_a_batch_boundary_and_keeps_results(make_s
 def test_a_lost_message_is_republished_by_the_reconciler(make_stack):
     iso = make_stack()
     iso.add_digits()
-    key = iso.create_key("lost-tenant")
-    with iso.sessions.begin() as session:  # recorded in Postgres, never published to Redis
-        from app.services.auth import authenticate
-        caller: Caller = authenticate(session, f"Bearer {key}")
-        job, _ = submit_job(session, caller, SubmitJob(model="digits", inputs=slow_records(3)))
-        job_id = str(job.id)
+    job_id = unpublished_job(iso, iso.create_key("lost-tenant"), "digits", slow_records(3))
     worker = start_worker(iso.env, iso.logdir)
     try:
-        def status():
-            with iso.sessions() as session:
-                return session.get(Job, uuid.UUID(job_id)).status
-        wait_for(lambda: status() == "succeeded", timeout=30, message="the republished job")
+        wait_for(lambda: job_status(iso, job_id) == "succeeded", timeout=30,
+                 message="the republished job")
         assert len(result_rows(iso, job_id)) == 3
     finally:
         worker.stop()
@@ -211,7 +229,11 @@ def test_a_claim_scored_in_its_own_transaction_writes_nothing_if_killed_and_is_l
 
 
 def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stack):
-    with slow_model_stack(make_stack, KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1", KILN_SOFT_SHUTDOWN_SECONDS="3") as (iso, name, client, worker):
+    """SIGTERM as docker-compose.yml and deploy/k8s send it, remapped to Celery's cold shutdown
+    (REMAP_SIGTERM=SIGQUIT): the task gets KILN_SOFT_SHUTDOWN_SECONDS, not the time it needs."""
+    with slow_model_stack(make_stack, worker_env={"REMAP_SIGTERM": "SIGQUIT"},
+                          KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1",
+                          KILN_SOFT_SHUTDOWN_SECONDS="3") as (iso, name, client, worker):
         total = 6000
         job = client.submit(name, slow_records(total))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
@@ -220,12 +242,15 @@ def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stac
         worker.process.send_signal(signal.SIGTERM)
         worker.process.wait(timeout=30)
         assert time.monotonic() - started < 20, "the worker outlived its soft shutdown limit"
+        cut = client.job(job["id"])
+        assert cut["status"] == "running", "the task finished: the soft shutdown did not apply"
+        assert 0 < cut["request_counts"]["completed"] < total
         replacement = start_worker(iso.env, iso.logdir)
         try:
             done = client.wait(job["id"], timeout_seconds=120)
         finally:
             replacement.stop()
-        assert done["status"] == "succeeded"
+        assert done["status"] == "succeeded", (done["error"], done["attempt"], done["request_counts"])
         assert done["request_counts"] == {"total": total, "completed": total, "failed": 0}
         rows = result_rows(iso, job["id"])
         assert sorted(i for i, _ in rows) == list(range(total)) and all(n == 1 for _, n in rows)
@@ -237,8 +262,7 @@ def test_jobs_that_need_a_gpu_go_to_the_gpu_queue_and_cpu_workers_leave_them(mak
     gpu_queue = f"gpu-{uuid.uuid4().hex[:8]}"
     iso = make_stack(KILN_GPU_QUEUE=gpu_queue)
     iso.add_digits()
-    api = start_api(iso.env, iso.logdir)
-    worker = start_worker(iso.env, iso.logdir)  # a CPU worker only
+    api, worker = start_api_and_worker(iso.env, iso.logdir)  # a CPU worker only
     try:
         client = KilnClient(api.url, iso.create_key())
         record = slow_records(1)
@@ -248,10 +272,26 @@ def test_jobs_that_need_a_gpu_go_to_the_gpu_queue_and_cpu_workers_leave_them(mak
         cpu_job = client.submit("digits", record)
         assert cpu_job["queue"] == iso.settings.queue
         assert client.wait(cpu_job["id"], timeout_seconds=30)["status"] == "succeeded"
-        time.sleep(3)  # past the reconciler's grace: it re-publishes, to the GPU queue again
-        assert client.job(gpu_job["id"])["status"] == "queued"
+        # past the grace, the reconciler re-publishes the GPU job (the only one queued), to the
+        # GPU queue again: its second message there
         broker = redis.Redis.from_url(iso.settings.redis_url)
-        assert broker.llen(gpu_queue) >= 1
+        wait_for(lambda: REPUBLISHED.search(worker.log.read_text()), timeout=30,
+                 message="the reconciler's republish")
+        assert client.job(gpu_job["id"])["status"] == "queued"
+        assert broker.llen(gpu_queue) >= 2
+        # the other two routes the README names: the model's processing.requires_gpu, and an
+        # fp16 variant (`kiln models optimize --variant fp16` registers one without CUDA)
+        with iso.sessions.begin() as session:
+            register_model(session, Storage(iso.settings.resolved_storage_url), name="gpu-only",
+                           artifact=test_models.slow_classifier(16, 1),
+                           signature=test_models.SIGNATURE, metrics={},
+                           processing={**test_models.PROCESSING, "requires_gpu": True})
+        assert client.submit("gpu-only", record)["queue"] == gpu_queue
+        assert "fp16" in iso.kiln("models", "optimize", "digits", "--variant", "fp16").stdout
+        fp16 = client.http.post("/v1/jobs", json={"model": "digits", "inputs": record,
+                                                  "variant": "fp16"})
+        assert fp16.status_code == 202 and fp16.json()["queue"] == gpu_queue, fp16.text
+        assert client.submit("digits", record)["queue"] == iso.settings.queue  # fp32 stays
         broker.delete(gpu_queue)
     finally:
         worker.stop()
