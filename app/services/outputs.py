@@ -1,8 +1,9 @@
 """Result and error rows of file jobs: chunk parts while running, one file per kind at the end.
 
-Workers write each finished chunk's rows as JSONL parts in storage; the finalizer joins them in
-chunk order into the job's output and error files in the output format; downloads convert to
-any format on the fly. Every row carries `row_index`, the id column's value and kept columns.
+Workers write each finished chunk's rows as parts in storage: Arrow IPC streams (`.arrow`) where
+the rows were built column by column, JSONL otherwise; the finalizer joins them in chunk order
+into the job's output and error files in the output format; downloads convert to any format on
+the fly. Every row carries `row_index`, the id column's value and kept columns.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pyarrow as pa
@@ -20,7 +21,7 @@ import pyarrow.json as pajson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.formats import open_writer
+from app.writers import open_writer
 from app.orm import File, Job, JobChunk
 from app.storage import Storage
 
@@ -36,9 +37,65 @@ def flatten_output(row: dict[str, Any], fmt: str) -> dict[str, Any]:
     return flat
 
 
+class ArrowPart:
+    """A part written as an Arrow IPC stream: tables, or rows (dicts) in the same layout; the
+    first write fixes the schema."""
+
+    def __init__(self, sink: BinaryIO):
+        self.sink, self.writer = sink, None
+
+    def write(self, rows: pa.Table | list[dict[str, Any]]) -> int:
+        if not isinstance(rows, pa.Table):
+            if not rows:
+                return 0
+            schema = self.writer.schema if self.writer is not None else None
+            rows = pa.Table.from_pylist(rows, schema=schema)
+        if self.writer is None:
+            self.writer = pa.ipc.new_stream(self.sink, rows.schema)
+        self.writer.write_table(rows.cast(self.writer.schema))
+        return rows.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.sink.close()
+
+
+class JsonlPart:
+    """A part written as JSONL, one row (dict) per line."""
+
+    def __init__(self, sink: BinaryIO):
+        self.sink = sink
+
+    def write(self, rows: list[dict[str, Any]]) -> int:
+        self.sink.write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+        return len(rows)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def open_part(uri: str) -> ArrowPart | JsonlPart:
+    sink = Storage.open_for_write(uri)
+    return ArrowPart(sink) if is_arrow(uri) else JsonlPart(sink)
+
+
+def is_arrow(uri: str) -> bool:
+    return uri.endswith(".arrow")
+
+
+def read_arrow(uri: str) -> pa.Table:
+    with Storage.open(uri) as handle:
+        return pa.ipc.open_stream(handle).read_all()
+
+
 def part_rows(uris: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
-    """Rows of JSONL parts, a piece at a time."""
+    """Rows of parts, a piece at a time."""
     for uri in uris:
+        if is_arrow(uri):
+            for piece in read_arrow(uri).to_batches(ROWS_PER_PIECE):
+                yield piece.to_pylist()
+            continue
         with Storage.open(uri) as handle:
             piece = []
             for line in handle:
@@ -55,7 +112,11 @@ def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
     a part at a time through Arrow (rows through Python only when Arrow cannot read a part)."""
     if fmt == "jsonl":
         for uri in uris:
-            yield from _read(uri)
+            if is_arrow(uri):
+                for piece in part_rows([uri]):
+                    yield b"".join(orjson.dumps(row) + b"\n" for row in piece)
+            else:
+                yield from _read(uri)
         return
     sink = io.BytesIO()
     writer = open_writer(fmt, sink)
@@ -77,8 +138,11 @@ def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
 def part_table(uri: str) -> pa.Table:
     """A part as a flat table, laid out as `flatten` lays out a row: `output` lifted to columns,
     probabilities as prob_i, other nested values as JSON text."""
-    with Storage.open(uri) as handle:
-        table = pajson.read_json(io.BytesIO(handle.read()))
+    if is_arrow(uri):
+        table = read_arrow(uri)
+    else:
+        with Storage.open(uri) as handle:
+            table = pajson.read_json(io.BytesIO(handle.read()))
     if "output" not in table.column_names:
         return table
     output = table.column("output")
@@ -145,5 +209,6 @@ def write_joined(uri: str, fmt: str, parts: list[str],
     return size, digest.hexdigest()
 
 
-def part_uri(base: str, job_id: uuid.UUID, index: int, attempt: int, kind: str) -> str:
-    return f"{base.rstrip('/')}/jobs/{job_id}/parts/{index:06d}.a{attempt}.{kind}.jsonl"
+def part_uri(base: str, job_id: uuid.UUID, index: int, attempt: int, kind: str,
+             ext: str = "jsonl") -> str:
+    return f"{base.rstrip('/')}/jobs/{job_id}/parts/{index:06d}.a{attempt}.{kind}.{ext}"
