@@ -191,10 +191,12 @@ class LineEnds:
         if final and cut and (not len(ends) or ends[-1] < cut):
             ends = np.append(ends, cut)
         starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
-        solid = np.concatenate(([0], np.cumsum(~WHITESPACE[codes[:cut]])))
+        filled = np.ones(len(ends), dtype=bool)  # a line whose first byte is no space has text
+        for i in np.flatnonzero(WHITESPACE[codes[starts]]) if len(ends) else ():
+            filled[i] = bool(data[starts[i]:ends[i]].strip())
         base, self.tail = self.offset, data[cut:]
         self.offset = base + cut
-        return ends[solid[ends] > solid[starts]] + base
+        return ends[filled] + base
 
 
 class CsvReader(LineReader):

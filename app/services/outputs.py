@@ -42,17 +42,17 @@ class ArrowPart:
     first write fixes the schema."""
 
     def __init__(self, sink: BinaryIO):
-        self.sink, self.writer = sink, None
+        self.sink, self.writer, self.schema = sink, None, None
 
     def write(self, rows: pa.Table | list[dict[str, Any]]) -> int:
         if not isinstance(rows, pa.Table):
             if not rows:
                 return 0
-            schema = self.writer.schema if self.writer is not None else None
-            rows = pa.Table.from_pylist(rows, schema=schema)
+            rows = pa.Table.from_pylist(rows, schema=self.schema)
         if self.writer is None:
+            self.schema = rows.schema
             self.writer = pa.ipc.new_stream(self.sink, rows.schema)
-        self.writer.write_table(rows.cast(self.writer.schema))
+        self.writer.write_table(rows.cast(self.schema))
         return rows.num_rows
 
     def close(self) -> None:
