@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,8 +42,8 @@ class ArrowPart:
     """A part written as an Arrow IPC stream: tables, or rows (dicts) in the same layout; the
     first write fixes the schema."""
 
-    def __init__(self, sink: BinaryIO):
-        self.sink, self.writer, self.schema = sink, None, None
+    def __init__(self, sink: BinaryIO, csv_sink: BinaryIO | None = None):
+        self.sink, self.writer, self.schema, self.csv_sink = sink, None, None, csv_sink
 
     def write(self, rows: pa.Table | list[dict[str, Any]]) -> int:
         if not isinstance(rows, pa.Table):
@@ -52,13 +53,19 @@ class ArrowPart:
         if self.writer is None:
             self.schema = rows.schema
             self.writer = pa.ipc.new_stream(self.sink, rows.schema)
-        self.writer.write_table(rows.cast(self.schema))
+        rows = rows.cast(self.schema)
+        self.writer.write_table(rows)
+        if self.csv_sink is not None and rows.num_rows:
+            pacsv.write_csv(flat_table(rows), self.csv_sink,
+                            write_options=pacsv.WriteOptions(include_header=False))
         return rows.num_rows
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         self.sink.close()
+        if self.csv_sink is not None:
+            self.csv_sink.close()
 
 
 class JsonlPart:
@@ -75,13 +82,43 @@ class JsonlPart:
         self.sink.close()
 
 
-def open_part(uri: str) -> ArrowPart | JsonlPart:
+def open_part(uri: str, with_csv: bool = False) -> ArrowPart | JsonlPart:
+    """A part to write; an Arrow one `with_csv` also writes its rows, flat and without a
+    header, as a CSV twin (`csv_twin`), so that a CSV output is joined by copying bytes."""
     sink = Storage.open_for_write(uri)
-    return ArrowPart(sink) if is_arrow(uri) else JsonlPart(sink)
+    if not is_arrow(uri):
+        return JsonlPart(sink)
+    return ArrowPart(sink, Storage.open_for_write(csv_twin(uri)) if with_csv else None)
 
 
 def is_arrow(uri: str) -> bool:
     return uri.endswith(".arrow")
+
+
+def csv_twin(uri: str) -> str:
+    return uri.removesuffix(".arrow") + ".csv"
+
+
+def joined_csv(uris: list[str]) -> Iterator[bytes] | None:
+    """A CSV of Arrow parts that all have CSV twins of one schema: the header, then the twins'
+    bytes as they are. None when some part has none (it is then converted)."""
+    schemas = set()
+    for uri in uris:
+        if not is_arrow(uri) or not Storage.exists(csv_twin(uri)):
+            return None
+        with Storage.open(uri) as handle:
+            schemas.add(pa.ipc.open_stream(handle).schema)
+    if len(schemas) != 1:
+        return None
+
+    def pieces() -> Iterator[bytes]:
+        header = io.BytesIO()
+        pacsv.write_csv(flat_table(read_arrow(uris[0]).slice(0, 1)).slice(0, 0), header)
+        yield header.getvalue()
+        for uri in uris:
+            yield from _read(csv_twin(uri))
+
+    return pieces()
 
 
 def read_arrow(uri: str) -> pa.Table:
@@ -118,6 +155,10 @@ def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
             else:
                 yield from _read(uri)
         return
+    copied = joined_csv(uris) if fmt == "csv" and uris else None
+    if copied is not None:
+        yield from copied
+        return
     sink = io.BytesIO()
     writer = open_writer(fmt, sink)
     for uri in uris:
@@ -139,10 +180,13 @@ def part_table(uri: str) -> pa.Table:
     """A part as a flat table, laid out as `flatten` lays out a row: `output` lifted to columns,
     probabilities as prob_i, other nested values as JSON text."""
     if is_arrow(uri):
-        table = read_arrow(uri)
-    else:
-        with Storage.open(uri) as handle:
-            table = pajson.read_json(io.BytesIO(handle.read()))
+        return flat_table(read_arrow(uri))
+    with Storage.open(uri) as handle:
+        return flat_table(pajson.read_json(io.BytesIO(handle.read())))
+
+
+def flat_table(table: pa.Table) -> pa.Table:
+    """A table of rows as parts hold them, with `output` lifted to columns as `part_table`."""
     if "output" not in table.column_names:
         return table
     output = table.column("output")

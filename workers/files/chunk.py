@@ -76,6 +76,7 @@ class ChunkRun:
     rows: RowContext
     file_rows: int  # the whole input's, to share its bytes among the chunks
     input_uri: str  # the input, or the staging copy of a compressed input (`decoded_uri`)
+    output_format: str
     completed: int = 0
     failed: int = 0
     bytes_out: int = 0
@@ -96,7 +97,7 @@ class ChunkRun:
                    source, ClockedModel(model), dict(model_row.signature),
                    context.batch_size(dict(model_row.processing)),
                    RowContext(options.get("id_column"), tuple(options.get("keep_columns") or ())),
-                   job.total_count, decoded or source.uri)
+                   job.total_count, decoded or source.uri, options.get("output_format", "jsonl"))
 
     @property
     def columnar(self) -> bool:
@@ -118,7 +119,8 @@ class ChunkRun:
         ext = {"results": "arrow" if self.columnar else "jsonl", "errors": "jsonl"}
         uris = {kind: part_uri(base, self.job_id, self.index, self.attempt, kind, ext[kind])
                 for kind in ("results", "errors")}
-        handles = {kind: open_part(uri) for kind, uri in uris.items()}
+        handles = {kind: open_part(uri, with_csv=self.output_format == "csv")
+                   for kind, uri in uris.items()}
         try:
             if not self.score_batches(handles, lease):
                 return None
