@@ -50,9 +50,10 @@ class ArrowPart:
             if not rows:
                 return 0
             rows = pa.Table.from_pylist(rows, schema=self.schema)
-        if self.writer is None:
-            self.schema = rows.schema
-            self.writer = pa.ipc.new_stream(self.sink, rows.schema)
+        if self.writer is None:  # a column with no value yet holds text when it has one
+            self.schema = pa.schema([f if f.type != pa.null() else f.with_type(pa.string())
+                                     for f in rows.schema])
+            self.writer = pa.ipc.new_stream(self.sink, self.schema)
         rows = rows.cast(self.schema)
         self.writer.write_table(rows)
         if self.csv_sink is not None and rows.num_rows:

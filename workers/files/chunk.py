@@ -101,8 +101,10 @@ class ChunkRun:
 
     @property
     def columnar(self) -> bool:
-        """Whether rows go model to part as Arrow tables (`score_columns`)."""
-        return hasattr(self.model, "run_arrays") and not self.rows.keep_columns
+        """Whether rows go model to part as Arrow tables (`score_columns`): a tabular model on
+        a typed input (a JSONL file's values may change type from row to row)."""
+        return (hasattr(self.model, "run_arrays") and not self.rows.keep_columns
+                and self.source.format in ("csv", "parquet"))
 
     @property
     def read_rows(self) -> int:
