@@ -63,6 +63,11 @@ class Tuning(BaseModel):
         default=600.0, ge=0,
         description="jobs this close to their completion window's end are claimed first")
     chunk_rows: int = Field(default=50_000, description="rows per chunk of a file job")
+    file_batch_rows: int = Field(
+        default=8192, description="rows a file chunk parses and scores at once (tabular models)")
+    text_bucket_rows: int = Field(
+        default=1024, description="rows of a file chunk a text model sorts by token length at "
+                                  "once, to batch similar lengths together")
     cache_seconds: float = Field(default=5.0, ge=0,
                                  description="API cache of keys and models; 0 = off")
     heartbeat_seconds: float | None = Field(
@@ -71,7 +76,8 @@ class Tuning(BaseModel):
         default="batch", description="Linux scheduling policy of kiln api and kiln worker")
 
     @field_validator("batch_size", "gpu_batch_size", "max_jobs_per_claim",
-                     "claim_row_budget_batches", "chunk_rows")
+                     "claim_row_budget_batches", "chunk_rows", "file_batch_rows",
+                     "text_bucket_rows")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

@@ -1,16 +1,24 @@
 """Bulk scoring through Kiln against raw pyarrow + ONNX Runtime in one process, same run.
 
-    python -m bench.bulk [--rows 200000] [--chunk-rows 50000]
+    python -m bench.bulk [--rows 1000000] [--chunk-rows 50000] [--rounds 2] [--gzip]
 
 Kiln: upload a digits CSV, score it as a file job on `kiln worker -c 2`, download the CSV
 result. Baseline: the same file streamed with pyarrow (1 MiB blocks) into the same ONNX model
 (2 intra-op threads) and written back as CSV, all in-process, as a user would hand-write it.
+The two alternate (baseline, Kiln, baseline, Kiln, ...) on one running Kiln, so that a shared
+machine's noise falls on both; every round is printed, then the pooled ratios. Peak RSS is the
+sum over Kiln's processes (API, worker parent and its children), sampled every 50 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
+import os
+import shutil
+import statistics
+import threading
 import sys
 import tempfile
 import time
@@ -19,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -59,64 +68,137 @@ def baseline(source: Path, target: Path, artifact: bytes) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--chunk-rows", type=int, default=50_000)
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="kiln-bulk-"))
-    source = tmp / "digits.csv"
-    write_input(source, args.rows)
-    artifact = build_digits().artifact
-    raw_seconds = baseline(source, tmp / "baseline.csv", artifact)
+class PeakRss:
+    """The largest sums of RSS and of PSS over some processes and their children, sampled in a
+    thread. RSS counts the pages a forked child shares with its parent once per process; PSS
+    shares them out, so its sum is the memory the processes really hold together."""
 
-    if not support.local_postgres_up() or not support.local_redis_up():
-        print("needs the local Postgres and Redis", file=sys.stderr)
-        return 2
-    name = f"kiln_bulk_{uuid.uuid4().hex[:8]}"
-    dsn = support.create_database(support.LOCAL_POSTGRES, name)
-    env = support.test_env({"KILN_DATABASE_URL": dsn, "KILN_REDIS_URL": f"{support.LOCAL_REDIS}/13",
-                            "KILN_HOME": str(tmp), "KILN_QUEUE": f"bulk-{name}",
-                            "KILN_WORKER_CONCURRENCY": "2",
-                            "KILN_TUNING__CHUNK_ROWS": str(args.chunk_rows)})
-    from app.migrate import upgrade
-    from app.settings import Settings
-    upgrade(Settings(database_url=dsn))
-    support.run_kiln(env, "models", "add-demo", "digits")
-    key = support.run_kiln(env, "keys", "create", "--tenant", "bulk").stdout.strip().splitlines()[-1]
-    api = support.start_api(env, tmp)
-    worker = support.start_worker(env, tmp)
-    try:
-        kiln = KilnClient(api.url, key, timeout_seconds=600)
+    def __init__(self, pids: list[int]):
+        self.pids, self.peak, self.peak_pss, self._stop = pids, 0, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            total = pss = 0
+            for pid in self.pids:
+                try:
+                    parent = psutil.Process(pid)
+                    for process in [parent, *parent.children(recursive=True)]:
+                        memory = process.memory_full_info()
+                        total, pss = total + memory.rss, pss + memory.pss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak, self.peak_pss = max(self.peak, total), max(self.peak_pss, pss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def kiln_round(kiln: KilnClient, source: Path, target: Path, pids: list[int]) -> dict:
+    with PeakRss(pids) as rss:
         start = time.perf_counter()
         meta = kiln.upload(source)
         uploaded = time.perf_counter()
         job = kiln.submit_file("digits", meta["id"], output_format="csv")
-        done = kiln.wait(job["id"], timeout_seconds=1800, poll_seconds=0.1)
+        done = kiln.wait(job["id"], timeout_seconds=3600, poll_seconds=0.1)
         scored = time.perf_counter()
-        with (tmp / "kiln.csv").open("wb") as handle:
+        with target.open("wb") as handle:
             for piece in kiln.iter_results(job["id"]):
                 handle.write(piece)
         end = time.perf_counter()
+    assert done["status"] == "succeeded", done
+    job_seconds = (datetime.fromisoformat(done["finished_at"])
+                   - datetime.fromisoformat(done["started_at"])).total_seconds()
+    return {"job": job_seconds, "e2e": end - start, "upload": uploaded - start,
+            "download": end - scored, "rss": rss.peak, "pss": rss.peak_pss}
+
+
+def start_kiln(tmp: Path, chunk_rows: int):
+    name = f"kiln_bulk_{uuid.uuid4().hex[:8]}"
+    dsn = support.create_database(support.LOCAL_POSTGRES, name)
+    redis_db = os.environ.get("KILN_TEST_REDIS_DB", "13")
+    env = support.test_env({"KILN_DATABASE_URL": dsn,
+                            "KILN_REDIS_URL": f"{support.LOCAL_REDIS}/{redis_db}",
+                            "KILN_HOME": str(tmp), "KILN_QUEUE": f"bulk-{name}",
+                            "KILN_WORKER_CONCURRENCY": "2",
+                            "KILN_TUNING__CHUNK_ROWS": str(chunk_rows)})
+    from app.migrate import upgrade
+    from app.settings import Settings
+    upgrade(Settings(database_url=dsn))
+    support.run_kiln(env, "models", "add-demo", "digits", timeout=900)
+    key = support.run_kiln(env, "keys", "create", "--tenant", "bulk").stdout.strip().splitlines()[-1]
+    return name, env, key
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--gzip", action="store_true", help="upload the CSV gzipped")
+    args = parser.parse_args()
+    if not support.local_postgres_up() or not support.local_redis_up():
+        print("needs the local Postgres and Redis", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="kiln-bulk-"))
+    source = tmp / "digits.csv"
+    write_input(source, args.rows)
+    upload = source
+    if args.gzip:
+        upload = tmp / "digits.csv.gz"
+        with source.open("rb") as raw, gzip.open(upload, "wb", compresslevel=1) as packed:
+            shutil.copyfileobj(raw, packed)
+    artifact = build_digits().artifact
+    name, env, key = start_kiln(tmp, args.chunk_rows)
+    api = support.start_api(env, tmp)
+    worker = support.start_worker(env, tmp)
+    rounds = []
+    try:
+        kiln = KilnClient(api.url, key, timeout_seconds=600)
+        for _ in range(args.rounds):
+            raw = baseline(source, tmp / "baseline.csv", artifact)
+            measured = kiln_round(kiln, upload, tmp / "kiln.csv", [api.process.pid,
+                                                                  worker.process.pid])
+            rounds.append({"raw": raw, **measured})
+            print(f"round {len(rounds)}: raw {args.rows / raw:,.0f} rows/s, Kiln job "
+                  f"{args.rows / measured['job']:,.0f} rows/s ({raw / measured['job']:.2f}x), "
+                  f"end to end {raw / measured['e2e']:.2f}x, peak RSS "
+                  f"{measured['rss'] / 2**20:,.0f} MiB (PSS {measured['pss'] / 2**20:,.0f} MiB)",
+                  flush=True)
     finally:
         worker.stop()
         api.stop()
         support.drop_database(support.LOCAL_POSTGRES, name)
-    assert done["status"] == "succeeded", done
-    job_seconds = (datetime.fromisoformat(done["finished_at"])
-                   - datetime.fromisoformat(done["started_at"])).total_seconds()
-    rows = args.rows
-    print(f"""
-| {rows:,} digits rows, CSV in → CSV out | seconds | rows/s | vs raw ORT |
-| --- | --- | --- | --- |
-| raw pyarrow + ONNX Runtime, in-process (baseline) | {raw_seconds:.2f} | {rows / raw_seconds:,.0f} | 1.00x |
-| Kiln job: started → succeeded (validate, chunks, finalize) | {job_seconds:.2f} | {rows / job_seconds:,.0f} | {raw_seconds / job_seconds:.2f}x |
-| Kiln end to end: upload + job + download | {end - start:.2f} | {rows / (end - start):,.0f} | {raw_seconds / (end - start):.2f}x |
-
-upload {uploaded - start:.2f} s, queue + scoring {scored - uploaded:.2f} s, download {end - scored:.2f} s;
-chunks of {args.chunk_rows:,} rows on `kiln worker -c 2`.
-""")
+    report(args, rounds)
     return 0
+
+
+def report(args, rounds: list[dict]) -> None:
+    rows = args.rows
+    job = [r["raw"] / r["job"] for r in rounds]
+    e2e = [r["raw"] / r["e2e"] for r in rounds]
+    raw_rate = [rows / r["raw"] for r in rounds]
+    job_rate = [rows / r["job"] for r in rounds]
+    span = lambda values, f: "–".join(f.format(v) for v in (min(values), max(values)))  # noqa: E731
+    print(f"""
+| {rows:,} digits rows{' (gzip upload)' if args.gzip else ''}, CSV in → CSV out, {len(rounds)} rounds | min–max |
+| --- | --- |
+| raw pyarrow + ONNX Runtime, in-process (baseline), rows/s | {span(raw_rate, '{:,.0f}')} |
+| Kiln job (started → succeeded), rows/s | {span(job_rate, '{:,.0f}')} |
+| Kiln job vs baseline, same round | {span(job, '{:.2f}x')} (median {statistics.median(job):.2f}x) |
+| Kiln end to end (upload + job + download) vs baseline | {span(e2e, '{:.2f}x')} |
+| Kiln processes' peak RSS, summed (API + worker tree) | {span([r['rss'] / 2**20 for r in rounds], '{:,.0f} MiB')} |
+| the same as PSS (shared pages counted once) | {span([r['pss'] / 2**20 for r in rounds], '{:,.0f} MiB')} |
+
+upload {statistics.median(r['upload'] for r in rounds):.2f} s, download \
+{statistics.median(r['download'] for r in rounds):.2f} s (medians); chunks of {args.chunk_rows:,} rows \
+on `kiln worker -c 2`.
+""")
 
 
 if __name__ == "__main__":

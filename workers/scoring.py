@@ -134,3 +134,48 @@ def row_tags(batch: Batch, context: RowContext) -> dict[int, dict[str, Any]]:
 
 def error_row(tag: dict[str, Any], code: str, message: str) -> dict[str, Any]:
     return {**tag, "error_code": code, "error_message": message}
+
+
+def score_columns(batch: Batch, model: Any, signature: dict[str, Any],
+                  context: RowContext) -> tuple[pa.Table, list[dict]] | None:
+    """`score_batch` column by column for a table batch of a tabular model: the output rows as
+    one Arrow table (row_index, the id column, `output` {label, probabilities}) with no Python
+    object per row. None when this path does not apply or the model raised on the batch: the
+    row path then isolates the rows that fail."""
+    if batch.table is None or context.keep_columns or not hasattr(model, "run_arrays"):
+        return None
+    matrix, bad = tabular_features(batch, signature["columns"])
+    rows = np.asarray(batch.rows, dtype=np.int64)
+    keep = np.ones(len(rows), dtype=bool)
+    keep[np.searchsorted(rows, [e.row for e in bad])] = False
+    picked = np.flatnonzero(keep)
+    try:
+        labels, probabilities = model.run_arrays(matrix[picked] if len(bad) else matrix)
+    except Exception:  # noqa: BLE001 - the row path finds and reports the rows that fail
+        return None
+    if probabilities.ndim != 2 or len(labels) != len(picked):
+        return None
+    width = probabilities.shape[1]
+    offsets = pa.array(np.arange(0, len(picked) * width + 1, width, dtype=np.int32))
+    output = pa.StructArray.from_arrays(
+        [pa.array(labels), pa.ListArray.from_arrays(offsets, pa.array(probabilities.ravel()))],
+        names=["label", "probabilities"])
+    columns = {"row_index": pa.array(rows[picked])}
+    if context.id_column:
+        ids = (batch.table.column(context.id_column) if context.id_column
+               in batch.table.column_names else pa.nulls(len(rows), pa.string()))
+        columns[context.id_column] = ids.take(pa.array(picked)) if len(bad) else ids
+    tags = {e.row: {"row_index": e.row} for e in [*batch.errors, *bad]}
+    if context.id_column and tags:
+        where = np.searchsorted(rows, [e.row for e in bad])
+        for error, value in zip(bad, columns_value(batch, context.id_column, where)):
+            tags[error.row][context.id_column] = value
+    errors = [error_row(tags[e.row], e.code, e.message) for e in [*batch.errors, *bad]]
+    errors.sort(key=lambda r: r["row_index"])
+    return pa.table({**columns, "output": output}), errors
+
+
+def columns_value(batch: Batch, name: str, positions: np.ndarray) -> list[Any]:
+    if name not in batch.table.column_names:
+        return [None] * len(positions)
+    return batch.table.column(name).take(pa.array(positions, pa.int64())).to_pylist()

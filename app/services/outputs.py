@@ -1,8 +1,9 @@
 """Result and error rows of file jobs: chunk parts while running, one file per kind at the end.
 
-Workers write each finished chunk's rows as JSONL parts in storage; the finalizer joins them in
-chunk order into the job's output and error files in the output format; downloads convert to
-any format on the fly. Every row carries `row_index`, the id column's value and kept columns.
+Workers write each finished chunk's rows as parts in storage: Arrow IPC streams (`.arrow`) where
+the rows were built column by column, JSONL otherwise; the finalizer joins them in chunk order
+into the job's output and error files in the output format; downloads convert to any format on
+the fly. Every row carries `row_index`, the id column's value and kept columns.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import hashlib
 import io
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.formats import open_writer
+from app.writers import open_writer
 from app.orm import File, Job, JobChunk
 from app.storage import Storage
 
@@ -36,9 +38,102 @@ def flatten_output(row: dict[str, Any], fmt: str) -> dict[str, Any]:
     return flat
 
 
-def part_rows(uris: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
-    """Rows of JSONL parts, a piece at a time."""
+class ArrowPart:
+    """A part written as an Arrow IPC stream: tables, or rows (dicts) in the same layout; the
+    first write fixes the schema."""
+
+    def __init__(self, sink: BinaryIO, csv_sink: BinaryIO | None = None):
+        self.sink, self.writer, self.schema, self.csv_sink = sink, None, None, csv_sink
+
+    def write(self, rows: pa.Table | list[dict[str, Any]]) -> int:
+        if not isinstance(rows, pa.Table):
+            if not rows:
+                return 0
+            rows = pa.Table.from_pylist(rows, schema=self.schema)
+        if self.writer is None:  # a column with no value yet holds text when it has one
+            self.schema = pa.schema([f if f.type != pa.null() else f.with_type(pa.string())
+                                     for f in rows.schema])
+            self.writer = pa.ipc.new_stream(self.sink, self.schema)
+        rows = rows.cast(self.schema)
+        self.writer.write_table(rows)
+        if self.csv_sink is not None and rows.num_rows:
+            pacsv.write_csv(flat_table(rows), self.csv_sink,
+                            write_options=pacsv.WriteOptions(include_header=False))
+        return rows.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.sink.close()
+        if self.csv_sink is not None:
+            self.csv_sink.close()
+
+
+class JsonlPart:
+    """A part written as JSONL, one row (dict) per line."""
+
+    def __init__(self, sink: BinaryIO):
+        self.sink = sink
+
+    def write(self, rows: list[dict[str, Any]]) -> int:
+        self.sink.write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+        return len(rows)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def open_part(uri: str, with_csv: bool = False) -> ArrowPart | JsonlPart:
+    """A part to write; an Arrow one `with_csv` also writes its rows, flat and without a
+    header, as a CSV twin (`csv_twin`), so that a CSV output is joined by copying bytes."""
+    sink = Storage.open_for_write(uri)
+    if not is_arrow(uri):
+        return JsonlPart(sink)
+    return ArrowPart(sink, Storage.open_for_write(csv_twin(uri)) if with_csv else None)
+
+
+def is_arrow(uri: str) -> bool:
+    return uri.endswith(".arrow")
+
+
+def csv_twin(uri: str) -> str:
+    return uri.removesuffix(".arrow") + ".csv"
+
+
+def joined_csv(uris: list[str]) -> Iterator[bytes] | None:
+    """A CSV of Arrow parts that all have CSV twins of one schema: the header, then the twins'
+    bytes as they are. None when some part has none (it is then converted)."""
+    schemas = set()
     for uri in uris:
+        if not is_arrow(uri) or not Storage.exists(csv_twin(uri)):
+            return None
+        with Storage.open(uri) as handle:
+            schemas.add(pa.ipc.open_stream(handle).schema)
+    if len(schemas) != 1:
+        return None
+
+    def pieces() -> Iterator[bytes]:
+        header = io.BytesIO()
+        pacsv.write_csv(flat_table(read_arrow(uris[0]).slice(0, 1)).slice(0, 0), header)
+        yield header.getvalue()
+        for uri in uris:
+            yield from _read(csv_twin(uri))
+
+    return pieces()
+
+
+def read_arrow(uri: str) -> pa.Table:
+    with Storage.open(uri) as handle:
+        return pa.ipc.open_stream(handle).read_all()
+
+
+def part_rows(uris: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
+    """Rows of parts, a piece at a time."""
+    for uri in uris:
+        if is_arrow(uri):
+            for piece in read_arrow(uri).to_batches(ROWS_PER_PIECE):
+                yield piece.to_pylist()
+            continue
         with Storage.open(uri) as handle:
             piece = []
             for line in handle:
@@ -55,7 +150,15 @@ def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
     a part at a time through Arrow (rows through Python only when Arrow cannot read a part)."""
     if fmt == "jsonl":
         for uri in uris:
-            yield from _read(uri)
+            if is_arrow(uri):
+                for piece in part_rows([uri]):
+                    yield b"".join(orjson.dumps(row) + b"\n" for row in piece)
+            else:
+                yield from _read(uri)
+        return
+    copied = joined_csv(uris) if fmt == "csv" and uris else None
+    if copied is not None:
+        yield from copied
         return
     sink = io.BytesIO()
     writer = open_writer(fmt, sink)
@@ -77,8 +180,14 @@ def encode_parts(fmt: str, uris: list[str]) -> Iterator[bytes]:
 def part_table(uri: str) -> pa.Table:
     """A part as a flat table, laid out as `flatten` lays out a row: `output` lifted to columns,
     probabilities as prob_i, other nested values as JSON text."""
+    if is_arrow(uri):
+        return flat_table(read_arrow(uri))
     with Storage.open(uri) as handle:
-        table = pajson.read_json(io.BytesIO(handle.read()))
+        return flat_table(pajson.read_json(io.BytesIO(handle.read())))
+
+
+def flat_table(table: pa.Table) -> pa.Table:
+    """A table of rows as parts hold them, with `output` lifted to columns as `part_table`."""
     if "output" not in table.column_names:
         return table
     output = table.column("output")
@@ -145,5 +254,6 @@ def write_joined(uri: str, fmt: str, parts: list[str],
     return size, digest.hexdigest()
 
 
-def part_uri(base: str, job_id: uuid.UUID, index: int, attempt: int, kind: str) -> str:
-    return f"{base.rstrip('/')}/jobs/{job_id}/parts/{index:06d}.a{attempt}.{kind}.jsonl"
+def part_uri(base: str, job_id: uuid.UUID, index: int, attempt: int, kind: str,
+             ext: str = "jsonl") -> str:
+    return f"{base.rstrip('/')}/jobs/{job_id}/parts/{index:06d}.a{attempt}.{kind}.{ext}"

@@ -47,7 +47,10 @@ INSERT INTO storage_garbage (uri)
 SELECT uri FROM (
     SELECT output_uri AS uri FROM job_chunks WHERE job_id = ANY(:job_ids)
     UNION ALL SELECT error_uri FROM job_chunks WHERE job_id = ANY(:job_ids)
-    UNION ALL SELECT uri FROM files WHERE id = ANY(:file_ids)) u
+    UNION ALL SELECT uri FROM files WHERE id = ANY(:file_ids)
+    UNION ALL SELECT regexp_replace(output_uri, '\\.arrow$', '.csv') FROM job_chunks
+        WHERE job_id = ANY(:job_ids) AND output_uri LIKE '%.arrow'
+    UNION ALL SELECT options->>'decoded_uri' FROM jobs WHERE id = ANY(:job_ids)) u
 WHERE uri IS NOT NULL
 """)
 

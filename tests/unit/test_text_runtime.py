@@ -89,3 +89,30 @@ def test_an_artifact_without_its_tokenizer_is_refused():
 def test_unknown_processing_kinds_are_refused():
     with pytest.raises(ValueError, match="unsupported"):
         load_model(b"", SIGNATURE, {"kind": "audio"}, threads=1)
+
+
+def test_a_bucket_is_batched_by_length_and_comes_back_in_input_order(embedder, monkeypatch):
+    """A file chunk hands a text model a bucket of rows (KILN_TUNING__TEXT_BUCKET_ROWS): its
+    model batches hold rows of similar length (little padding), and the outputs come back in
+    the bucket's order, each equal to the row embedded on its own."""
+    from app.formats import Batch
+    from workers.scoring import RowContext, score_batch
+
+    rng = np.random.default_rng(7)
+    words = ["cat", "dog", "sat", "ran", "the", "mat"]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 5, size=40)]
+    alone = [embedder.run([{"text": t}])[0]["embedding"] for t in texts]
+    widths = []
+    embed = embedder.embed
+    monkeypatch.setattr(embedder, "embed", lambda ids: widths.append(
+        [len(row) for row in ids]) or embed(ids))
+    batch = Batch(rows=list(range(100, 140)), records=[{"text": t} for t in texts])
+    results, errors = score_batch(batch, embedder, SIGNATURE, RowContext(None, ()))
+    assert errors == [] and [r["row_index"] for r in results] == list(range(100, 140))
+    assert np.allclose([r["output"]["embedding"] for r in results], alone, atol=1e-6)
+    lengths = [length for call in widths for length in call]
+    assert lengths == sorted(lengths)  # batches of similar lengths, shortest first
+    padded = sum(max(call) * len(call) for call in widths)
+    in_order = sum(max(len(embedder.tokenizer.encode(t).ids) for t in texts[i:i + 2]) * 2
+                   for i in range(0, 40, 2))
+    assert padded < in_order

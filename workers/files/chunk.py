@@ -7,13 +7,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from app.errors import LeaseLost, describe_error
 from app.formats import ChunkPlan, open_reader
 from app.orm import File, Job, Model
-from app.services.outputs import part_uri
-from app.storage import Storage
+from app.services.outputs import open_part, part_uri
 from app.store import chunks as chunk_store
 from app.store.lifecycle import Usage
 from app.store.outbox import record_progress_event
@@ -22,7 +19,7 @@ from workers.files.finalizing import finalize_if_done
 from workers.files.phases import dispatch_next
 from workers.leases import PhaseLease
 from workers.runtime.clocked import ClockedModel
-from workers.scoring import RowContext, score_batch
+from workers.scoring import RowContext, score_batch, score_columns
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +75,8 @@ class ChunkRun:
     batch_rows: int
     rows: RowContext
     file_rows: int  # the whole input's, to share its bytes among the chunks
+    input_uri: str  # the input, or the staging copy of a compressed input (`decoded_uri`)
+    output_format: str
     completed: int = 0
     failed: int = 0
     bytes_out: int = 0
@@ -90,6 +89,7 @@ class ChunkRun:
             model_row = session.get(Model, job.model_id)
             options = dict(job.options)
             model = context.model(session, job.model_id)
+        decoded = options.get("decoded_uri")
         offsets = options.get("chunk_offsets") or []
         start_offset, end_offset = offsets[index] if index < len(offsets) else (0, 0)
         return cls(context, job_id, index, claimed.attempt, job.tenant_id,
@@ -97,15 +97,32 @@ class ChunkRun:
                    source, ClockedModel(model), dict(model_row.signature),
                    context.batch_size(dict(model_row.processing)),
                    RowContext(options.get("id_column"), tuple(options.get("keep_columns") or ())),
-                   job.total_count)
+                   job.total_count, decoded or source.uri, options.get("output_format", "jsonl"))
+
+    @property
+    def columnar(self) -> bool:
+        """Whether rows go model to part as Arrow tables (`score_columns`): a tabular model on
+        a typed input (a JSONL file's values may change type from row to row)."""
+        return (hasattr(self.model, "run_arrays") and not self.rows.keep_columns
+                and self.source.format in ("csv", "parquet"))
+
+    @property
+    def read_rows(self) -> int:
+        """Rows parsed at once: many for a tabular model (one model call), a bucket for a text
+        model to sort by length (the model batches within it)."""
+        tuning = self.context.settings.tuning
+        wanted = tuning.file_batch_rows if self.columnar else tuning.text_bucket_rows
+        return max(self.batch_rows, wanted)
 
     def score(self, lease: PhaseLease) -> ChunkRun | None:
         """Score every batch into the parts, then commit; None when the chunk stopped (lost,
         cancelled, or its job ended elsewhere)."""
         base = self.context.settings.resolved_storage_url
-        uris = {kind: part_uri(base, self.job_id, self.index, self.attempt, kind)
+        ext = {"results": "arrow" if self.columnar else "jsonl", "errors": "jsonl"}
+        uris = {kind: part_uri(base, self.job_id, self.index, self.attempt, kind, ext[kind])
                 for kind in ("results", "errors")}
-        handles = {kind: open_part(uri) for kind, uri in uris.items()}
+        handles = {kind: open_part(uri, with_csv=self.output_format == "csv")
+                   for kind, uri in uris.items()}
         try:
             if not self.score_batches(handles, lease):
                 return None
@@ -117,18 +134,18 @@ class ChunkRun:
         return self if self.commit(uris) else None
 
     def score_batches(self, handles: dict[str, Any], lease: PhaseLease) -> bool:
-        reader = open_reader(self.source.format, self.source.uri, self.source.compression)
+        compression = None if self.input_uri != self.source.uri else self.source.compression
+        reader = open_reader(self.source.format, self.input_uri, compression)
         strings = (self.rows.id_column,) if self.rows.id_column else ()
-        for batch in reader.read(self.plan, self.batch_rows, string_columns=strings):
+        for batch in reader.read(self.plan, self.read_rows, string_columns=strings):
             lease.check()
-            results, errors = score_batch(batch, self.model, self.signature, self.rows)
-            for kind, rows in (("results", results), ("errors", errors)):
-                written = b"".join(orjson.dumps(row) + b"\n" for row in rows)
-                handles[kind].write(written)
-                self.bytes_out += len(written)
-            self.completed, self.failed = self.completed + len(results), self.failed + len(errors)
+            scored = self.columnar and score_columns(batch, self.model, self.signature, self.rows)
+            results, errors = scored or score_batch(batch, self.model, self.signature, self.rows)
+            self.completed += handles["results"].write(results)
+            self.failed += handles["errors"].write(errors)
             if not self.still_wanted():
                 return False
+        self.bytes_out = sum(handle.sink.tell() for handle in handles.values())
         return True
 
     def still_wanted(self) -> bool:
@@ -167,6 +184,3 @@ class ChunkRun:
         bytes_in = size * self.plan.end_row // total - size * self.plan.start_row // total
         return Usage(self.model.seconds, bytes_in, self.bytes_out)
 
-
-def open_part(uri: str):
-    return Storage.open_for_write(uri)

@@ -13,6 +13,7 @@ import uuid
 from app.errors import LeaseLost
 from app.orm import Job
 from app.services.outputs import finished_parts, write_joined
+from app.storage import Storage
 from app.store import phases as phase_store
 from workers.context import WorkerContext
 from workers.files.phases import phase_lease, release_phase
@@ -70,6 +71,9 @@ def join_parts(context: WorkerContext, job_id: uuid.UUID, attempt: int,
         joined = dict(job.options.get("joined") or {})
         parts = {kind: finished_parts(session, job, kind, input_order=True)
                  for kind in ("results", "errors")}
+        decoded = job.options.get("decoded_uri")
+    if decoded:  # the chunks are all done: nothing reads the staging copy of the input again
+        Storage.remove(decoded)
     written = {}
     for kind, uris in parts.items():
         earlier = joined.get(kind)

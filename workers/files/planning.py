@@ -7,9 +7,10 @@ import uuid
 from typing import Any
 
 from app.errors import InvalidInput, LeaseLost, describe_error
-from app.formats import open_reader
+from app.formats import ChunkPlan, LineReader, Reader, open_reader
 from app.services.files import check_columns
 from app.orm import File, Job, Model
+from app.storage import Storage
 from app.store import chunks as chunk_store
 from app.store import phases as phase_store
 from workers.context import WorkerContext
@@ -52,8 +53,10 @@ def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
         source = usable_input(context, job, source, options, lease)
         reader = open_reader(source.format, source.uri, source.compression)
         options["id_column"] = check_columns(reader.columns(), signature, options)
-        plans = reader.plan(settings.tuning.chunk_rows, checkpoint=lease.check)
+        plans = plan_reader(context, job_id, reader, options, lease)
     except (InvalidInput, OSError, ValueError) as exc:
+        if options.get("decoded_uri"):
+            Storage.remove(options["decoded_uri"])
         lease.check()
         lease.stop()
         with context.sessions.begin() as session:
@@ -74,6 +77,19 @@ def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
         return []
     with context.sessions.begin() as session:
         return chunk_store.dispatch_chunks(session, job.tenant_id, **dispatch_limits(settings))
+
+
+def plan_reader(context: WorkerContext, job_id: uuid.UUID, reader: Reader,
+                options: dict[str, Any], lease: PhaseLease) -> list[ChunkPlan]:
+    """Plan the chunks. A compressed file is decoded once, into a staging copy its chunks read
+    at their offsets (`decoded_uri`): each would otherwise decompress from the file's start."""
+    chunk_rows = context.settings.tuning.chunk_rows
+    if not reader.compression or not isinstance(reader, LineReader):
+        return reader.plan(chunk_rows, checkpoint=lease.check)
+    base = context.settings.resolved_storage_url.rstrip("/")
+    options["decoded_uri"] = f"{base}/jobs/{job_id}/input.decoded"
+    with Storage.open_for_write(options["decoded_uri"]) as stage:
+        return reader.plan(chunk_rows, checkpoint=lease.check, stage=stage)
 
 
 def usable_input(context: WorkerContext, job: Job, source: File | None, options: dict[str, Any],

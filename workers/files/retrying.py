@@ -33,7 +33,7 @@ def extract_failed_rows(context: WorkerContext, job_id: uuid.UUID, parent_id: uu
                 checkpoint()
                 for first, lines in reader.lines(plan, 4096):
                     picked = [line for i, line in enumerate(lines) if first + i in wanted]
-                    out.write(b"".join(picked))
+                    out.write(b"".join(line + b"\n" for line in picked))
                     rows += len(picked)
         else:
             writer = None

@@ -19,6 +19,8 @@ class ClockedModel:
         self.run = self._clocked(model.run)
         if hasattr(model, "run_features"):
             self.run_features = self._clocked(model.run_features)
+        if hasattr(model, "run_arrays"):
+            self.run_arrays = self._clocked(model.run_arrays)
 
     def _clocked(self, call: Callable[[Any], list]) -> Callable[[Any], list]:
         def clocked(batch):

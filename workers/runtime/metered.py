@@ -26,6 +26,8 @@ class MeteredModel:
         self.run = self._metered(runtime.run)
         if hasattr(runtime, "run_features"):
             self.run_features = self._metered(runtime.run_features)
+        if hasattr(runtime, "run_arrays"):
+            self.run_arrays = self._metered(runtime.run_arrays)
 
     def _metered(self, call: Callable[[Any], list]) -> Callable[[Any], list]:
         def metered(batch):

@@ -82,6 +82,12 @@ class TabularClassifier:
     def run(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.run_features(self.to_array(records))
 
+    def run_arrays(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`run_features` as arrays: labels, and probabilities rounded as `run_features` rounds
+        them (in their own precision, then widened to float64)."""
+        labels, probabilities = self.predict(features)
+        return labels, np.round(probabilities, 6).astype(np.float64)
+
     def run_features(self, features: np.ndarray) -> list[dict[str, Any]]:
         """Score a float32 matrix whose columns are `self.columns`, in that order."""
         labels, probabilities = self.predict(features)
