@@ -2,35 +2,55 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from flask import has_request_context, request
 from flask_openapi3 import FileStorage
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      model_validator)
 
 from app.api.usage_schemas import JobUsage
 from app.domain.states import JobStatus
 
 
 Format = Literal["csv", "jsonl", "parquet"]
+# An absolute http(s) URL to a named host (an IP literal or a bare number is refused by the
+# SSRF guard anyway): the pattern the schema states is the one checked. `app.api.spec` narrows
+# it to https unless KILN_WEBHOOK_ALLOW_PRIVATE.
+LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+PORT = r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+WEBHOOK_URL = (rf"^https?://(?:{LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?{PORT}"
+               r"(?:/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?(?:\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$")
+WebhookUrl = Annotated[str, Field(pattern=WEBHOOK_URL, max_length=2000)]
+DEPRECATED = {"deprecated": True}
 
 
 class SubmitJob(BaseModel):
     """A job: inline `inputs`, or an uploaded `input_file` for bulk scoring."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"title": "inline", "required": ["inputs"]},
+                  {"title": "file", "required": ["input_file"]}]})
 
-    model: str = Field(min_length=1, max_length=200, description="Model name, e.g. `digits`.")
-    inputs: list[Any] | None = Field(default=None,
-                                     description="Records; for `digits`, objects with numeric p0…p63.")
-    input_file: str | None = Field(default=None, description="A file id from `POST /v1/files`.")
+    model: str = Field(min_length=1, max_length=200,
+                       description="Model name, e.g. `digits`; `name@alias` or `name@3` for a "
+                                   "version.")
+    # Absent, not null: exactly one of the two is sent (the schema's `oneOf`).
+    inputs: list[Any] = Field(default=None, min_length=1,
+                              description="An inline job's records (at most "
+                                          "KILN_MAX_INLINE_INPUTS); for `digits`, objects with "
+                                          "numeric p0…p63.")
+    input_file: str = Field(default=None, description="A file job's input: a file id from "
+                                                      "`POST /v1/files`.")
     output_format: Format | None = Field(default=None, description="Default: the input's format.")
     keep_columns: list[str] | None = Field(default=None, description="Input columns to copy to the output.")
     id_column: str | None = Field(default=None, description="Column that identifies a row (default `custom_id` when present, else the row index).")
     max_failed_fraction: float = Field(default=1.0, ge=0, le=1, description="Fail the job when more rows than this fail.")
     metadata: dict[str, Any] | None = Field(default=None, description="Yours, returned as is.")
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
-    webhook_url: AnyHttpUrl | None = Field(default=None, description="Called when the job ends.")
+    webhook_url: WebhookUrl = Field(default=None, description="Called when the job ends.")
     variant: str | None = Field(default=None, min_length=1, max_length=32,
                                 description="`fp32`, `int8`, `fp16` or `graph`; default: the model version's default.")
     require_gpu: bool = Field(default=False, description="Run on a GPU worker (queue KILN_GPU_QUEUE).")
@@ -61,24 +81,73 @@ class FormatQuery(BaseModel):
     format: Format | None = Field(default=None, description="Convert to this format while streaming.")
 
 
-class UploadForm(BaseModel):
-    file: FileStorage
-    purpose: str = Field(default="input", max_length=32)
-    format: str | None = Field(default=None, description="csv, jsonl or parquet (optionally .gz); default: from the file name")
+UploadFormat = Literal["csv", "jsonl", "parquet", "csv.gz", "jsonl.gz"]
+UploadPurpose = Literal["input", "batch"]
+FilePurpose = Literal["input", "batch", "output", "errors", "retry_input"]
+
+
+class FormModel(BaseModel):
+    """A multipart form. flask-openapi3 JSON-decodes every form value (so `0` would arrive as a
+    number and `"x"` lose its quotes); a text field gets the text that was sent."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sent_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and has_request_context():
+            for name, field in cls.model_fields.items():
+                if field.annotation is str and name in request.form:
+                    data[name] = request.form[name]
+        return data
+
+
+class UploadForm(FormModel):
+    file: FileStorage = Field(description="The file; without `format`, its name tells the format: "
+                                          "`.csv`, `.jsonl` or `.parquet`, optionally `.gz` "
+                                          "(not for Parquet), else 422.")
+    purpose: UploadPurpose = Field(default="input", description="`input` for Kiln's file jobs, "
+                                                                 "`batch` for the OpenAI dialect.")
+    format: UploadFormat = Field(default=None, description="The file's format, whatever "
+                                                                  "its name; default: from the "
+                                                                  "file name.")
     # retention (issue 16)
-    expires_after_seconds: int | None = Field(default=None, ge=0, description="Delete the file this long after upload (0: keep); default: the tenant's, else KILN_FILE_RETENTION_SECONDS.")
+    expires_after_seconds: int = Field(default=None, ge=0, strict=True, description="Delete the file this long after upload (0: keep); default: the tenant's, else KILN_FILE_RETENTION_SECONDS.")
+
+
+def resource_id(description: str):
+    """A path's id: a UUID (the route's converter hands it over as one; handlers get text)."""
+    return Field(description=description, json_schema_extra={"format": "uuid"})
+
+
+ResourceId = Annotated[str, BeforeValidator(str)]
+IdParam = Annotated[uuid.UUID, AfterValidator(str)]  # checked as a UUID, handed on as text
 
 
 class FilePath(BaseModel):
-    file_id: str
+    file_id: ResourceId = resource_id("The file's id.")
 
 
-class FileQuery(BaseModel):
+class ListQuery(BaseModel):
+    """Every list pages the same way: `limit` items after the item whose id is `after`."""
+
     model_config = ConfigDict(extra="forbid")
 
-    purpose: str | None = None
-    limit: int = Field(default=20, ge=1, le=200)
-    after: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+    limit: int = Field(default=20, ge=1, le=200, description="Items per page.")
+    after: IdParam | None = Field(default=None,
+                                  description="The `last_id` of the previous page; an id that is not "
+                                          "one of yours (or was deleted) is a 404.")
+
+
+class LongListQuery(ListQuery):
+    """Lists that were not paged before: a default page as long as most of them."""
+
+    limit: int = Field(default=100, ge=1, le=200, description="Items per page.")
+
+
+class FileQuery(ListQuery):
+    purpose: FilePurpose | None = Field(default=None, description="Uploads are `input` or "
+                                                                  "`batch`; Kiln writes "
+                                                                  "`output`, `errors` and "
+                                                                  "`retry_input`.")
 
 
 class FileOut(BaseModel):
@@ -95,10 +164,19 @@ class FileOut(BaseModel):
     expires_at: datetime | None
 
 
-class FileList(BaseModel):
+class ListPage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     object: Literal["list"] = "list"
+    first_id: str | None = Field(description="The first item's id; null on an empty page.")
+    last_id: str | None = Field(description="The last item's id: `after` for the next page.")
+    has_more: bool = Field(description="Whether a next page exists.")
+
+
+class FileList(ListPage):
     data: list[FileOut]
-    next_cursor: str | None
+    next_cursor: str | None = Field(description="Deprecated: the same as `last_id` when "
+                                                "`has_more`.", json_schema_extra=DEPRECATED)
 
 
 class RequestCounts(BaseModel):
@@ -144,14 +222,15 @@ class JobOut(BaseModel):
     results_expired: bool = False
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
+class JobList(ListPage):
     data: list[JobOut]
-    next_cursor: str | None
+    next_cursor: str | None = Field(description="Deprecated: the same as `last_id` when "
+                                                "`has_more`; use `last_id` and `after`.",
+                                    json_schema_extra=DEPRECATED)
 
 
 class JobPath(BaseModel):
-    job_id: str = Field(description="The job's id.")
+    job_id: ResourceId = resource_id("The job's id.")
 
 
 class JobDeleted(BaseModel):  # retention (issue 16)
@@ -159,13 +238,13 @@ class JobDeleted(BaseModel):  # retention (issue 16)
     deleted: Literal[True] = True
 
 
-class JobQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class JobQuery(ListQuery):
     status: JobStatus | None = None
-    model: str | None = None
-    limit: int = Field(default=20, ge=1, le=200)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+    model: str | None = Field(default=None, max_length=200)
+    cursor: IdParam | None = Field(default=None,
+                                   description="Deprecated: `next_cursor` of the previous page, "
+                                               "the same as `after` (which wins when both are "
+                                               "sent).", json_schema_extra=DEPRECATED)
 
 
 class ModelOut(BaseModel):
@@ -173,6 +252,7 @@ class ModelOut(BaseModel):
     name: str
     version: int
     variant: str
+    default: bool = Field(description="Whether jobs that name no variant get this one.")
     format: str
     builtin: bool
     signature: dict[str, Any]
@@ -182,8 +262,7 @@ class ModelOut(BaseModel):
     created_at: datetime
 
 
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
+class ModelList(ListPage):
     data: list[ModelOut]
 
 

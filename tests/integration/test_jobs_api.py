@@ -80,8 +80,8 @@ def test_list_jobs_pages_newest_first_and_filters(client):
     succeeded = client.http.get("/v1/jobs", params={"status": "succeeded", "limit": 200}).json()
     assert {j["status"] for j in succeeded["data"]} == {"succeeded"}
     assert client.http.get("/v1/jobs", params={"model": "nope"}).json()["data"] == []
-    bad = client.http.get("/v1/jobs", params={"cursor": "garbage"})
-    assert bad.status_code == 400 and bad.headers["Content-Type"] == PROBLEM
+    bad = client.http.get("/v1/jobs", params={"cursor": "garbage"})  # not an id: invalid
+    assert bad.status_code == 422 and bad.headers["Content-Type"] == PROBLEM
     bad = client.http.get("/v1/jobs", params={"status": "sleeping"})
     assert bad.status_code == 422
 
