@@ -52,6 +52,7 @@ PROBLEM_SCHEMA = {
     "additionalProperties": True,
     "externalDocs": {"description": "The problem types", "url": "/problems"},
 }
+TEXT_MEDIA = ("text/csv", "application/x-ndjson")
 # Non-JSON success answers: the media types each streams.
 RAW_ANSWERS = {
     ("get", "/v1/jobs/{job_id}/results"): (
@@ -134,7 +135,8 @@ def answer_raw_content(method: str, path: str, operation: dict[str, Any]) -> Non
         description, media = found
         operation["responses"]["200"] = {
             "description": description,
-            "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in media}}
+            "content": {m: {"schema": {"type": "string"} if m in TEXT_MEDIA
+                            else {"type": "string", "format": "binary"}} for m in media}}
 
 
 UPLOAD_ENCODING = {"file": {
