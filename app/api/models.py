@@ -49,13 +49,13 @@ class ModelPath(BaseModel):
 
 
 class SetAlias(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     alias: str = Field(min_length=1, max_length=64, pattern=ALIAS.pattern,
                        json_schema_extra={"not": {"enum": [models.LATEST]}},
                        description="e.g. `prod`; jobs name `model@prod`. `latest` is reserved: "
                                    "it always means the newest version.")
-    version: int = Field(ge=1, description="The version the alias points to.")
+    version: int = Field(ge=1, le=2**31 - 1, description="The version the alias points to.")
 
 
 def model_summary(model: Model, facts: models.VersionFacts | None = None) -> dict:

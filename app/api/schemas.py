@@ -25,12 +25,13 @@ WEBHOOK_URL = (rf"^https?://(?:{LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z
                r"(?:/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?(?:\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$")
 WebhookUrl = Annotated[str, Field(pattern=WEBHOOK_URL, max_length=2000)]
 DEPRECATED = {"deprecated": True}
+MAX_RETENTION_SECONDS = 100 * 366 * 86400  # a century: past it, dates overflow
 
 
 class SubmitJob(BaseModel):
     """A job: inline `inputs`, or an uploaded `input_file` for bulk scoring."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "oneOf": [{"title": "inline", "required": ["inputs"]},
                   {"title": "file", "required": ["input_file"]}]})
 
@@ -54,13 +55,13 @@ class SubmitJob(BaseModel):
     variant: str | None = Field(default=None, min_length=1, max_length=32,
                                 description="`fp32`, `int8`, `fp16` or `graph`; default: the model version's default.")
     require_gpu: bool = Field(default=False, description="Run on a GPU worker (queue KILN_GPU_QUEUE).")
-    completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]*[smhd]$",
+    completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]{0,5}[smhd]$",
                                    description="Finish within this (e.g. `90s`, `30m`, `24h`, `7d`), "
                                                "else the job ends `expired`, keeping finished rows.")
 
     # retention (issue 16)
     results_expire_after_seconds: int | None = Field(
-        default=None, ge=0, description="Keep results this long after the job ends (0: keep); "
+        default=None, ge=0, le=MAX_RETENTION_SECONDS, description="Keep results this long after the job ends (0: keep); "
                                         "default KILN_RESULT_RETENTION_SECONDS; then 410.")
 
     @property
@@ -110,7 +111,7 @@ class UploadForm(FormModel):
                                                                   "its name; default: from the "
                                                                   "file name.")
     # retention (issue 16)
-    expires_after_seconds: int = Field(default=None, ge=0, strict=True, description="Delete the file this long after upload (0: keep); default: the tenant's, else KILN_FILE_RETENTION_SECONDS.")
+    expires_after_seconds: int = Field(default=None, ge=0, le=MAX_RETENTION_SECONDS, strict=True, description="Delete the file this long after upload (0: keep); default: the tenant's, else KILN_FILE_RETENTION_SECONDS.")
 
 
 def resource_id(description: str):

@@ -24,7 +24,7 @@ EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "job.expired
 
 
 class CreateWebhook(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     url: WebhookUrl = Field(description="Where to POST events; https unless the operator allows.")
     events: list[EventType] | None = Field(default=None, description="Omitted: every terminal event. `job.progress` (file jobs, at most one per "

@@ -40,8 +40,8 @@ def generated(contract, tmp_path_factory):
     sys.path.insert(0, str(where))
     try:
         package = importlib.import_module("kiln_client")
-        yield package, package.AuthenticatedClient(base_url=contract.url, token=contract.key,
-                                                   raise_on_unexpected_status=True)
+        yield package.AuthenticatedClient(base_url=contract.url, token=contract.key,
+                                          raise_on_unexpected_status=True)
     finally:
         sys.path.remove(str(where))
         for name in [m for m in sys.modules if m == "kiln_client" or m.startswith("kiln_client.")]:
@@ -74,7 +74,7 @@ def wait_until_done(get_job, client, job_id: str, timeout: float = 60):
 
 @pytest.mark.integration
 def test_journey_1_inline_job(generated):
-    package, client = generated
+    client = generated
     jobs = Operations("jobs")
     models = importlib.import_module("kiln_client.models")
     answer = jobs.submit_job.sync_detailed(
@@ -102,7 +102,7 @@ def test_journey_1_inline_job(generated):
 
 @pytest.mark.integration
 def test_journey_2_file_job_with_errors(generated):
-    package, client = generated
+    client = generated
     files = Operations("files")
     jobs = Operations("jobs")
     models = importlib.import_module("kiln_client.models")
