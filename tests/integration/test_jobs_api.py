@@ -67,16 +67,34 @@ def test_list_jobs_pages_newest_first_and_filters(client):
     ids = [client.submit("digits", records)["id"] for _ in range(5)]
     for job_id in ids:
         client.wait(job_id, timeout_seconds=30)
-    seen, cursor = [], None
+    seen, after = [], None
+    while True:  # limit + after, answering first_id, last_id and has_more
+        params = {"limit": 2, "model": "digits"} | ({"after": after} if after else {})
+        page = client.http.get("/v1/jobs", params=params).json()
+        assert page["object"] == "list" and len(page["data"]) <= 2
+        assert page["first_id"] == page["data"][0]["id"] and page["last_id"] == page["data"][-1]["id"]
+        seen += [j["id"] for j in page["data"]]
+        after = page["last_id"]
+        if not page["has_more"]:
+            assert page["next_cursor"] is None
+            break
+        assert page["next_cursor"] == page["last_id"]
+    assert seen[:5] == list(reversed(ids))
+    assert len(seen) == len(set(seen))
+    by_cursor, cursor = [], None  # the deprecated cursor / next_cursor still page the same way
     while True:
         params = {"limit": 2, "model": "digits"} | ({"cursor": cursor} if cursor else {})
         page = client.http.get("/v1/jobs", params=params).json()
-        seen += [j["id"] for j in page["data"]]
-        cursor = page["next_cursor"]
-        if not cursor:
+        by_cursor += [j["id"] for j in page["data"]]
+        if not (cursor := page["next_cursor"]):
             break
-    assert seen[:5] == list(reversed(ids))
-    assert len(seen) == len(set(seen))
+    assert by_cursor == seen
+    assert [j["id"] for j in client.jobs(model="digits", page_size=2)] == seen
+    empty = client.http.get("/v1/jobs", params={"model": "nope"}).json()
+    assert empty | {"data": None} == {"object": "list", "data": None, "first_id": None,
+                                      "last_id": None, "has_more": False, "next_cursor": None}
+    unknown = client.http.get("/v1/jobs", params={"after": str(uuid.uuid4())})
+    assert unknown.status_code == 404 and unknown.headers["Content-Type"] == PROBLEM
     succeeded = client.http.get("/v1/jobs", params={"status": "succeeded", "limit": 200}).json()
     assert {j["status"] for j in succeeded["data"]} == {"succeeded"}
     assert client.http.get("/v1/jobs", params={"model": "nope"}).json()["data"] == []
