@@ -154,7 +154,7 @@ def test_bad_requests_get_problem_json(client, body, status, detail_part):
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"] == PROBLEM
     problem = response.json()
-    assert problem["status"] == status and problem["type"].startswith("https://")
+    assert problem["status"] == status and problem["type"].startswith("/problems/")
     assert detail_part in problem["detail"]
 
 
