@@ -16,13 +16,16 @@ from app.domain.states import JobStatus
 
 
 Format = Literal["csv", "jsonl", "parquet"]
-# An absolute http(s) URL to a named host (an IP literal or a bare number is refused by the
-# SSRF guard anyway): the pattern the schema states is the one checked. `app.api.spec` narrows
-# it to https unless KILN_WEBHOOK_ALLOW_PRIVATE.
+# An absolute http(s) URL to a named host, or to an IP literal (which the service refuses unless
+# KILN_WEBHOOK_ALLOW_PRIVATE or KILN_WEBHOOK_ALLOWED_HOSTS lets it): the pattern the schema states
+# is the one checked. `app.api.spec` narrows it to https, and to names, as the settings do.
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+NAMED_HOST = rf"(?:{LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?"
+IP_HOST = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+\])"
 PORT = r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
-WEBHOOK_URL = (rf"^https?://(?:{LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?{PORT}"
-               r"(?:/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?(?:\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$")
+URL_REST = r"(?:/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?(?:\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$"
+WEBHOOK_URL = rf"^https?://(?:{NAMED_HOST}|{IP_HOST}){PORT}{URL_REST}"
+NAMED_WEBHOOK_URL = rf"^https?://{NAMED_HOST}{PORT}{URL_REST}"
 WebhookUrl = Annotated[str, Field(pattern=WEBHOOK_URL, max_length=2000)]
 DEPRECATED = {"deprecated": True}
 MAX_RETENTION_SECONDS = 100 * 366 * 86400  # a century: past it, dates overflow

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.api.problem_types import CATALOGUE, PROBLEM_BASE
+from app.api.schemas import NAMED_WEBHOOK_URL
 from app.settings import Settings
 
 REF = "#/components/schemas/"
@@ -182,9 +183,11 @@ def constrain_requests(schemas: dict[str, Any], settings: Settings) -> None:
     upload = schemas["UploadForm"]
     upload["description"] = ("Multipart. The `file` part's name ends in `.csv`, `.jsonl` or "
                              "`.parquet` (optionally `.gz`, not for Parquet), else send `format`.")
-    if not settings.webhook_allow_private:  # plain http is refused
-        for name, field in (("CreateWebhook", "url"), ("SubmitJob", "webhook_url")):
-            prop = schemas[name]["properties"][field]
+    for name, field in (("CreateWebhook", "url"), ("SubmitJob", "webhook_url")):
+        prop = schemas[name]["properties"][field]
+        if not (settings.webhook_allow_private or settings.webhook_allowed_hosts):
+            prop["pattern"] = NAMED_WEBHOOK_URL  # IP literals are refused
+        if not settings.webhook_allow_private:  # plain http is refused
             prop["pattern"] = prop["pattern"].replace("^https?://", "^https://", 1)
 
 

@@ -17,7 +17,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.domain.signing import generate_secret
-from app.domain.ssrf import Resolver, UnsafeUrl, Unresolved, UrlPolicy, check_url
+from app.domain.ssrf import (Resolver, UnsafeUrl, Unresolved, UrlPolicy, check_url,
+                             parse_ip_literal)
 from app.errors import Conflict, InvalidInput
 from app.orm import Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
 from app.secretbox import SecretBox
@@ -46,7 +47,11 @@ def check_webhook_url(url: str, policy: UrlPolicy, resolve: Resolver = system_re
     resolve (yet) is accepted: nothing can be sent to it, and every send checks the URL again,
     since DNS may change either way, so the check that guards is the one at send time."""
     try:
-        check_url(url, policy, resolve)
+        target = check_url(url, policy, resolve)
+        if (not policy.allow_private and not policy.allowed_networks
+                and parse_ip_literal(target.host) is not None):
+            raise UnsafeUrl("webhook URLs name a host, not an IP address, unless the operator "
+                            "allows private targets or lists networks")
     except Unresolved:
         return
     except UnsafeUrl as exc:
