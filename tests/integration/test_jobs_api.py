@@ -140,7 +140,7 @@ def test_requests_without_a_valid_key_are_401(api, stack):
 @pytest.mark.parametrize("body, status, detail_part", [
     (b"{not json", 400, "not valid JSON"),
     ({"model": "no-such-model", "inputs": [{"p0": 1}]}, 404, "no-such-model"),
-    ({"model": "digits", "inputs": []}, 422, "at least one"),
+    ({"model": "digits", "inputs": []}, 422, "at least 1"),
     ({"model": "digits"}, 422, "inputs"),
     ({"model": "digits", "inputs": [{"p0": 1}], "priority": 1000}, 422, "priority"),
     ({"model": "digits", "inputs": [{"p0": 1}], "surprise": 1}, 422, "surprise"),
