@@ -12,7 +12,8 @@ from app.api.context import caller, context, db
 from app.api.spec import operation_id
 from app.api.responses import Response, json_response
 from app import presenters
-from app.api.schemas import FormModel, LongListQuery, ModelList, ModelOut, Problem
+from app.api.schemas import (FormModel, LongListQuery, ModelList, ModelOut, Problem,
+                             WholeNumber)
 from app.domain.onnx_check import ALIAS, NAME
 from app.errors import PayloadTooLarge
 from app.orm import Model
@@ -55,7 +56,7 @@ class SetAlias(BaseModel):
                        json_schema_extra={"not": {"enum": [models.LATEST]}},
                        description="e.g. `prod`; jobs name `model@prod`. `latest` is reserved: "
                                    "it always means the newest version.")
-    version: int = Field(ge=1, le=2**31 - 1, description="The version the alias points to.")
+    version: WholeNumber = Field(ge=1, le=2**31 - 1, description="The version the alias points to.")
 
 
 def model_summary(model: Model, facts: models.VersionFacts | None = None) -> dict:

@@ -31,6 +31,14 @@ DEPRECATED = {"deprecated": True}
 MAX_RETENTION_SECONDS = 100 * 366 * 86400  # a century: past it, dates overflow
 
 
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A JSON Schema integer: `3` or `3.0`, never `true` or `"3"` (strict models refuse those).
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+
+
 class SubmitJob(BaseModel):
     """A job: inline `inputs`, or an uploaded `input_file` for bulk scoring."""
 
@@ -53,7 +61,7 @@ class SubmitJob(BaseModel):
     id_column: str | None = Field(default=None, description="Column that identifies a row (default `custom_id` when present, else the row index).")
     max_failed_fraction: float = Field(default=1.0, ge=0, le=1, description="Fail the job when more rows than this fail.")
     metadata: dict[str, Any] | None = Field(default=None, description="Yours, returned as is.")
-    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
+    priority: WholeNumber = Field(default=0, ge=-100, le=100, description="Higher runs first.")
     webhook_url: WebhookUrl = Field(default=None, description="Called when the job ends.")
     variant: str | None = Field(default=None, min_length=1, max_length=32,
                                 description="`fp32`, `int8`, `fp16` or `graph`; default: the model version's default.")
@@ -63,7 +71,7 @@ class SubmitJob(BaseModel):
                                                "else the job ends `expired`, keeping finished rows.")
 
     # retention (issue 16)
-    results_expire_after_seconds: int | None = Field(
+    results_expire_after_seconds: WholeNumber | None = Field(
         default=None, ge=0, le=MAX_RETENTION_SECONDS, description="Keep results this long after the job ends (0: keep); "
                                         "default KILN_RESULT_RETENTION_SECONDS; then 410.")
 
@@ -114,7 +122,7 @@ class UploadForm(FormModel):
                                                                   "its name; default: from the "
                                                                   "file name.")
     # retention (issue 16)
-    expires_after_seconds: int = Field(default=None, ge=0, le=MAX_RETENTION_SECONDS, strict=True, description="Delete the file this long after upload (0: keep); default: the tenant's, else KILN_FILE_RETENTION_SECONDS.")
+    expires_after_seconds: WholeNumber = Field(default=None, ge=0, le=MAX_RETENTION_SECONDS, strict=True, description="Delete the file this long after upload (0: keep); default: the tenant's, else KILN_FILE_RETENTION_SECONDS.")
 
 
 def resource_id(description: str):
@@ -123,6 +131,7 @@ def resource_id(description: str):
 
 
 ResourceId = Annotated[str, BeforeValidator(str)]
+
 IdParam = Annotated[uuid.UUID, AfterValidator(str)]  # checked as a UUID, handed on as text
 
 
