@@ -21,7 +21,8 @@ Format = Literal["csv", "jsonl", "parquet"]
 # is the one checked. `app.api.spec` narrows it to https, and to names, as the settings do.
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 NAMED_HOST = rf"(?:{LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?"
-IP_HOST = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+\])"
+OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+IP_HOST = rf"(?:{OCTET}\.){{3}}{OCTET}"  # IPv4 only: IPv6 literals are not taken
 PORT = r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
 URL_REST = r"(?:/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?(?:\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$"
 WEBHOOK_URL = rf"^https?://(?:{NAMED_HOST}|{IP_HOST}){PORT}{URL_REST}"
@@ -37,6 +38,7 @@ def _whole(value: Any) -> Any:
 
 # A JSON Schema integer: `3` or `3.0`, never `true` or `"3"` (strict models refuse those).
 WholeNumber = Annotated[int, BeforeValidator(_whole)]
+RetentionSeconds = Annotated[int, Field(ge=0, le=MAX_RETENTION_SECONDS), BeforeValidator(_whole)]
 
 
 class SubmitJob(BaseModel):
@@ -71,8 +73,8 @@ class SubmitJob(BaseModel):
                                                "else the job ends `expired`, keeping finished rows.")
 
     # retention (issue 16)
-    results_expire_after_seconds: WholeNumber | None = Field(
-        default=None, ge=0, le=MAX_RETENTION_SECONDS, description="Keep results this long after the job ends (0: keep); "
+    results_expire_after_seconds: RetentionSeconds | None = Field(
+        default=None, description="Keep results this long after the job ends (0: keep); "
                                         "default KILN_RESULT_RETENTION_SECONDS; then 410.")
 
     @property
