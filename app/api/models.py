@@ -46,7 +46,7 @@ class RegisterModelForm(FormModel):
 
 
 class ModelPath(BaseModel):
-    name: str = Field(description="The model's name.")
+    name: str = Field(pattern=NAME.pattern, description="The model's name.")
 
 
 class SetAlias(BaseModel):

@@ -29,6 +29,9 @@ WEBHOOK_URL = rf"^https?://(?:{NAMED_HOST}|{IP_HOST}){PORT}{URL_REST}"
 NAMED_WEBHOOK_URL = rf"^https?://{NAMED_HOST}{PORT}{URL_REST}"
 WebhookUrl = Annotated[str, Field(pattern=WEBHOOK_URL, max_length=2000)]
 DEPRECATED = {"deprecated": True}
+NO_NUL = r"^[^\x00]*$"  # Postgres stores no NUL character in text
+# `name`, `name@alias` or `name@3` (app.domain.onnx_check's NAME and ALIAS, or a version)
+MODEL_REF = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}(?:@(?:[a-z][a-z0-9_-]{0,63}|[0-9]{1,9}))?$"
 MAX_RETENTION_SECONDS = 100 * 366 * 86400  # a century: past it, dates overflow
 
 
@@ -48,7 +51,7 @@ class SubmitJob(BaseModel):
         "oneOf": [{"title": "inline", "required": ["inputs"]},
                   {"title": "file", "required": ["input_file"]}]})
 
-    model: str = Field(min_length=1, max_length=200,
+    model: str = Field(min_length=1, max_length=264, pattern=MODEL_REF,
                        description="Model name, e.g. `digits`; `name@alias` or `name@3` for a "
                                    "version.")
     # Absent, not null: exactly one of the two is sent (the schema's `oneOf`).
@@ -65,7 +68,7 @@ class SubmitJob(BaseModel):
     metadata: dict[str, Any] | None = Field(default=None, description="Yours, returned as is.")
     priority: WholeNumber = Field(default=0, ge=-100, le=100, description="Higher runs first.")
     webhook_url: WebhookUrl = Field(default=None, description="Called when the job ends.")
-    variant: str | None = Field(default=None, min_length=1, max_length=32,
+    variant: str | None = Field(default=None, min_length=1, max_length=32, pattern=NO_NUL,
                                 description="`fp32`, `int8`, `fp16` or `graph`; default: the model version's default.")
     require_gpu: bool = Field(default=False, description="Run on a GPU worker (queue KILN_GPU_QUEUE).")
     completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]{0,5}[smhd]$",
@@ -255,7 +258,7 @@ class JobDeleted(BaseModel):  # retention (issue 16)
 
 class JobQuery(ListQuery):
     status: JobStatus | None = None
-    model: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     cursor: IdParam | None = Field(default=None,
                                    description="Deprecated: `next_cursor` of the previous page, "
                                                "the same as `after` (which wins when both are "

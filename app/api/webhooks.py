@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.context import caller, context, db
 from app.api.spec import operation_id
 from app.api.responses import Response, json_response
-from app.api.schemas import (JobPath, ListPage, LongListQuery, Problem, ResourceId,
+from app.api.schemas import (NO_NUL, JobPath, ListPage, LongListQuery, Problem, ResourceId,
                              WebhookUrl, resource_id)
 from app import presenters
 from app.services import webhooks
@@ -29,7 +29,7 @@ class CreateWebhook(BaseModel):
     url: WebhookUrl = Field(description="Where to POST events; https unless the operator allows.")
     events: list[EventType] | None = Field(default=None, description="Omitted: every terminal event. `job.progress` (file jobs, at most one per "
                             "KILN_PROGRESS_EVENT_SECONDS) is sent only when listed.")
-    description: str | None = Field(default=None, max_length=500)
+    description: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class WebhookOut(BaseModel):
