@@ -91,8 +91,28 @@ class KilnClient:
                   if v is not None}
         return self._check(self._retrying("GET", "/v1/usage", params=params)).json()
 
+    def pages(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a list, a page at a time: `limit`, then `after` the last id seen."""
+        params = {k: v for k, v in params.items() if v is not None}
+        while True:
+            page = self._check(self._retrying("GET", path, params=params)).json()
+            yield from page["data"]
+            if not page["has_more"]:
+                return
+            params["after"] = page["last_id"]
+
     def models(self) -> list[dict[str, Any]]:
-        return self._check(self._retrying("GET", "/v1/models")).json()["data"]
+        return list(self.pages("/v1/models", limit=200))
+
+    def jobs(self, *, status: str | None = None, model: str | None = None,
+             page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """The tenant's jobs, newest first."""
+        return self.pages("/v1/jobs", status=status, model=model, limit=page_size)
+
+    def files(self, *, purpose: str | None = None,
+              page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """The tenant's files, newest first."""
+        return self.pages("/v1/files", purpose=purpose, limit=page_size)
 
     def wait(self, job_id: str, *, timeout_seconds: float = 3600, poll_seconds: float = 0.25,
              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

@@ -108,3 +108,12 @@ def delivery_summary(delivery: WebhookDelivery) -> dict[str, Any]:
             "response_ms": delivery.response_ms, "created_at": delivery.created_at,
             "delivered_at": delivery.delivered_at, "failed_at": delivery.failed_at,
             "history": delivery.history or []}
+
+
+def list_page(data: list[dict[str, Any]], has_more: bool, **extra: Any) -> dict[str, Any]:
+    """Every list's envelope: the page, its first and last ids (pass `last_id` as `after` for
+    the next page) and whether there is one."""
+    return {"object": "list", "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more, **extra}

@@ -6,7 +6,8 @@ import orjson
 from flask import Request, request
 from flask_openapi3 import Info, OpenAPI
 
-from app.api import audit, files, health, jobs, metrics, models, problems, usage, webhooks
+from app.api import (audit, files, health, jobs, metrics, models, problem_types, problems, spec,
+                     usage, webhooks)
 from app.api import openai as openai_dialect
 from app.api import requests as request_origin
 from app.api.responses import OrjsonProvider, Response
@@ -54,6 +55,11 @@ class KilnApp(OpenAPI):
     def dispatch_request(self):
         return commit_request(super().dispatch_request())
 
+    def generate_spec_json(self):
+        """The generated document, finished in one place (`app.api.spec`)."""
+        super().generate_spec_json()
+        self.spec_json = spec.finish(self.spec_json, self.extensions["kiln"].settings)
+
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
@@ -87,6 +93,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(usage.api)
     app.register_api(audit.api)
     app.register_blueprint(health.bp)
+    app.register_blueprint(problem_types.bp)
     app.register_blueprint(openai_dialect.blueprint())
     ui.init_app(app)
     return app

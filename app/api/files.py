@@ -6,6 +6,7 @@ from flask import request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 
 from app.api.context import caller, context, db
+from app.api.spec import operation_id
 from app.api.responses import Response, json_response
 from app.api.schemas import FileList, FileOut, FilePath, FileQuery, Problem, UploadForm
 from app.errors import InvalidInput
@@ -15,9 +16,8 @@ from app.services import files
 
 tag = Tag(name="files", description="Upload input files for bulk scoring; download outputs.")
 api = APIBlueprint("files", __name__, url_prefix="/v1", abp_tags=[tag],
-                   abp_security=[{"bearer": []}])
-ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem,
-          429: Problem}
+                   abp_security=[{"bearer": []}], operation_id_callback=operation_id)
+# What is particular to each route; `app.api.spec` adds what every route of its kind answers.
 
 
 def allow_large_uploads() -> None:
@@ -26,7 +26,7 @@ def allow_large_uploads() -> None:
         request.max_content_length = context().settings.max_upload_bytes + 1024 * 1024
 
 
-@api.post("/files", responses={201: FileOut, **ERRORS})
+@api.post("/files", responses={201: FileOut, 429: Problem})
 def upload_file(form: UploadForm) -> Response:
     """Upload a CSV, JSONL or Parquet file (gzip for CSV and JSONL) as multipart field `file`."""
     if not hasattr(form.file, "stream"):  # a part named `file` sent without a file name
@@ -45,21 +45,21 @@ def upload_file(form: UploadForm) -> Response:
                          {"Location": f"/v1/files/{record.id}"})
 
 
-@api.get("/files", responses={200: FileList, 401: Problem})
+@api.get("/files", responses={200: FileList, 404: Problem})
 def list_files(query: FileQuery) -> Response:
-    """Files, newest first."""
-    page, cursor = files.list_files(db(), caller(), purpose=query.purpose, limit=query.limit,
-                                    after=query.after)
-    return json_response({"object": "list", "data": [presenters.file_summary(f) for f in page],
-                          "next_cursor": cursor})
+    """Files, newest first: `limit` of them after the file `after`."""
+    page = files.list_files(db(), caller(), purpose=query.purpose, limit=query.limit,
+                            after=query.after)
+    body = presenters.list_page([presenters.file_summary(f) for f in page.items], page.has_more)
+    return json_response({**body, "next_cursor": body["last_id"] if page.has_more else None})
 
 
-@api.get("/files/<file_id>", responses={200: FileOut, 401: Problem, 404: Problem})
+@api.get("/files/<uuid:file_id>", responses={200: FileOut})
 def get_file(path: FilePath) -> Response:
     return json_response(presenters.file_summary(files.get_file(db(), caller(), path.file_id)))
 
 
-@api.get("/files/<file_id>/content", responses={401: Problem, 404: Problem})
+@api.get("/files/<uuid:file_id>/content", responses={})
 def file_content(path: FilePath) -> Response:
     """The file's bytes, streamed."""
     record = files.get_file(db(), caller(), path.file_id)
@@ -71,7 +71,7 @@ def file_content(path: FilePath) -> Response:
                              "Content-Disposition": f'attachment; filename="{record.filename}"'})
 
 
-@api.delete("/files/<file_id>", responses={401: Problem, 404: Problem, 409: Problem})
+@api.delete("/files/<uuid:file_id>", responses={204: None, 409: Problem})
 def delete_file(path: FilePath) -> Response:
     files.delete_file(db(), caller(), path.file_id)
     return Response(status=204)

@@ -12,6 +12,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from app import presenters
 from app.api.context import caller, context, db, on_commit
 from app.api.estimate_schemas import EstimateOut
+from app.api.spec import operation_id
 from app.api.responses import Response, json_response
 from app.api.schemas import (FormatQuery, JobDeleted, JobList, JobOut, JobPath, JobQuery, Problem,
                              SubmitJob)
@@ -22,9 +23,8 @@ from app.services import commands, estimates, jobs, outputs, retention, webhooks
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
-                   abp_security=[{"bearer": []}])
-ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem,
-          429: Problem}
+                   abp_security=[{"bearer": []}], operation_id_callback=operation_id)
+# What is particular to each route; `app.api.spec` adds what every route of its kind answers.
 
 
 def submit_command(body: SubmitJob, idempotency_key: str | None,
@@ -46,7 +46,7 @@ def submit_command(body: SubmitJob, idempotency_key: str | None,
     return commands.SubmitJob(inputs=body.inputs, **common)
 
 
-@api.post("/jobs", responses={202: JobOut, **ERRORS})
+@api.post("/jobs", responses={202: JobOut, 404: Problem, 409: Problem, 429: Problem})
 def submit_job(body: SubmitJob) -> Response:
     """Submit an inline job. Send `Idempotency-Key` to make retries safe."""
     ctx = context()
@@ -71,7 +71,7 @@ def submit_and_announce(command: commands.SubmitJob | commands.SubmitFileJob):
     return job
 
 
-@api.post("/jobs/estimate", responses={200: EstimateOut, **ERRORS})
+@api.post("/jobs/estimate", responses={200: EstimateOut, 404: Problem})
 def estimate_job(body: SubmitJob) -> Response:
     """What `POST /v1/jobs` with this body would be, queueing nothing: the rows (a file's
     counted exactly, after the checks its validation makes), the rows queued ahead, and when it
@@ -84,31 +84,31 @@ def estimate_job(body: SubmitJob) -> Response:
         default_rows_per_second=settings.estimate_rows_per_second))
 
 
-@api.get("/jobs", responses={200: JobList, **ERRORS})
+@api.get("/jobs", responses={200: JobList, 400: Problem, 404: Problem})
 def list_jobs(query: JobQuery) -> Response:
-    """List jobs, newest first, with an opaque cursor."""
-    page, next_cursor = jobs.list_jobs(db(), caller(), status=query.status, model=query.model,
-                                       limit=query.limit, cursor=query.cursor,
-                                       search=query.search)
-    return json_response({"object": "list", "data": [presenters.job_summary(j) for j in page],
-                          "next_cursor": next_cursor})
+    """Jobs, newest first: `limit` of them after the job `after` (the previous page's
+    `last_id`)."""
+    page = jobs.list_jobs(db(), caller(), status=query.status, model=query.model,
+                          limit=query.limit, after=query.after or query.cursor,
+                          search=query.search)
+    body = presenters.list_page([presenters.job_summary(j) for j in page.items], page.has_more)
+    return json_response({**body, "next_cursor": body["last_id"] if page.has_more else None})
 
 
-@api.get("/jobs/<job_id>", responses={200: JobOut, **ERRORS})
+@api.get("/jobs/<uuid:job_id>", responses={200: JobOut})
 def get_job(path: JobPath) -> Response:
     """A job's status, counts and timestamps."""
     return json_response(presenters.job_summary(jobs.get_job(db(), caller(), path.job_id)))
 
 
-@api.post("/jobs/<job_id>/cancel", responses={200: JobOut, **ERRORS})
+@api.post("/jobs/<uuid:job_id>/cancel", responses={200: JobOut, 409: Problem})
 def cancel_job(path: JobPath) -> Response:
     """Cancel: queued jobs end at once, running ones at their next batch boundary."""
     job = jobs.cancel_job(db(), caller(), path.job_id)
     return json_response(presenters.job_summary(job))
 
 
-@api.delete("/jobs/<job_id>", responses={200: JobDeleted, 401: Problem, 404: Problem,
-                                          409: Problem})
+@api.delete("/jobs/<uuid:job_id>", responses={200: JobDeleted, 409: Problem})
 def delete_job(path: JobPath) -> Response:
     """Delete a finished job's results, errors, part and output files (409 while it is not
     finished); afterwards it is a 404, but its usage still counts."""
@@ -118,7 +118,7 @@ def delete_job(path: JobPath) -> Response:
     return json_response({"id": str(job_id), "deleted": True})
 
 
-@api.get("/jobs/<job_id>/results", responses={404: Problem, 401: Problem, 410: Problem})
+@api.get("/jobs/<uuid:job_id>/results", responses={410: Problem})
 def job_results(path: JobPath, query: FormatQuery) -> Response:
     """Results. Inline jobs: JSONL in input order, `{"index", "output"}` or `{"index", "error"}`.
     File jobs: rows joined to the input (id, kept columns, outputs) in `format`; while running,
@@ -131,7 +131,7 @@ def job_results(path: JobPath, query: FormatQuery) -> Response:
     return file_job_rows(job, "results", query.format)
 
 
-@api.get("/jobs/<job_id>/errors", responses={404: Problem, 401: Problem, 410: Problem})
+@api.get("/jobs/<uuid:job_id>/errors", responses={409: Problem, 410: Problem})
 def job_errors(path: JobPath, query: FormatQuery) -> Response:
     """A file job's failed rows: id columns plus `error_code` and `error_message`."""
     job = jobs.job_with_results(db(), caller(), path.job_id)
@@ -140,7 +140,7 @@ def job_errors(path: JobPath, query: FormatQuery) -> Response:
     return file_job_rows(job, "errors", query.format)
 
 
-@api.post("/jobs/<job_id>/retry", responses={202: JobOut, **ERRORS})
+@api.post("/jobs/<uuid:job_id>/retry", responses={202: JobOut, 409: Problem, 429: Problem})
 def retry_job(path: JobPath) -> Response:
     """A child job over only the rows this file job failed."""
     child = jobs.retry_failed_rows(db(), caller(), commands.RetryFailedRows(path.job_id))

@@ -9,25 +9,31 @@ from flask_openapi3 import APIBlueprint, FileStorage, Tag
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.context import caller, context, db
+from app.api.spec import operation_id
 from app.api.responses import Response, json_response
-from app.api.schemas import ModelList, ModelOut, Problem
+from app import presenters
+from app.api.schemas import (FormModel, LongListQuery, ModelList, ModelOut, Problem,
+                             WholeNumber)
+from app.domain.onnx_check import ALIAS, NAME
 from app.errors import PayloadTooLarge
 from app.orm import Model
 from app.services import models
+from app.services.paging import page_after
 
 tag = Tag(name="models", description="Models jobs can use.")
 api = APIBlueprint("models", __name__, url_prefix="/v1", abp_tags=[tag],
-                   abp_security=[{"bearer": []}])
+                   abp_security=[{"bearer": []}], operation_id_callback=operation_id)
 DEFAULT_PROCESSING = {"kind": "tabular_classifier", "label_output": "label",
                       "probability_output": "probabilities"}
-ERRORS = {400: Problem, 401: Problem, 404: Problem, 409: Problem, 413: Problem, 422: Problem}
+# What is particular to each route; `app.api.spec` adds what every route of its kind answers.
 
 
-class RegisterModelForm(BaseModel):
+class RegisterModelForm(FormModel):
     """Multipart: the file plus form fields; flask-openapi3 decodes the JSON ones."""
 
     file: FileStorage = Field(description="The ONNX file, with every tensor inside it.")
-    name: str = Field(min_length=1, max_length=200, description="Registering a name again adds a version.")
+    name: str = Field(min_length=1, max_length=200, pattern=NAME.pattern,
+                      description="Registering a name again adds a version.")
     signature: dict[str, Any] = Field(description='JSON, e.g. `{"kind": "tabular", "columns": ["a", "b"], "input_name": "X"}`.')
     processing: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_PROCESSING), description='JSON; default `{"kind": "tabular_classifier", "label_output": "label", "probability_output": "probabilities"}`.')
     metrics: dict[str, Any] = Field(default_factory=dict, description="JSON object, yours (e.g. an export check), shown as is.")
@@ -40,14 +46,17 @@ class RegisterModelForm(BaseModel):
 
 
 class ModelPath(BaseModel):
-    name: str = Field(description="The model's name.")
+    name: str = Field(pattern=NAME.pattern, description="The model's name.")
 
 
 class SetAlias(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    alias: str = Field(min_length=1, max_length=64, description="e.g. `prod`; jobs name `model@prod`.")
-    version: int = Field(ge=1, description="The version the alias points to.")
+    alias: str = Field(min_length=1, max_length=64, pattern=ALIAS.pattern,
+                       json_schema_extra={"not": {"enum": [models.LATEST]}},
+                       description="e.g. `prod`; jobs name `model@prod`. `latest` is reserved: "
+                                   "it always means the newest version.")
+    version: WholeNumber = Field(ge=1, le=2**31 - 1, description="The version the alias points to.")
 
 
 def model_summary(model: Model, facts: models.VersionFacts | None = None) -> dict:
@@ -69,25 +78,29 @@ def allow_model_uploads() -> None:
 api.before_request(allow_model_uploads)
 
 
-@api.get("/models", responses={200: ModelList, 401: Problem})
-def list_models() -> Response:
-    """Models visible to the caller (its own and the built-in ones), one row per variant."""
-    found = models.list_models(db(), caller().tenant_id)
+@api.get("/models", responses={200: ModelList, 404: Problem})
+def list_models(query: LongListQuery) -> Response:
+    """Models visible to the caller (its own and the built-in ones), one row per variant, by
+    name then newest version: `limit` after the row whose id is `after`."""
+    return model_page(models.list_models(db(), caller().tenant_id), query)
+
+
+@api.get("/models/<name>", responses={200: ModelList})
+def get_model(path: ModelPath, query: LongListQuery) -> Response:
+    """The versions and variants a job naming `name` chooses from (yours, else the built-in),
+    newest first: `limit` after the row whose id is `after`."""
+    return model_page(models.model_versions(db(), caller().tenant_id, path.name), query)
+
+
+def model_page(found: list[Model], query: LongListQuery) -> Response:
     facts = models.version_facts(found)
-    return json_response({"object": "list", "data": [
-        model_summary(m, facts.get((m.tenant_id, m.name, m.version))) for m in found]})
+    page = page_after(found, lambda m: str(m.id), query.after, query.limit, "model")
+    return json_response(presenters.list_page(
+        [model_summary(m, facts.get((m.tenant_id, m.name, m.version))) for m in page.items],
+        page.has_more))
 
 
-@api.get("/models/<name>", responses={200: ModelList, 401: Problem, 404: Problem})
-def get_model(path: ModelPath) -> Response:
-    """The versions and variants a job naming `name` chooses from (yours, else the built-in)."""
-    found = models.model_versions(db(), caller().tenant_id, path.name)
-    facts = models.version_facts(found)
-    return json_response({"object": "list", "data": [
-        model_summary(m, facts.get((m.tenant_id, m.name, m.version))) for m in found]})
-
-
-@api.post("/models", responses={201: ModelOut, **ERRORS})
+@api.post("/models", responses={201: ModelOut, 409: Problem})
 def register_model(form: RegisterModelForm) -> Response:
     """Register an ONNX model as the next version of `name`; checked against its signature
     (input name and width, required outputs) before anything is stored."""
@@ -104,7 +117,7 @@ def register_model(form: RegisterModelForm) -> Response:
                          {"Location": f"/v1/models/{model.name}"})
 
 
-@api.post("/models/<name>/aliases", responses={200: ModelOut, **ERRORS})
+@api.post("/models/<name>/aliases", responses={200: ModelOut, 409: Problem})
 def set_alias(path: ModelPath, body: SetAlias) -> Response:
     """Point an alias at a version of your model; jobs that name `model@alias` get it
     (within `KILN_TUNING__CACHE_SECONDS`)."""

@@ -13,18 +13,18 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from werkzeug.exceptions import HTTPException
 
 from app import origin
+from app.api.problem_types import http_code, type_uri
 from app.api.responses import Response
 from app.errors import KilnError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
-PROBLEM_BASE = "https://kiln.dev/problems/"
 # A lost database is usually back within seconds (a failover, or `kiln up` restarting it).
 DATABASE_RETRY_AFTER_SECONDS = 2
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
-    body = {"type": PROBLEM_BASE + code, "title": title, "status": status, "detail": detail,
+    body = {"type": type_uri(code), "title": title, "status": status, "detail": detail,
             "instance": request.path, "request_id": origin.current().request_id, **extra}
     return Response(orjson.dumps(body), status=status, mimetype="application/problem+json")
 
@@ -46,8 +46,14 @@ def from_validation_error(error: ValidationError) -> Response:
 
 
 def from_http_exception(error: HTTPException) -> Response:
-    code = (error.name or "error").lower().replace(" ", "_")
-    return problem(error.code or 500, code, error.name, error.description or error.name)
+    """werkzeug's errors (404, 405 with its `Allow` header, 413, 415) as problems, headers kept."""
+    status = error.code or 500
+    response = problem(status, http_code(error.name, status), error.name,
+                       error.description or error.name)
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 def from_database_down(error: DBAPIError) -> Response:

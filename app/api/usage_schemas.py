@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
 class JobUsage(BaseModel):
@@ -25,6 +28,14 @@ class UsageQuery(BaseModel):
     start: datetime | None = Field(default=None, description="ISO 8601; jobs created from then (UTC if no offset).")
     end: datetime | None = Field(default=None, description="ISO 8601; jobs created before then.")
     group_by: Literal["model", "day"] | None = Field(default=None, description="Also sum per model name or per UTC day.")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _iso_only(cls, value: Any) -> Any:
+        """ISO 8601, as the schema says: pydantic alone would read `0.5` as Unix seconds."""
+        if isinstance(value, (int, float)) or (isinstance(value, str) and NUMBER.match(value)):
+            raise ValueError("an ISO 8601 date-time, e.g. 2026-12-01T00:00:00Z")
+        return value
 
 
 class UsageLimits(BaseModel):

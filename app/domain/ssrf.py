@@ -24,6 +24,10 @@ class UnsafeUrl(ValueError):
     """Raised when a webhook URL is malformed or points where Kiln must not send requests."""
 
 
+class Unresolved(UnsafeUrl):
+    """Raised when a webhook host resolves to no address (now): nothing can be sent to it."""
+
+
 @dataclass(frozen=True)
 class UrlPolicy:
     """What the operator allows: private targets and plain http, and hosts or networks trusted."""
@@ -151,9 +155,9 @@ def check_url(url: str, policy: UrlPolicy, resolve: Resolver) -> Target:
         try:
             addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolve(host)]
         except (OSError, ValueError) as exc:
-            raise UnsafeUrl(f"cannot resolve {host!r}: {exc}") from None
+            raise Unresolved(f"cannot resolve {host!r}: {exc}") from None
         if not addresses:
-            raise UnsafeUrl(f"{host!r} resolves to no address")
+            raise Unresolved(f"{host!r} resolves to no address")
     for address in addresses:
         reason = _refusal(address, policy)
         if reason:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
@@ -16,6 +16,7 @@ from app.formats import detect_format
 from app.orm import File, Job, Tenant
 from app.services import audit
 from app.services.auth import Caller, get_owned
+from app.services.paging import Page, first_page
 from app.storage import Storage
 from app.store import jobs as job_store
 
@@ -85,16 +86,17 @@ def get_file(session: Session, caller: Caller, file_id: str) -> File:
 
 
 def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: int,
-               after: str | None) -> tuple[list[File], str | None]:
+               after: str | None) -> Page[File]:
+    """Newest first: the files after the file `after`."""
     query = select(File).where(File.tenant_id == caller.tenant_id)
     if purpose:
         query = query.where(File.purpose == purpose)
     if after:
-        anchor = get_file(session, caller, after)
-        query = query.where((File.created_at, File.id) < (anchor.created_at, anchor.id))
+        anchor = get_owned(session, caller, File, after, "file (`after`)")
+        query = query.where(tuple_(File.created_at, File.id) < tuple_(anchor.created_at, anchor.id))
     rows = list(session.scalars(query.order_by(File.created_at.desc(), File.id.desc())
                                 .limit(limit + 1)))
-    return rows[:limit], (str(rows[limit - 1].id) if len(rows) > limit else None)
+    return first_page(rows, limit)
 
 
 def delete_file(session: Session, caller: Caller, file_id: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -12,12 +11,12 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import Text, and_, cast, func, or_, select
+from sqlalchemy import Text, cast, func, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.states import JobStatus, cancel_target, is_terminal
 from app.domain.validation import check_records
-from app.errors import (BadRequest, Conflict, DatabaseUnavailable, InvalidInput, NotFound,
+from app.errors import (Conflict, DatabaseUnavailable, InvalidInput, NotFound,
                         PayloadTooLarge, ResultsExpired)
 from app.groupcommit import GroupCommit
 from app.services.commands import (IN_SESSION, DeleteJob, Intake, RetryFailedRows, SubmitFileJob,
@@ -26,6 +25,7 @@ from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller, get_owned
 from app.services import audit
+from app.services.paging import Page, first_page
 from app.store import jobs as job_store
 from app.store.audit import AUDIT_SUBMITTED
 from app.store import retention
@@ -299,24 +299,11 @@ def delete_job(session: Session, caller: Caller, command: DeleteJob) -> uuid.UUI
     return job.id
 
 
-def encode_cursor(job: Job) -> str:
-    raw = orjson.dumps([job.created_at.isoformat(), str(job.id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, job_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise BadRequest("the cursor is not one this API returned") from None
-
-
 def list_jobs(session: Session, caller: Caller, *, status: str | None = None,
-              model: str | None = None, limit: int = 20, cursor: str | None = None,
-              search: str | None = None) -> tuple[list[Job], str | None]:
-    """Newest first, one page; the second value is the cursor of the next page, if any.
-    `search` is a job id, or text found in the job's metadata."""
+              model: str | None = None, limit: int = 20,
+              after: str | None = None, search: str | None = None) -> Page[Job]:
+    """Newest first, one page: the jobs after the job `after` (a deleted one still marks its
+    place). `search` is a job id, or text found in the job's metadata."""
     query = select(Job).where(Job.tenant_id == caller.tenant_id, Job.deleted_at.is_(None))
     if search:
         query = query.where(_matching(search.strip()))
@@ -324,14 +311,12 @@ def list_jobs(session: Session, caller: Caller, *, status: str | None = None,
         query = query.where(Job.status == status)
     if model:
         query = query.where(Job.model_name == model)
-    if cursor:
-        created, job_id = decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < created,
-                                and_(Job.created_at == created, Job.id < job_id)))
+    if after:
+        anchor = get_owned(session, caller, Job, after, "job (`after`)")
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(anchor.created_at, anchor.id))
     rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc())
                                 .limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return first_page(rows, limit)
 
 
 def _matching(search: str):

@@ -13,18 +13,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.domain.events import OPENAI_FORMAT
 from app.domain.signing import generate_secret
-from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
+from app.domain.ssrf import (Resolver, UnsafeUrl, Unresolved, UrlPolicy, check_url,
+                             parse_ip_literal)
 from app.errors import Conflict, InvalidInput
 from app.orm import Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
 from app.secretbox import SecretBox
 from app.services import audit
 from app.services.auth import Caller, get_owned
+from app.services.paging import Page, first_page
 from app.store.outbox import notify_dispatchers
 from app.settings import Settings
 
@@ -43,10 +45,18 @@ def system_resolver(host: str) -> list[str]:
 
 
 def check_webhook_url(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver,
-                      field: str = "webhook_url") -> Target:
-    """Reject, as a 422, a URL Kiln must not call (see `app.domain.ssrf`)."""
+                      field: str = "webhook_url") -> None:
+    """Reject, as a 422, a URL Kiln must not call (see `app.domain.ssrf`). A host that does not
+    resolve (yet) is accepted: nothing can be sent to it, and every send checks the URL again,
+    since DNS may change either way, so the check that guards is the one at send time."""
     try:
-        return check_url(url, policy, resolve)
+        target = check_url(url, policy, resolve)
+        if (not policy.allow_private and not policy.allowed_networks
+                and parse_ip_literal(target.host) is not None):
+            raise UnsafeUrl("webhook URLs name a host, not an IP address, unless the operator "
+                            "allows private targets or lists networks")
+    except Unresolved:
+        return
     except UnsafeUrl as exc:
         raise InvalidInput(f"{field}: {exc}", errors=[
             {"field": field, "message": str(exc), "code": "unsafe_url"}]) from None
@@ -73,10 +83,16 @@ def create_endpoint(session: Session, caller: Caller, box: SecretBox, policy: Ur
     return endpoint, secret
 
 
-def list_endpoints(session: Session, caller: Caller) -> list[WebhookEndpoint]:
-    return list(session.scalars(select(WebhookEndpoint)
-                                .where(WebhookEndpoint.tenant_id == caller.tenant_id)
-                                .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)))
+def list_endpoints(session: Session, caller: Caller, *, limit: int = 100,
+                   after: str | None = None) -> Page[WebhookEndpoint]:
+    """Oldest first: the endpoints after the endpoint `after`."""
+    query = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == caller.tenant_id)
+    if after:
+        anchor = get_owned(session, caller, WebhookEndpoint, after, "webhook endpoint (`after`)")
+        query = query.where(tuple_(WebhookEndpoint.created_at, WebhookEndpoint.id)
+                            > tuple_(anchor.created_at, anchor.id))
+    return first_page(list(session.scalars(
+        query.order_by(WebhookEndpoint.created_at, WebhookEndpoint.id).limit(limit + 1))), limit)
 
 
 def get_endpoint(session: Session, caller: Caller, endpoint_id: str) -> WebhookEndpoint:
@@ -158,12 +174,18 @@ def signing_secret(session: Session, box: SecretBox, tenant_id: uuid.UUID,
 
 # ---------------------------------------------------------------- delivery records
 
-def list_job_deliveries(session: Session, caller: Caller, job_id: str) -> list[WebhookDelivery]:
+def list_job_deliveries(session: Session, caller: Caller, job_id: str, *, limit: int = 100,
+                        after: str | None = None) -> Page[WebhookDelivery]:
+    """A job's deliveries, oldest first: those after the delivery `after`."""
     job = get_owned(session, caller, Job, job_id, "job")
-    return list(session.scalars(select(WebhookDelivery)
-                                .where(WebhookDelivery.job_id == job.id,
-                                       WebhookDelivery.tenant_id == caller.tenant_id)
-                                .order_by(WebhookDelivery.created_at, WebhookDelivery.id)))
+    query = select(WebhookDelivery).where(WebhookDelivery.job_id == job.id,
+                                          WebhookDelivery.tenant_id == caller.tenant_id)
+    if after:
+        anchor = get_owned(session, caller, WebhookDelivery, after, "webhook delivery (`after`)")
+        query = query.where(tuple_(WebhookDelivery.created_at, WebhookDelivery.id)
+                            > tuple_(anchor.created_at, anchor.id))
+    return first_page(list(session.scalars(
+        query.order_by(WebhookDelivery.created_at, WebhookDelivery.id).limit(limit + 1))), limit)
 
 
 def get_delivery(session: Session, caller: Caller, delivery_id: str) -> WebhookDelivery:

@@ -17,7 +17,7 @@ from app.ui.jobs import FORMATS
 
 @bp.route("/files", endpoint="files")
 def files_list():
-    page, _ = files.list_files(db(), caller(), purpose=None, limit=100, after=None)
+    page = files.list_files(db(), caller(), purpose=None, limit=100, after=None).items
     return render_template("ui/files.html", files=[presenters.file_summary(f) for f in page])
 
 

@@ -28,10 +28,11 @@ def listing_args() -> dict[str, str]:
 
 
 def job_page(args: dict[str, str], cursor: str | None):
-    page, next_cursor = jobs.list_jobs(db(), caller(), status=args["status"] or None,
-                                       model=args["model"] or None, search=args["q"] or None,
-                                       limit=PAGE_SIZE, cursor=cursor or None)
-    return [presenters.job_summary(job) for job in page], next_cursor
+    page = jobs.list_jobs(db(), caller(), status=args["status"] or None,
+                          model=args["model"] or None, search=args["q"] or None,
+                          limit=PAGE_SIZE, after=cursor or None)
+    next_cursor = str(page.items[-1].id) if page.has_more else None
+    return [presenters.job_summary(job) for job in page.items], next_cursor
 
 
 @bp.route("/jobs", endpoint="jobs")
@@ -63,7 +64,7 @@ def job_view(job_id: str) -> dict:
             "failed": dashboard.failed_rows(session, job) if not summary["results_expired"]
             else [],
             "deliveries": [presenters.delivery_summary(d)
-                           for d in webhooks.list_job_deliveries(session, who, job_id)],
+                           for d in webhooks.list_job_deliveries(session, who, job_id).items],
             "formats": FORMATS}
 
 

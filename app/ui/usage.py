@@ -14,7 +14,7 @@ from app.ui.charts import sparkline
 
 
 def throughput() -> dict:
-    running, _ = jobs.list_jobs(db(), caller(), status="running", limit=100)
+    running = jobs.list_jobs(db(), caller(), status="running", limit=100).items
     rows = [presenters.job_summary(j) for j in running]
     return {"running": rows, "rows_per_second": sum(r["rows_per_second"] or 0 for r in rows)}
 

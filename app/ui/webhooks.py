@@ -15,7 +15,7 @@ EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "job.expired", "job.pr
 
 def page(shown: dict | None = None, status: int = 200):
     session, who = db(), caller()
-    endpoints = [presenters.endpoint_summary(e) for e in webhooks.list_endpoints(session, who)]
+    endpoints = [presenters.endpoint_summary(e) for e in webhooks.list_endpoints(session, who).items]
     return render_template("ui/webhooks.html", endpoints=endpoints, events=EVENTS, shown=shown,
                            job_secret=webhooks.job_secret_info(session, who)), status
 

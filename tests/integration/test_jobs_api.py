@@ -67,21 +67,39 @@ def test_list_jobs_pages_newest_first_and_filters(client):
     ids = [client.submit("digits", records)["id"] for _ in range(5)]
     for job_id in ids:
         client.wait(job_id, timeout_seconds=30)
-    seen, cursor = [], None
+    seen, after = [], None
+    while True:  # limit + after, answering first_id, last_id and has_more
+        params = {"limit": 2, "model": "digits"} | ({"after": after} if after else {})
+        page = client.http.get("/v1/jobs", params=params).json()
+        assert page["object"] == "list" and len(page["data"]) <= 2
+        assert page["first_id"] == page["data"][0]["id"] and page["last_id"] == page["data"][-1]["id"]
+        seen += [j["id"] for j in page["data"]]
+        after = page["last_id"]
+        if not page["has_more"]:
+            assert page["next_cursor"] is None
+            break
+        assert page["next_cursor"] == page["last_id"]
+    assert seen[:5] == list(reversed(ids))
+    assert len(seen) == len(set(seen))
+    by_cursor, cursor = [], None  # the deprecated cursor / next_cursor still page the same way
     while True:
         params = {"limit": 2, "model": "digits"} | ({"cursor": cursor} if cursor else {})
         page = client.http.get("/v1/jobs", params=params).json()
-        seen += [j["id"] for j in page["data"]]
-        cursor = page["next_cursor"]
-        if not cursor:
+        by_cursor += [j["id"] for j in page["data"]]
+        if not (cursor := page["next_cursor"]):
             break
-    assert seen[:5] == list(reversed(ids))
-    assert len(seen) == len(set(seen))
+    assert by_cursor == seen
+    assert [j["id"] for j in client.jobs(model="digits", page_size=2)] == seen
+    empty = client.http.get("/v1/jobs", params={"model": "nope"}).json()
+    assert empty | {"data": None} == {"object": "list", "data": None, "first_id": None,
+                                      "last_id": None, "has_more": False, "next_cursor": None}
+    unknown = client.http.get("/v1/jobs", params={"after": str(uuid.uuid4())})
+    assert unknown.status_code == 404 and unknown.headers["Content-Type"] == PROBLEM
     succeeded = client.http.get("/v1/jobs", params={"status": "succeeded", "limit": 200}).json()
     assert {j["status"] for j in succeeded["data"]} == {"succeeded"}
     assert client.http.get("/v1/jobs", params={"model": "nope"}).json()["data"] == []
-    bad = client.http.get("/v1/jobs", params={"cursor": "garbage"})
-    assert bad.status_code == 400 and bad.headers["Content-Type"] == PROBLEM
+    bad = client.http.get("/v1/jobs", params={"cursor": "garbage"})  # not an id: invalid
+    assert bad.status_code == 422 and bad.headers["Content-Type"] == PROBLEM
     bad = client.http.get("/v1/jobs", params={"status": "sleeping"})
     assert bad.status_code == 422
 
@@ -126,7 +144,7 @@ def test_requests_without_a_valid_key_are_401(api, stack):
 @pytest.mark.parametrize("body, status, detail_part", [
     (b"{not json", 400, "not valid JSON"),
     ({"model": "no-such-model", "inputs": [{"p0": 1}]}, 404, "no-such-model"),
-    ({"model": "digits", "inputs": []}, 422, "at least one"),
+    ({"model": "digits", "inputs": []}, 422, "at least 1"),
     ({"model": "digits"}, 422, "inputs"),
     ({"model": "digits", "inputs": [{"p0": 1}], "priority": 1000}, 422, "priority"),
     ({"model": "digits", "inputs": [{"p0": 1}], "surprise": 1}, 422, "surprise"),
@@ -140,7 +158,7 @@ def test_bad_requests_get_problem_json(client, body, status, detail_part):
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"] == PROBLEM
     problem = response.json()
-    assert problem["status"] == status and problem["type"].startswith("https://")
+    assert problem["status"] == status and problem["type"].startswith("/problems/")
     assert detail_part in problem["detail"]
 
 

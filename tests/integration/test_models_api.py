@@ -175,7 +175,7 @@ def test_a_models_own_batch_wait_travels_with_its_jobs(kiln, client):
 def test_bad_form_fields_are_422(client):
     artifact = slow_classifier(hidden=16, layers=1)
     response = register(client, "../escape", artifact)
-    assert response.status_code == 422 and "model name" in response.json()["detail"]
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "name"
     response = client.http.post("/v1/models", data={"name": "x", "signature": "{not json"},
                                 files={"file": ("m.onnx", artifact)})
     assert response.status_code == 422 and "signature" in response.json()["detail"]

@@ -49,10 +49,12 @@ def test_unknown_urls_and_methods_share_one_series(client):
 
 
 def test_matched_requests_are_labelled_by_their_route_template(client):
-    before = requests_counted(route="/v1/jobs/<job_id>", method="GET", status="401")
+    route = "/v1/jobs/<uuid:job_id>"
+    before = requests_counted(route=route, method="GET", status="401")
     assert client.get("/v1/jobs/0b7c9d1e-0000-0000-0000-000000000000").status_code == 401
-    assert client.get("/v1/jobs/another-id").status_code == 401
-    assert requests_counted(route="/v1/jobs/<job_id>", method="GET", status="401") == before + 2
+    assert client.get("/v1/jobs/0B7C9D1E-0000-0000-0000-000000000001").status_code == 401
+    assert client.get("/v1/jobs/another-id").status_code == 401  # no route (ids are UUIDs)
+    assert requests_counted(route=route, method="GET", status="401") == before + 2
     assert metrics.route_label(None) == metrics.UNMATCHED_ROUTE
     assert metrics.method_label("PROPFIND") == "other" and metrics.method_label("POST") == "POST"
 

@@ -1,8 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from app.services.jobs import decode_cursor, request_fingerprint
-from app.errors import BadRequest
+from app.services.jobs import request_fingerprint
 from app.settings import Settings, Tuning, kombu_url, sqlalchemy_url
 
 
@@ -107,7 +106,3 @@ def test_fingerprint_ignores_key_order_but_not_values():
     assert request_fingerprint({"a": 1, "b": 2}) == request_fingerprint({"b": 2, "a": 1})
     assert request_fingerprint({"a": 1}) != request_fingerprint({"a": 2})
 
-
-def test_foreign_cursors_are_a_bad_request():
-    with pytest.raises(BadRequest):
-        decode_cursor("not-a-cursor")
