@@ -43,12 +43,6 @@ def openapi_json() -> Response:
     return json_response(current_app.api_doc)
 
 
-@bp.get("/")
-def index() -> Response:
-    """A person opening the base URL gets the docs."""
-    return redirect("/docs", 302)
-
-
 @bp.get("/docs")
 def docs() -> Response:
     return redirect("/openapi/swagger")

@@ -97,10 +97,10 @@ def test_problem_types_are_pages_served_here(app):
     assert missing.get_json()["type"] == "/problems/not_found"
 
 
-def test_the_base_url_leads_to_the_docs_and_a_wrong_method_says_what_is_allowed(app):
+def test_the_base_url_leads_to_the_dashboard_and_a_wrong_method_says_what_is_allowed(app):
     client = app.test_client()
     root = client.get("/")
-    assert root.status_code == 302 and root.headers["Location"] == "/docs"
+    assert root.status_code == 302 and root.headers["Location"] == "/ui/"
     wrong = client.post("/healthz")
     assert wrong.status_code == 405 and wrong.mimetype == "application/problem+json"
     assert wrong.get_json()["type"] == "/problems/method_not_allowed"
