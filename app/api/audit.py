@@ -6,11 +6,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.context import caller, db
 from app.api.responses import Response, json_response
-from app.api.schemas import Problem
+from app.api.schemas import NO_NUL, Problem
+from app.api.usage_schemas import iso_only
 from app.services import audit
 
 tag = Tag(name="audit", description="The append-only record of changes in your tenant.")
@@ -23,9 +24,15 @@ class AuditQuery(BaseModel):
 
     limit: int = Field(default=20, ge=1, le=200)
     after: int | None = Field(default=None, ge=1, description="`last_id` of the previous page.")
-    action: str | None = Field(default=None, max_length=64, description="e.g. `job.cancel`")
-    target_id: str | None = Field(default=None, max_length=200)
-    since: datetime | None = Field(default=None, description="Only events at or after this.")
+    action: str | None = Field(default=None, max_length=64, pattern=NO_NUL, description="e.g. `job.cancel`")
+    target_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    since: datetime | None = Field(default=None, description="ISO 8601: only events at or "
+                                   "after this.")
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _iso_only(cls, value: Any) -> Any:
+        return iso_only(value)
 
 
 class AuditEventOut(BaseModel):

@@ -100,7 +100,7 @@ class FormatQuery(BaseModel):
 
 UploadFormat = Literal["csv", "jsonl", "parquet", "csv.gz", "jsonl.gz"]
 UploadPurpose = Literal["input", "batch"]
-FilePurpose = Literal["input", "batch", "output", "errors", "retry_input"]
+FilePurpose = Literal["input", "batch", "output", "errors", "retry_input", "batch_rows"]
 
 
 class FormModel(BaseModel):
@@ -164,8 +164,10 @@ class LongListQuery(ListQuery):
 class FileQuery(ListQuery):
     purpose: FilePurpose | None = Field(default=None, description="Uploads are `input` or "
                                                                   "`batch`; Kiln writes "
-                                                                  "`output`, `errors` and "
-                                                                  "`retry_input`.")
+                                                                  "`output`, `errors`, "
+                                                                  "`retry_input` and (an OpenAI "
+                                                                  "batch's lines as rows) "
+                                                                  "`batch_rows`.")
 
 
 class FileOut(BaseModel):

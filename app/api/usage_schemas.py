@@ -12,6 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
+def iso_only(value: Any) -> Any:
+    """ISO 8601, as the schema says: pydantic alone would read `0.5` as Unix seconds."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and NUMBER.match(value)):
+        raise ValueError("an ISO 8601 date-time, e.g. 2026-12-01T00:00:00Z")
+    return value
+
+
 class JobUsage(BaseModel):
     """What a job's kept results cost: rows scored (completed and failed), model seconds, the
     bytes of its input rows and of its result and error rows."""
@@ -32,10 +39,7 @@ class UsageQuery(BaseModel):
     @field_validator("start", "end", mode="before")
     @classmethod
     def _iso_only(cls, value: Any) -> Any:
-        """ISO 8601, as the schema says: pydantic alone would read `0.5` as Unix seconds."""
-        if isinstance(value, (int, float)) or (isinstance(value, str) and NUMBER.match(value)):
-            raise ValueError("an ISO 8601 date-time, e.g. 2026-12-01T00:00:00Z")
-        return value
+        return iso_only(value)
 
 
 class UsageLimits(BaseModel):
