@@ -55,7 +55,9 @@ pool AS (  -- each tenant's next jobs, the jobs nearest their deadline, the want
      ORDER BY j.expires_at LIMIT :max_jobs)
     UNION
     SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at FROM jobs j
-    WHERE j.id = :job_id),
+    WHERE j.id = :job_id  -- only while claimable: a started one would rank first and fill claims
+      AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()
+                                   AND j.attempt < :max_attempts))),
 ranked AS (  -- wanted, urgent, then priority; within a priority, by the rows of its tenant so far
     SELECT id, total_count, row_number() OVER (
                ORDER BY id = :job_id DESC,
