@@ -132,6 +132,15 @@ FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
 WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
 """)
 
+# Any small inline job waiting on a queue: the partial indexes hold only queued jobs, and the
+# first match ends the scan (the claim that follows ranks the model's jobs properly).
+WAITING_SMALL = text("""
+SELECT id, model_id FROM jobs
+WHERE status = 'queued' AND kind = 'inline' AND total_count <= :max_rows
+  AND coalesce(options->>'queue', '') = :queue
+LIMIT 1
+""")
+
 REQUEST_CANCEL = text("""
 UPDATE jobs SET status = 'cancelling' WHERE id = :job_id AND status = 'running' RETURNING id
 """)
@@ -263,6 +272,11 @@ def cancel_now(session: Session, job_id: uuid.UUID, current: str) -> list[Ended]
 def request_cancel(session: Session, job_id: uuid.UUID) -> bool:
     """Ask whoever scores a running job to stop at its next batch."""
     return session.execute(REQUEST_CANCEL, {"job_id": job_id}).first() is not None
+
+
+def waiting_small_job(session: Session, queue: str | None, max_rows: int):
+    """(id, model id) of one queued inline job of at most `max_rows` rows on `queue`, or None."""
+    return session.execute(WAITING_SMALL, {"queue": queue or "", "max_rows": max_rows}).first()
 
 
 def message_target(session: Session, job_id: uuid.UUID):
