@@ -65,6 +65,10 @@ class Tuning(BaseModel):
     chunk_rows: int = Field(default=50_000, description="rows per chunk of a file job")
     file_batch_rows: int = Field(
         default=8192, description="rows a file chunk parses and scores at once (tabular models)")
+    small_job_check_ms: float = Field(
+        default=20.0, ge=0,
+        description="a worker scoring a file chunk looks this often, between its batches, for "
+                    "small inline jobs waiting, and scores them first; 0 = never")
     text_bucket_rows: int = Field(
         default=1024, description="rows of a file chunk a text model sorts by token length at "
                                   "once, to batch similar lengths together")

@@ -55,7 +55,9 @@ pool AS (  -- each tenant's next jobs, the jobs nearest their deadline, the want
      ORDER BY j.expires_at LIMIT :max_jobs)
     UNION
     SELECT j.id, j.tenant_id, j.total_count, j.priority, j.created_at, j.expires_at FROM jobs j
-    WHERE j.id = :job_id),
+    WHERE j.id = :job_id  -- only while claimable: a started one would rank first and fill claims
+      AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()
+                                   AND j.attempt < :max_attempts))),
 ranked AS (  -- wanted, urgent, then priority; within a priority, by the rows of its tenant so far
     SELECT id, total_count, row_number() OVER (
                ORDER BY id = :job_id DESC,
@@ -128,6 +130,15 @@ RENEW = text("""
 UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
 FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
 WHERE j.id = v.id AND j.attempt = v.attempt AND j.status IN ('running', 'cancelling')
+""")
+
+# Any small inline job waiting on a queue: the partial indexes hold only queued jobs, and the
+# first match ends the scan (the claim that follows ranks the model's jobs properly).
+WAITING_SMALL = text("""
+SELECT id, model_id FROM jobs
+WHERE status = 'queued' AND kind = 'inline' AND total_count <= :max_rows
+  AND coalesce(options->>'queue', '') = :queue
+LIMIT 1
 """)
 
 REQUEST_CANCEL = text("""
@@ -261,6 +272,11 @@ def cancel_now(session: Session, job_id: uuid.UUID, current: str) -> list[Ended]
 def request_cancel(session: Session, job_id: uuid.UUID) -> bool:
     """Ask whoever scores a running job to stop at its next batch."""
     return session.execute(REQUEST_CANCEL, {"job_id": job_id}).first() is not None
+
+
+def waiting_small_job(session: Session, queue: str | None, max_rows: int):
+    """(id, model id) of one queued inline job of at most `max_rows` rows on `queue`, or None."""
+    return session.execute(WAITING_SMALL, {"queue": queue or "", "max_rows": max_rows}).first()
 
 
 def message_target(session: Session, job_id: uuid.UUID):

@@ -7,6 +7,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import func, select, text
@@ -324,3 +325,28 @@ def test_inline_batches_honour_the_models_max_batch_size(make_stack):
     finally:
         api.stop()
 
+
+
+def test_a_higher_priority_job_starts_before_lower_ones_queued_earlier(make_stack):
+    """Jobs at priorities 0, 0, 5 queued while no worker runs, one job per claim: the message's
+    own job starts first, then the drain takes the high-priority job before the other low one
+    (a started job must not keep its rank and fill the next claims with nothing)."""
+    iso = make_stack(KILN_TUNING__MAX_JOBS_PER_CLAIM="1", KILN_WORKER_CONCURRENCY="1")
+    iso.add_digits()
+    api = start_api(iso.env, iso.logdir)
+    try:
+        client = KilnClient(api.url, iso.create_key())
+        first, low, high = (client.submit("digits", slow_records(1, seed=i), priority=p)["id"]
+                            for i, p in enumerate((0, 0, 5)))
+        worker = start_worker(iso.env, iso.logdir)
+        try:
+            done = {job_id: client.wait(job_id, timeout_seconds=60, poll_seconds=0.1)
+                    for job_id in (first, low, high)}
+        finally:
+            worker.stop()
+        assert {job["status"] for job in done.values()} == {"succeeded"}
+        started = {job_id: datetime.fromisoformat(job["started_at"])
+                   for job_id, job in done.items()}
+        assert started[first] <= started[high] < started[low], started
+    finally:
+        api.stop()

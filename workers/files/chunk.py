@@ -20,6 +20,7 @@ from workers.files.phases import dispatch_next
 from workers.leases import PhaseLease
 from workers.runtime.clocked import ClockedModel
 from workers.scoring import RowContext, score_batch, score_columns
+from workers.small_jobs import SmallJobs
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class ChunkRun:
     file_rows: int  # the whole input's, to share its bytes among the chunks
     input_uri: str  # the input, or the staging copy of a compressed input (`decoded_uri`)
     output_format: str
+    small_jobs: SmallJobs  # scored between batches, so they never wait for this chunk
     completed: int = 0
     failed: int = 0
     bytes_out: int = 0
@@ -97,7 +99,8 @@ class ChunkRun:
                    source, ClockedModel(model), dict(model_row.signature),
                    context.batch_size(dict(model_row.processing)),
                    RowContext(options.get("id_column"), tuple(options.get("keep_columns") or ())),
-                   job.total_count, decoded or source.uri, options.get("output_format", "jsonl"))
+                   job.total_count, decoded or source.uri, options.get("output_format", "jsonl"),
+                   SmallJobs(context, options.get("queue")))
 
     @property
     def columnar(self) -> bool:
@@ -145,6 +148,7 @@ class ChunkRun:
             self.failed += handles["errors"].write(errors)
             if not self.still_wanted():
                 return False
+            self.small_jobs.serve()
         self.bytes_out = sum(handle.sink.tell() for handle in handles.values())
         return True
 
