@@ -136,8 +136,20 @@ def error_row(tag: dict[str, Any], code: str, message: str) -> dict[str, Any]:
     return {**tag, "error_code": code, "error_message": message}
 
 
+def run_arrays_batched(model: Any, matrix: np.ndarray,
+                       batch_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model over `matrix` in calls of at most `batch_rows` rows (the model's batch size:
+    what a GPU's memory or a fixed batch dimension allows), as one pair of arrays."""
+    if len(matrix) <= batch_rows:
+        return model.run_arrays(matrix)
+    parts = [model.run_arrays(matrix[at:at + batch_rows])
+             for at in range(0, len(matrix), batch_rows)]
+    return (np.concatenate([labels for labels, _ in parts]),
+            np.concatenate([probabilities for _, probabilities in parts]))
+
+
 def score_columns(batch: Batch, model: Any, signature: dict[str, Any],
-                  context: RowContext) -> tuple[pa.Table, list[dict]] | None:
+                  context: RowContext, batch_rows: int) -> tuple[pa.Table, list[dict]] | None:
     """`score_batch` column by column for a table batch of a tabular model: the output rows as
     one Arrow table (row_index, the id column, `output` {label, probabilities}) with no Python
     object per row. None when this path does not apply or the model raised on the batch: the
@@ -150,7 +162,8 @@ def score_columns(batch: Batch, model: Any, signature: dict[str, Any],
     keep[np.searchsorted(rows, [e.row for e in bad])] = False
     picked = np.flatnonzero(keep)
     try:
-        labels, probabilities = model.run_arrays(matrix[picked] if len(bad) else matrix)
+        labels, probabilities = run_arrays_batched(
+            model, matrix[picked] if len(bad) else matrix, batch_rows)
     except Exception:  # noqa: BLE001 - the row path finds and reports the rows that fail
         return None
     if probabilities.ndim != 2 or len(labels) != len(picked):

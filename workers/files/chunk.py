@@ -142,7 +142,8 @@ class ChunkRun:
         strings = (self.rows.id_column,) if self.rows.id_column else ()
         for batch in reader.read(self.plan, self.read_rows, string_columns=strings):
             lease.check()
-            scored = self.columnar and score_columns(batch, self.model, self.signature, self.rows)
+            scored = self.columnar and score_columns(batch, self.model, self.signature, self.rows,
+                                                     self.batch_rows)
             results, errors = scored or score_batch(batch, self.model, self.signature, self.rows)
             self.completed += handles["results"].write(results)
             self.failed += handles["errors"].write(errors)
