@@ -2,7 +2,6 @@
 
 import signal
 import subprocess
-import time
 
 import httpx
 import orjson
@@ -28,6 +27,27 @@ def start_up(env):
 
     wait_for(ready, timeout=120, interval=0.3, message="kiln up to be ready")
     return process
+
+
+def lingering(pids: list[int], timeout: float = 15.0) -> list[str]:
+    """The processes of `pids` still alive (not zombies) after `timeout`: a server's last
+    backends may take a moment past their parent's exit on a loaded machine, which is not
+    being left behind."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    left = []
+    for proc in alive:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            pass
+    return left
 
 
 def stop_up(process) -> list[int]:
@@ -56,9 +76,8 @@ def test_kiln_up_runs_everything_embedded_and_reuses_its_data(tmp_path):
         assert job["status"] == "succeeded"
     finally:
         children = stop_up(up)
-    time.sleep(0.5)
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in children), "kiln up left processes behind"
+    left = lingering(children)
+    assert not left, f"kiln up left processes behind: {left}"
     assert not (home / "services.json").exists()
 
     up = start_up(env)  # the same home: the same database, the job is still there

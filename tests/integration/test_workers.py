@@ -232,7 +232,9 @@ def test_a_claim_scored_in_its_own_transaction_writes_nothing_if_killed_and_is_l
 def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stack):
     """SIGTERM as docker-compose.yml and deploy/k8s send it, remapped to Celery's cold shutdown
     (REMAP_SIGTERM=SIGQUIT): the task gets KILN_SOFT_SHUTDOWN_SECONDS, not the time it needs."""
-    with slow_model_stack(make_stack, worker_env={"REMAP_SIGTERM": "SIGQUIT"},
+    # hidden=2048: about 7 s of model time on an idle 2-core machine, well past the 3 s limit
+    # (at 1024 an idle CI machine finished the job before the signal landed)
+    with slow_model_stack(make_stack, hidden=2048, worker_env={"REMAP_SIGTERM": "SIGQUIT"},
                           KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1",
                           KILN_SOFT_SHUTDOWN_SECONDS="3") as (iso, name, client, worker):
         total = 6000
