@@ -29,10 +29,13 @@ def to_json(value) -> str:
         raise InvalidInput(f"a value cannot be stored as JSON: {exc}") from None
 
 
-def make_engine(settings: Settings, **kwargs) -> Engine:
+def make_engine(settings: Settings, *, name: str = "kiln", **kwargs) -> Engine:
+    """An engine whose connections carry `name` as their Postgres application_name, so that
+    `pg_stat_activity` tells an operator which of Kiln's processes holds each connection."""
     options = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10,
                "json_serializer": to_json,
-               "json_deserializer": orjson.loads}
+               "json_deserializer": orjson.loads,
+               "connect_args": {"application_name": name}}
     options.update(kwargs)
     # JSON that psycopg parses itself (jsonb in the rows of text() statements, e.g. a claim's
     # inputs) goes through orjson too: several times faster than the standard library.

@@ -59,7 +59,7 @@ def worker_context(settings: Settings, require_gpu: bool = False) -> WorkerConte
     pid = os.getpid()
     context = _contexts.get(pid)
     if context is None:
-        engine = make_engine(settings, pool_size=2, max_overflow=2)
+        engine = make_engine(settings, name="kiln-worker", pool_size=2, max_overflow=2)
         context = WorkerContext(settings=settings, sessions=make_sessionmaker(engine),
                                 publisher=Publisher(settings),
                                 drains=DrainFlags(settings.redis_url),

@@ -241,7 +241,8 @@ class WebhookDispatcher:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.concurrency = settings.webhook_concurrency
-        engine = make_engine(settings, pool_size=2, max_overflow=self.concurrency)
+        engine = make_engine(settings, name="kiln-webhooks", pool_size=2,
+                             max_overflow=self.concurrency)
         self.sessions = make_sessionmaker(engine)
         self.box = SecretBox.from_settings(settings)
         self.policy = url_policy(settings)

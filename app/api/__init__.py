@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     # A pooled connection per request thread: a pool smaller than the thread count closes the
     # connections it has no room for when they come back, and a burst of polls then opened a
     # new Postgres session (a backend fork) for every few requests.
-    engine = make_engine(settings, pool_size=settings.api_threads)
+    engine = make_engine(settings, name="kiln-api", pool_size=settings.api_threads)
     app.extensions["kiln"] = ApiContext.build(settings, make_sessionmaker(engine))
     if settings.metrics_enabled:  # first, so that it times the other hooks and what they answer
         metrics.init_app(app, app.extensions["kiln"].sessions)

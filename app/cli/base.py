@@ -30,7 +30,7 @@ def cli(ctx: click.Context) -> None:
 def sessions(settings: Settings):
     from app.db import make_engine, make_sessionmaker
 
-    return make_sessionmaker(make_engine(settings, pool_size=1))
+    return make_sessionmaker(make_engine(settings, name="kiln-cli", pool_size=1))
 
 
 def client(ctx: click.Context):

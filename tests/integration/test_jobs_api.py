@@ -1,5 +1,6 @@
 """Journey 1 over HTTP against real `kiln api` and `kiln worker` processes."""
 
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -271,7 +272,8 @@ def test_models_list_digits_with_its_accuracy(client):
 def test_a_burst_of_polls_reuses_pooled_connections(stack, client):
     """Each API request thread keeps a pooled Postgres connection: a burst of concurrent polls
     opens no new database sessions once the pools are warm (a pool smaller than the thread count
-    used to close and reopen connections, a backend fork every few requests)."""
+    used to close and reopen connections, a backend fork every few requests). The API's
+    connections are told apart from the worker's by their application_name."""
     job = client.submit("digits", heldout(1)[0])
 
     def burst() -> None:
@@ -284,17 +286,33 @@ def test_a_burst_of_polls_reuses_pooled_connections(stack, client):
         with ThreadPoolExecutor(16) as pool:  # more connections than API threads in all
             list(pool.map(poll, range(16)))
 
-    database = stack.settings.database_url.rsplit("/", 1)[1]
     with psycopg.connect(stack.settings.database_url, autocommit=True) as conn:
-        def sessions_opened() -> int:
-            conn.execute("SELECT pg_stat_force_next_flush()")
-            # a session is counted when its backend reports its stats: at the latest when it
-            # exits, which is what a closed pool connection does
-            return conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s",
-                                (database,)).fetchone()[0]
+        def api_backends() -> set[int]:
+            rows = conn.execute("SELECT pid FROM pg_stat_activity "
+                                "WHERE application_name = 'kiln-api' "
+                                "AND datname = current_database()").fetchall()
+            return {pid for (pid,) in rows}
 
         burst()  # fills the pools
-        before = sessions_opened()
-        burst()
-        time.sleep(1.5)  # Postgres folds a backend's counters into the view at most once a second
-        assert sessions_opened() - before <= 2
+        warm = api_backends()
+        assert warm, "the API's connections carry application_name kiln-api"
+        seen: set[int] = set()
+        done = threading.Event()
+
+        def sample() -> None:  # a connection opened and closed within the burst is seen here
+            with psycopg.connect(stack.settings.database_url, autocommit=True) as watcher:
+                while not done.is_set():
+                    seen.update(pid for (pid,) in watcher.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = 'kiln-api' "
+                        "AND datname = current_database()").fetchall())
+                    time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            burst()
+        finally:
+            done.set()
+            sampler.join()
+        seen |= api_backends()
+        assert len(seen - warm) <= 2, f"{len(seen - warm)} new API connections in a warm burst"
