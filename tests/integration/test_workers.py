@@ -236,7 +236,11 @@ def test_sigterm_stops_a_worker_gracefully_and_nothing_is_half_written(make_stac
     # limit (6,000 rows at 1024 with a 3 s limit finished before the cut on an idle machine)
     with slow_model_stack(make_stack, hidden=2048, worker_env={"REMAP_SIGTERM": "SIGQUIT"},
                           KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1",
-                          KILN_SOFT_SHUTDOWN_SECONDS="1") as (iso, name, client, worker):
+                          KILN_SOFT_SHUTDOWN_SECONDS="1",
+                          # a loaded 2-core machine can delay a 2 s lease's heartbeat: this test
+                          # is about the shutdown, not about leases
+                          KILN_LEASE_SECONDS="6", KILN_MAX_ATTEMPTS="6"
+                          ) as (iso, name, client, worker):
         total = 10_000
         job = client.submit(name, slow_records(total))
         wait_for(lambda: client.job(job["id"])["request_counts"]["completed"] > 0, timeout=60,
