@@ -220,12 +220,15 @@ def batch_links() -> tuple[Link, ...]:
 
 
 def instrument_engine(engine: Any) -> None:
-    """A client span for each statement the engine runs (while tracing is on)."""
+    """A client span for each statement the engine runs inside a trace (while tracing is on):
+    a background pass's statements (the reconciler's, the webhook dispatcher's polls) are none."""
     if not _active:
         return
     from sqlalchemy import event
 
     def before(_conn, _cursor, statement, _params, execution, _many):
+        if not trace.get_current_span().get_span_context().is_valid:
+            return
         verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
         span = tracer().start_span(f"db {verb}", kind=SpanKind.CLIENT, attributes={
             "db.system.name": "postgresql", "db.query.text": statement[:1000]})

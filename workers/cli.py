@@ -128,10 +128,12 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     if not no_reconciler:
         @signals.worker_ready.connect(weak=False)
         def start_reconciler(**_kwargs) -> None:
+            from app import tracing
             from workers.context import worker_context
             from workers.reconciler import ReconcilerThread
             from workers.webhooks import WebhookDispatcher
 
+            tracing.configure("kiln-worker")  # webhook deliveries are spans in their job's trace
             context = worker_context(settings)
             ReconcilerThread(context.sessions, context.publisher,
                              interval_seconds=settings.reconcile_interval_seconds,
