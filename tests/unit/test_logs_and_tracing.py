@@ -53,6 +53,17 @@ def test_secrets_are_masked_in_both_formats(make):
     assert "kiln_0123abcd_***" in text and "whsec_***" in text and "Bearer ***" in text
 
 
+def test_the_default_format_is_text_on_a_terminal_and_json_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert logs.resolved_format(None, Terminal()) == "text"
+    assert logs.resolved_format(None, io.StringIO()) == "json"
+    assert logs.resolved_format("text", io.StringIO()) == "text"
+    assert logs.resolved_format("json", Terminal()) == "json"
+
+
 def test_traces_are_off_unless_the_standard_variables_ask():
     assert not tracing.requested({})
     assert not tracing.requested({"OTEL_TRACES_EXPORTER": "none",
