@@ -20,7 +20,7 @@ $(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py $(if $(V),-v)
 
 test: $(VENV)/.dev-installed
 	sh scripts/ensure_browser.sh

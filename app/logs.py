@@ -1,6 +1,7 @@
-"""Kiln's log lines: plain text (the default), or one JSON object per line
-(`KILN_LOG_FORMAT=json`) through structlog, for every logger in the process (Kiln's, Celery's,
-granian's, the libraries').
+"""Kiln's log lines: plain text, or one JSON object per line (`KILN_LOG_FORMAT=json`) through
+structlog, for every logger in the process (Kiln's, Celery's, granian's, the libraries'). Unset,
+`kiln api` and `kiln worker` write JSON when stderr is not a terminal (a service manager or a
+container collects it) and text when it is; `kiln up` asks its children for text.
 
 A JSON line carries what is known where it was logged: the request's `request_id`,
 `tenant_id` and `actor` (`app.origin`), and what a worker binds with `bind` (`job_id`, `chunk`,
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -70,6 +72,20 @@ def json_formatter() -> logging.Formatter:
 
 def text_formatter() -> logging.Formatter:
     return RedactingFormatter(TEXT_FORMAT)
+
+
+def resolved_format(fmt: str | None, stream: Any = None) -> str:
+    """KILN_LOG_FORMAT when set; else text on a terminal and json anywhere else."""
+    if fmt:
+        return fmt
+    isatty = getattr(stream if stream is not None else sys.stderr, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+def quiet_task_lines() -> None:
+    """Leave out Celery's line per task received and succeeded (its errors stay)."""
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def formatter_config(fmt: str) -> dict[str, Any]:

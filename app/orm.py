@@ -177,6 +177,9 @@ class Job(Base):
     results_expire_at: Mapped[datetime | None]
     results_expired_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
+    # The W3C trace context of the submit (JSON `traceparent`/`tracestate`) while tracing is on:
+    # workers, webhooks and shared model batches continue or link to it (app.tracing).
+    trace_context: Mapped[str | None] = mapped_column(Text)
 
 
 class JobResult(Base):

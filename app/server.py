@@ -29,6 +29,8 @@ class ApiServer:
         from granian.http import HTTP1Settings
         from granian.log import LOGGING_CONFIG, LogLevels
 
+        from app.logs import resolved_format
+
         self.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
         self.options: dict[str, Any] = {
             # each worker process builds the app from the environment, as `kiln api` does
@@ -40,7 +42,7 @@ class ApiServer:
             "respawn_interval": 1.0, "log_access": False,
             "log_level": LogLevels(settings.log_level.lower()),
             "log_dictconfig": logging_config(LOGGING_CONFIG, settings.log_level,
-                                             settings.log_format),
+                                             resolved_format(settings.log_format)),
         }
 
     def run(self) -> None:

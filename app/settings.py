@@ -181,8 +181,9 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = 3600
     soft_shutdown_seconds: float = 10.0
     log_level: str = "INFO"
-    log_format: Literal["text", "json"] = Field(
-        default="text", description="json: one JSON object per line with request_id, job_id...")
+    log_format: Literal["text", "json"] | None = Field(
+        default=None, description="json: one JSON object per line with request_id, job_id...; "
+        "unset: json for kiln api/worker outside a terminal, text in one and under kiln up")
     tuning: Tuning = Field(default_factory=Tuning, description="see `Tuning` and docs/tuning.md")
     secret_key: str | None = Field(default=None, description="Encrypts stored webhook secrets; "
                                    "unset: generated once into $KILN_HOME/secret.key")

@@ -1,6 +1,7 @@
 """`make demo`: start Kiln embedded, score held-out digits as a client would, print, stop.
 
-Everything goes through the `kiln` command line, exactly as a user would type it.
+Everything goes through the `kiln` command line, exactly as a user would type it. Kiln's own
+progress lines show; `-v` (`make demo V=1`) adds the worker's chatter (`kiln up -v`).
 """
 
 from __future__ import annotations
@@ -110,14 +111,17 @@ def dashboard_banner(env: dict[str, str]) -> str:
             f"Sign in with the API key: {env['KILN_API_KEY']}\n")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    verbose = bool({"-v", "--verbose"} & set(argv))
     port = pick_port(8000)
     env = {k: v for k, v in os.environ.items()
            if k not in ("KILN_DATABASE_URL", "KILN_REDIS_URL")}
     env.update({"KILN_HOME": str(ROOT / ".kiln"), "KILN_API_PORT": str(port),
                 "KILN_API_URL": f"http://127.0.0.1:{port}", "KILN_WORKER_CONCURRENCY": "1"})
-    print(f"$ kiln up   (embedded Postgres + Redis under {env['KILN_HOME']})", flush=True)
-    up = subprocess.Popen([*KILN, "up"], env=env)
+    up_args = ["up", *(["-v"] if verbose else [])]
+    print(f"$ kiln {' '.join(up_args)}   (embedded Postgres + Redis under {env['KILN_HOME']})",
+          flush=True)
+    up = subprocess.Popen([*KILN, *up_args], env=env)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -175,4 +179,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

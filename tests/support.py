@@ -201,6 +201,8 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1, message: str
 
 def test_env(base: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    # the tests read text lines from logs written to files (unset, a file gets JSON)
+    env["KILN_LOG_FORMAT"] = "text"
     env.update(base)
     env["PYTHONUNBUFFERED"] = "1"
     return env

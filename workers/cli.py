@@ -78,13 +78,18 @@ def models_optimize(ctx: click.Context, name: str, variants: tuple[str, ...], ve
         raise click.ClickException(exc.detail) from None
 
 
-def configure_logging(level: str, fmt: str = "text") -> None:
-    """Kiln's format for every logger; with json, Celery's too (it then leaves logging alone)."""
-    from app.logs import configure
+def configure_logging(level: str, fmt: str | None = None, chatter: bool = True) -> str:
+    """Kiln's format for every logger (KILN_LOG_FORMAT, else by whether stderr is a terminal);
+    with json, Celery's too (it then leaves logging alone). Returns the format."""
+    from app.logs import configure, quiet_task_lines, resolved_format
 
+    fmt = resolved_format(fmt)
     configure(level, fmt)
     if fmt == "json":
         signals.setup_logging.connect(lambda **_: configure(level, fmt), weak=False)
+    if not chatter:
+        quiet_task_lines()
+    return fmt
 
 
 def configure_tracing() -> None:
@@ -100,9 +105,12 @@ def configure_tracing() -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Prefork children.")
 @click.option("--no-reconciler", is_flag=True,
               help="Do not run the reconciler loop and the webhook dispatcher here.")
+@click.option("--chatter/--no-chatter", default=True,
+              help="Celery's banner and its line per task received and succeeded (kiln up "
+                   "leaves them out unless -v).")
 @click.pass_context
 def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
-           no_reconciler: bool) -> None:
+           no_reconciler: bool, chatter: bool) -> None:
     """Run a Celery worker (and the reconciler loop)."""
     from workers.celery_app import create_celery
     from workers.runtime.onnx import check_cuda_active
@@ -120,7 +128,7 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     threads = settings.ort_threads or max(1, cpus() // concurrency)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
-    configure_logging(settings.log_level, settings.log_format)
+    log_format = configure_logging(settings.log_level, settings.log_format, chatter)
     configure_tracing()
     apply_cpu_policy(settings.tuning.cpu_policy)  # inherited by the prefork children and their threads
     celery = create_celery(settings, require_gpu=require_gpu)
@@ -128,10 +136,12 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     if not no_reconciler:
         @signals.worker_ready.connect(weak=False)
         def start_reconciler(**_kwargs) -> None:
+            from app import tracing
             from workers.context import worker_context
             from workers.reconciler import ReconcilerThread
             from workers.webhooks import WebhookDispatcher
 
+            tracing.configure("kiln-worker")  # webhook deliveries are spans in their job's trace
             context = worker_context(settings)
             ReconcilerThread(context.sessions, context.publisher,
                              interval_seconds=settings.reconcile_interval_seconds,
@@ -145,7 +155,7 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
     from workers.metrics_server import worker_metrics
 
     with worker_metrics(settings):
-        celery.worker_main([*(["--quiet"] if settings.log_format == "json" else []),
+        celery.worker_main([*(["--quiet"] if log_format == "json" or not chatter else []),
                             "worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
                             "--loglevel", settings.log_level, "--without-gossip",
                             "--without-mingle", "--hostname", f"kiln-{queues}-{os.getpid()}@%h"])
@@ -171,10 +181,13 @@ def reconcile(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--port", type=int, default=None, help="API port (default $KILN_API_PORT).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also the worker's chatter: Celery's banner and a line per task.")
 @click.pass_context
-def up(ctx: click.Context, port: int | None) -> None:
+def up(ctx: click.Context, port: int | None, verbose: bool) -> None:
     """Run everything on one machine: embedded Postgres and Redis if none are configured,
-    migrations, the demo model, the API and a worker. What dies is restarted; Ctrl-C stops it all."""
+    migrations, the demo model, the API and a worker. What dies is restarted; Ctrl-C stops it all.
+    Logs are readable lines (KILN_LOG_FORMAT=text unless set)."""
     from app.migrate import upgrade
     from workers.supervisor import ChildProcess, GaveUp, Supervisor, become_subreaper
 
@@ -190,10 +203,11 @@ def up(ctx: click.Context, port: int | None) -> None:
         settings = with_embedded_services(settings, supervisor)
         upgrade(settings)
         err.print(add_demo_model(settings, "digits", only_if_missing=True))
-        env = {**os.environ, "KILN_DATABASE_URL": settings.database_url,
-               "KILN_REDIS_URL": settings.redis_url, "KILN_HOME": str(settings.home.resolve()),
-               "KILN_WEBHOOK_ALLOW_PRIVATE": "true"}
-        supervisor.start(ChildProcess("worker", ["worker"], env))
+        env = {"KILN_LOG_FORMAT": "text", **os.environ,
+               "KILN_DATABASE_URL": settings.database_url, "KILN_REDIS_URL": settings.redis_url,
+               "KILN_HOME": str(settings.home.resolve()), "KILN_WEBHOOK_ALLOW_PRIVATE": "true"}
+        supervisor.start(ChildProcess("worker", ["worker", "--chatter" if verbose
+                                                 else "--no-chatter"], env))
         supervisor.start(ChildProcess("api", ["api", "--port", str(port)], env, url=url))
         err.print(f"[bold green]Kiln is up.[/] API {url}  docs {url}/docs  (Ctrl-C stops it; "
                   f"`kiln status` shows its services)")

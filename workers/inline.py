@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import tracing
 from app.domain.batching import batches, run_isolated
 from app.errors import describe_error
 from app.store import jobs as job_store
@@ -76,9 +77,11 @@ def job_rows(jobs: Sequence[ClaimedJob]) -> list[Row]:
 
 
 def score(model, rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """One model call for the rows; a row that makes the model raise gets an error alone."""
-    return run_isolated(rows, lambda items: model.run([r.record for r in items]),
-                        lambda _row, exc: error_output(exc))
+    """One model call for the rows; a row that makes the model raise gets an error alone.
+    While tracing is on, each call's span links to the trace of every job it scores."""
+    with tracing.linking(row.job.trace_context for row in rows):
+        return run_isolated(rows, lambda items: model.run([r.record for r in items]),
+                            lambda _row, exc: error_output(exc))
 
 
 def error_output(exc: Exception) -> dict[str, Any]:

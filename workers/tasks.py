@@ -29,21 +29,36 @@ def request_id(request) -> str | None:
 
 
 @contextmanager
-def job_context(request, job_id: str, chunk: int | None = None) -> Iterator[None]:
+def job_context(task, job_id: str, chunk: int | None = None) -> Iterator[None]:
     """The message's job (and chunk) on every log line inside, and its request id on those
-    lines and on the messages published inside (the chunks a validated file job fans out)."""
+    lines and on the messages published inside (the chunks a validated file job fans out);
+    while tracing is on, a span in the job's trace (its stored context, `app.tracing`)."""
+    request = task.request
     known = request_id(request)
     token = origin.set_origin(request_id=known)
-    carrier = {name: value for name in ("traceparent", "tracestate")
+    carrier = {name: value for name in tracing.CARRIED
                if isinstance(value := getattr(request, name, None), str)}
     try:
         with logs.bound(job_id=job_id, chunk=chunk, request_id=known, worker=request.hostname), \
                 tracing.continued(carrier, "kiln.run_chunk" if chunk is not None
-                                  else "kiln.run_job", SpanKind.CONSUMER, job_id=job_id,
-                                  chunk=chunk):
+                                  else "kiln.run_job", SpanKind.CONSUMER,
+                                  stored=lambda: stored_trace_context(task, job_id),
+                                  job_id=job_id, chunk=chunk):
             yield
     finally:
         origin.reset(token)
+
+
+def stored_trace_context(task, job_id: str) -> str | None:
+    """The trace context the job was submitted in (read only while tracing is on)."""
+    try:
+        wanted = uuid.UUID(job_id)
+    except ValueError:
+        return None
+    context = worker_context(task.app.kiln_settings,
+                             require_gpu=getattr(task.app, "kiln_require_gpu", False))
+    with context.sessions() as session:
+        return job_store.trace_context(session, wanted)
 
 
 @shared_task(name=RUN_JOB, bind=True)
@@ -54,7 +69,7 @@ def run_job(self, job_id: str, helper: bool = False) -> dict | None:
     except ValueError:
         log.error("ignoring a message with a malformed job id %r", job_id)
         return None
-    with job_context(self.request, job_id):
+    with job_context(self, job_id):
         return _run_job(self, wanted, helper)
 
 
@@ -80,7 +95,7 @@ def run_chunk(self, job_id: str, index: int) -> dict | None:
     context = worker_context(self.app.kiln_settings,
                              require_gpu=getattr(self.app, "kiln_require_gpu", False))
     try:
-        with job_context(self.request, job_id, index):
+        with job_context(self, job_id, index):
             outcome = files.run_chunk(context, uuid.UUID(job_id), int(index))
     except Exception:
         metrics.count_chunk("error")

@@ -23,11 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
+from opentelemetry.trace import SpanKind
 import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics
+from app import metrics, tracing
 from app.db import make_engine, make_sessionmaker
 from app.domain.signing import signature_headers
 from app.domain.ssrf import Resolver, Target, UnsafeUrl, UrlPolicy, check_url
@@ -60,6 +61,7 @@ class Claimed:
     url: str
     payload: dict[str, Any]
     attempt: int
+    trace_context: str | None = None  # the job's (app.tracing), read only while tracing is on
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,10 @@ def claim_deliveries(session: Session, load: Load, *, room: int,
     if not picked:
         return []
     attempts = deliveries.start_attempts(session, [r.id for r in picked], lease_seconds)
-    return [Claimed(r.id, r.tenant_id, r.endpoint_id, r.event_id, r.url, r.payload, attempts[r.id])
+    traces = deliveries.trace_contexts(session, [r.id for r in picked]) if tracing.active() \
+        else {}
+    return [Claimed(r.id, r.tenant_id, r.endpoint_id, r.event_id, r.url, r.payload, attempts[r.id],
+                    traces.get(r.id))
             for r in picked]
 
 
@@ -175,15 +180,31 @@ def pinned_request(url: str, target: Target) -> tuple[str, dict[str, str], dict[
 
 def post(claimed: Claimed, secret: str, target: Target, timeout_seconds: float,
          tls: ssl.SSLContext | None = None) -> Attempt:
-    """One signed POST: no redirects followed, any 2xx is success.
+    """One signed POST: no redirects followed, any 2xx is success. While tracing is on, a
+    `kiln.webhook.deliver` span in the job's trace, whose `traceparent` the receiver gets."""
+    if not tracing.active():
+        return send(claimed, secret, target, timeout_seconds, tls)
+    with tracing.continued({}, "kiln.webhook.deliver", SpanKind.CLIENT,
+                           stored=lambda: claimed.trace_context, delivery_id=str(claimed.id),
+                           event_id=claimed.event_id, attempt=claimed.attempt,
+                           **{"server.address": target.host}):
+        attempt = send(claimed, secret, target, timeout_seconds, tls, tracing.inject({}))
+        tracing.annotate(**{"http.response.status_code": attempt.status_code,
+                            "error.type": attempt.error and attempt.error[:100]})
+        return attempt
 
-    A fresh client per POST, so that a connection pinned for one host name is never reused for
-    another; `tls` is shared because building a context costs more than the request.
-    """
+
+def send(claimed: Claimed, secret: str, target: Target, timeout_seconds: float,
+         tls: ssl.SSLContext | None = None, trace_headers: dict[str, str] | None = None
+         ) -> Attempt:
+    """The POST itself. A fresh client per POST, so that a connection pinned for one host name
+    is never reused for another; `tls` is shared because building a context costs more than
+    the request."""
     body = orjson.dumps(claimed.payload)
     url, headers, extensions = pinned_request(claimed.url, target)
     headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT,
-                    **signature_headers(secret, claimed.event_id, int(time.time()), body)})
+                    **signature_headers(secret, claimed.event_id, int(time.time()), body),
+                    **(trace_headers or {})})
     started = time.perf_counter()
     try:
         with httpx.Client(timeout=timeout_seconds, follow_redirects=False, trust_env=False,

@@ -19,7 +19,8 @@ REQUEST_ID_HEADER = "kiln_request_id"
 
 def message_headers() -> dict[str, str] | None:
     """The publishing request's id, carried to the worker's log lines, and the trace context
-    (`traceparent`), continued by the worker's span (`workers.tasks`)."""
+    (`traceparent`), which the worker's span continues or links (`workers.tasks`); outside a
+    trace (the reconciler) there is none, and the worker continues the job's stored context."""
     request_id = origin.current().request_id
     headers = tracing.inject({REQUEST_ID_HEADER: request_id} if request_id else {})
     return headers or None
@@ -47,7 +48,8 @@ class Publisher:
         `workers.tasks.run_job`)."""
         try:
             for job_id in job_ids:
-                with tracing.span("kiln.publish run_job", SpanKind.PRODUCER, job_id=str(job_id)):
+                with tracing.span_in_trace("kiln.publish run_job", SpanKind.PRODUCER,
+                                           job_id=str(job_id)):
                     self.celery.send_task(RUN_JOB, kwargs={"job_id": str(job_id),
                                                            **({"helper": True} if helper
                                                               else {})},
@@ -62,8 +64,8 @@ class Publisher:
         try:
             for job_id, index, *routed in chunks:
                 target = (routed[0] if routed else None) or queue or self.queue
-                with tracing.span("kiln.publish run_chunk", SpanKind.PRODUCER,
-                                  job_id=str(job_id), chunk=index):
+                with tracing.span_in_trace("kiln.publish run_chunk", SpanKind.PRODUCER,
+                                           job_id=str(job_id), chunk=index):
                     self.celery.send_task(RUN_CHUNK,
                                           kwargs={"job_id": str(job_id), "index": index},
                                           queue=target, headers=message_headers())

@@ -18,6 +18,7 @@ from app.domain.states import JobStatus, cancel_target, is_terminal
 from app.domain.validation import check_records
 from app.errors import (Conflict, DatabaseUnavailable, InvalidInput, NotFound,
                         PayloadTooLarge, ResultsExpired)
+from app import tracing
 from app.groupcommit import GroupCommit
 from app.services.commands import (IN_SESSION, DeleteJob, Intake, RetryFailedRows, SubmitFileJob,
                                    SubmitJob)
@@ -203,7 +204,9 @@ def job_row(job: NewJob, audit: dict[str, Any] | None = None) -> tuple[uuid.UUID
 def _insert(session: Session, caller: Caller, job: NewJob, idempotency_key: str | None,
             fingerprint: str | None, writer: GroupCommit | None) -> tuple[Job | NewJob, bool]:
     """Write a new job: through `writer` (group commit, committed on return) or in `session`'s
-    transaction (committed with it). Its audit event is written by the same statement."""
+    transaction (committed with it). Its audit event is written by the same statement, and
+    its trace context (while tracing is on) is the submitting request's."""
+    job.trace_context = tracing.stored_context()
     row = job_row(job, audit.submit_fields(
         caller, "job.retry" if job.parent_id is not None else "job.submit"))
     if writer is None:

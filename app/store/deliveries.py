@@ -62,6 +62,11 @@ UPDATE webhook_deliveries SET failed_at = now(), sending_until = NULL,
 WHERE endpoint_id = :endpoint_id AND {PENDING}
 """)
 
+TRACE_CONTEXTS = text("""
+SELECT d.id, j.trace_context FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
+WHERE d.id = ANY(CAST(:ids AS uuid[])) AND j.trace_context IS NOT NULL
+""")
+
 NEXT_DUE = text(f"""
 SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM webhook_deliveries
 WHERE {PENDING} AND sending_until IS NULL
@@ -72,6 +77,11 @@ def due_deliveries(session: Session, *, per_host: int, per_tenant: int, scan: in
     """Lock due rows, oldest first, a few per receiver host and per tenant."""
     return session.execute(CANDIDATES, {"per_host": per_host, "per_tenant": per_tenant,
                                         "scan": scan}).all()
+
+
+def trace_contexts(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """{delivery id: its job's stored trace context}, for the deliveries that have one."""
+    return dict(session.execute(TRACE_CONTEXTS, {"ids": ids}).all())
 
 
 def start_attempts(session: Session, ids: list[uuid.UUID], lease_seconds: float) -> dict:

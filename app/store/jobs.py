@@ -84,7 +84,7 @@ budgeted AS (
     WHERE rows_before < :row_budget
 )
 SELECT j.id, j.tenant_id, j.attempt + 1 AS attempt, j.model_id, j.inputs, j.total_count,
-       b.position, j.attempt = 0 AND j.published_at IS NULL AS fresh
+       b.position, j.attempt = 0 AND j.published_at IS NULL AS fresh, j.trace_context
 FROM jobs j JOIN budgeted b ON j.id = b.id
 """)
 
@@ -173,6 +173,7 @@ class ClaimedJob:
     inputs: list[Any]
     total: int
     fresh: bool = False  # first try: never leased, never re-published
+    trace_context: str | None = None  # the submit's, linked from the model calls it shares
 
 
 def lock_inline(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budget: int,
@@ -188,7 +189,7 @@ def lock_inline(session: Session, job_id: uuid.UUID, *, max_jobs: int, row_budge
                                    "max_attempts": max_attempts,
                                    "urgent_seconds": urgent_seconds}).all()
     return [ClaimedJob(r.id, r.tenant_id, r.attempt, r.model_id, r.inputs or [], r.total_count,
-                       r.fresh)
+                       r.fresh, r.trace_context)
             for r in sorted(rows, key=lambda r: r.position)]
 
 
@@ -285,6 +286,11 @@ def message_target(session: Session, job_id: uuid.UUID):
     return session.execute(
         select(Job.kind, Job.status, Model.processing, Job.model_id, Job.options["queue"].astext)
         .join(Model, Model.id == Job.model_id).where(Job.id == job_id)).first()
+
+
+def trace_context(session: Session, job_id: uuid.UUID) -> str | None:
+    """The trace context the job was submitted in (`app.tracing.stored_context`), if any."""
+    return session.scalar(select(Job.trace_context).where(Job.id == job_id))
 
 
 def forget_file(session: Session, file_id: uuid.UUID) -> None:

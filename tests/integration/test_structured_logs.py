@@ -1,5 +1,5 @@
-"""KILN_LOG_FORMAT=json through the real processes: every line of the API and the worker is one
-JSON object; a file job's request id reaches the worker's lines with its job id; no secret
+"""JSON logs through the real processes (KILN_LOG_FORMAT unset, stderr a file: the default
+outside a terminal): every line of the API and the worker is one JSON object; a file job's request id reaches the worker's lines with its job id; no secret
 (an API key, a webhook secret, an Authorization header) is ever written."""
 
 import time
@@ -30,11 +30,12 @@ def json_lines(process) -> list[dict]:
 
 @pytest.fixture
 def json_stack(make_stack):
-    stack = make_stack(KILN_LOG_FORMAT="json", KILN_WEBHOOK_ALLOW_PRIVATE="true",
-                       KILN_LOG_LEVEL="DEBUG")
+    stack = make_stack(KILN_WEBHOOK_ALLOW_PRIVATE="true", KILN_LOG_LEVEL="DEBUG")
     stack.add_digits()
-    api = support.start_api(stack.env, stack.logdir)
-    worker = support.start_worker(stack.env, stack.logdir)
+    # KILN_LOG_FORMAT unset: JSON is the default of a service whose stderr is not a terminal
+    env = {name: value for name, value in stack.env.items() if name != "KILN_LOG_FORMAT"}
+    api = support.start_api(env, stack.logdir)
+    worker = support.start_worker(env, stack.logdir)
     yield stack, api, worker
     api.stop()
     worker.stop()

@@ -1,6 +1,8 @@
 """OpenTelemetry end to end: the API and worker processes export OTLP/HTTP to a small receiver
 here, and one submitted file job is one trace, from the client's `traceparent` through the
-API's request, the published messages and the worker's tasks to each model call."""
+API's request, the published messages and the worker's tasks to each model call and its
+webhook delivery (whose receiver gets the trace's `traceparent`); a job whose message was lost
+stays in its trace when the reconciler re-publishes it."""
 
 import gzip
 import threading
@@ -9,12 +11,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+import redis
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests import support
+from tests.integration.test_webhooks import RECORD
+from tests.integration.test_webhooks import Receiver as WebhookReceiver
 from workers.demo_models import DIGITS_COLUMNS
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+LOST_TRACE = "5cf92f3577b34da6a3ce929d0e0e4737"
 
 
 class Receiver(ThreadingHTTPServer):
@@ -62,33 +68,43 @@ def receiver():
 def test_one_file_job_is_one_trace_across_the_api_and_the_worker(make_stack, receiver):
     endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
     stack = make_stack(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_BSP_SCHEDULE_DELAY="100",
-                       OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+                       OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                       KILN_WEBHOOK_ALLOW_PRIVATE="true")
     stack.add_digits()
     api = support.start_api(stack.env, stack.logdir)
-    worker = support.start_worker(stack.env, stack.logdir)
+    worker = None
     try:
         key = stack.create_key()
         with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"},
-                          timeout=30) as kiln:
+                          timeout=30) as kiln, WebhookReceiver() as hooks:
+            lost_id = submit_and_lose_its_message(kiln, stack)
+            worker = support.start_worker(stack.env, stack.logdir)
             rows = "".join(",".join("2" for _ in DIGITS_COLUMNS) + "\n" for _ in range(30))
             data = (",".join(DIGITS_COLUMNS) + "\n" + rows).encode()
             file_id = kiln.post("/v1/files", files={"file": ("in.csv", data)}).json()["id"]
-            submitted = kiln.post("/v1/jobs", json={"model": "digits", "input_file": file_id},
+            submitted = kiln.post("/v1/jobs", json={"model": "digits", "input_file": file_id,
+                                                    "webhook_url": hooks.url + "/hook"},
                                   headers={"traceparent": f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01"})
             assert submitted.status_code == 202, submitted.text
             job_id = submitted.json()["id"]
-            support.wait_for(lambda: kiln.get(f"/v1/jobs/{job_id}").json()["status"]
-                             in ("succeeded", "failed"), timeout=90, message="the file job")
-            assert kiln.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+            for wanted_id in (job_id, lost_id):
+                support.wait_for(lambda wanted=wanted_id: kiln.get(f"/v1/jobs/{wanted}").json()[
+                    "status"] in ("succeeded", "failed"), timeout=90, message="the jobs")
+                assert kiln.get(f"/v1/jobs/{wanted_id}").json()["status"] == "succeeded"
+            delivered = hooks.wait(1)[0]
+        traceparent = {k.lower(): v for k, v in delivered.headers.items()}["traceparent"]
+        assert traceparent.split("-")[1] == CLIENT_TRACE  # the receiver can continue the trace
 
         def job_trace():
             with receiver.lock:
                 spans = [s for s in receiver.spans if s[1] == CLIENT_TRACE]
+                lost = {name for service, trace, name, _ in receiver.spans
+                        if trace == LOST_TRACE and service == "kiln-worker"}
             names = {(service, name) for service, _, name, _ in spans}
             wanted = {("kiln-api", "POST /v1/jobs"), ("kiln-api", "kiln.publish run_job"),
                       ("kiln-worker", "kiln.run_job"), ("kiln-worker", "kiln.run_chunk"),
-                      ("kiln-worker", "kiln.model.run")}
-            return spans if wanted <= names else None
+                      ("kiln-worker", "kiln.model.run"), ("kiln-worker", "kiln.webhook.deliver")}
+            return spans if wanted <= names and "kiln.run_job" in lost else None
 
         deadline = time.monotonic() + 30
         while (spans := job_trace()) is None and time.monotonic() < deadline:
@@ -111,4 +127,18 @@ def test_one_file_job_is_one_trace_across_the_api_and_the_worker(make_stack, rec
             assert len({trace for _, trace, *_ in receiver.spans}) > 1
     finally:
         api.stop()
-        worker.stop()
+        if worker is not None:
+            worker.stop()
+
+
+def submit_and_lose_its_message(kiln: httpx.Client, stack) -> str:
+    """An inline job (in trace LOST_TRACE) whose message is taken off Redis before any worker
+    runs: the worker's reconciler re-publishes it, with no trace context in the message."""
+    queue = stack.env["KILN_QUEUE"]
+    broker = redis.Redis.from_url(stack.env["KILN_REDIS_URL"])
+    submitted = kiln.post("/v1/jobs", json={"model": "digits", "inputs": [RECORD]},
+                          headers={"traceparent": f"00-{LOST_TRACE}-00f067aa0ba902b8-01"})
+    assert submitted.status_code == 202, submitted.text
+    support.wait_for(lambda: broker.llen(queue) >= 1, timeout=10, message="the job's message")
+    broker.delete(queue)
+    return submitted.json()["id"]

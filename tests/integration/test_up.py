@@ -1,5 +1,6 @@
 """`kiln up` on a fresh KILN_HOME: embedded Postgres and Redis, API, worker; Ctrl-C stops it all."""
 
+import re
 import signal
 import subprocess
 
@@ -53,7 +54,9 @@ def lingering(pids: list[int], timeout: float = 15.0) -> list[str]:
 def stop_up(process) -> list[int]:
     tree = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 0
+    output = process.communicate(timeout=60)[0].decode(errors="replace")
+    assert process.returncode == 0, output
+    process.output = output
     return tree
 
 
@@ -76,6 +79,10 @@ def test_kiln_up_runs_everything_embedded_and_reuses_its_data(tmp_path):
         assert job["status"] == "succeeded"
     finally:
         children = stop_up(up)
+    # Kiln's own lines, readable; without -v none of Celery's banner or per-task lines
+    assert "Kiln is up." in up.output and "scored" in up.output
+    assert not re.search(r"Task kiln\.\w+\[[^\]]+\] (received|succeeded)", up.output), up.output
+    assert "[tasks]" not in up.output and not up.output.lstrip().startswith("{")
     left = lingering(children)
     assert not left, f"kiln up left processes behind: {left}"
     assert not (home / "services.json").exists()

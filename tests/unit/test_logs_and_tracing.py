@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 
 import orjson
 import pytest
@@ -52,6 +53,17 @@ def test_secrets_are_masked_in_both_formats(make):
     assert "kiln_0123abcd_***" in text and "whsec_***" in text and "Bearer ***" in text
 
 
+def test_the_default_format_is_text_on_a_terminal_and_json_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert logs.resolved_format(None, Terminal()) == "text"
+    assert logs.resolved_format(None, io.StringIO()) == "json"
+    assert logs.resolved_format("text", io.StringIO()) == "text"
+    assert logs.resolved_format("json", Terminal()) == "json"
+
+
 def test_traces_are_off_unless_the_standard_variables_ask():
     assert not tracing.requested({})
     assert not tracing.requested({"OTEL_TRACES_EXPORTER": "none",
@@ -81,3 +93,73 @@ def test_a_message_continues_the_publishers_trace(monkeypatch):
     assert len({span.context.trace_id for span in spans.values()}) == 1
     assert spans["kiln.run_job"].parent.span_id == spans["POST /v1/jobs"].context.span_id
     assert spans["kiln.model.run"].attributes["rows"] == 64
+
+
+@pytest.fixture
+def memory(monkeypatch) -> InMemorySpanExporter:
+    """Tracing on, into the SDK's in-memory exporter."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_active", True)
+    monkeypatch.setattr(tracing, "tracer", lambda: provider.get_tracer("kiln"))
+    return exporter
+
+
+def submitted(name: str) -> str:
+    """The context a job submitted inside a request span `name` stores."""
+    with tracing.span(name, trace.SpanKind.SERVER):
+        return tracing.stored_context()
+
+
+def test_a_job_span_continues_the_stored_context_whoever_published_it(memory):
+    stored = submitted("POST /v1/jobs")
+    assert orjson.loads(stored)["traceparent"].startswith("00-")
+    with tracing.span("kiln.run_chunk of another job"):
+        other = tracing.inject({})  # e.g. dispatch_next publishing this job's chunk
+    with tracing.span_in_trace("kiln.publish run_job"):  # the reconciler: no trace, no span
+        republished = tracing.inject({})
+    assert republished == {}
+    for carrier in (republished, other):
+        with tracing.continued(carrier, "kiln.run_job", trace.SpanKind.CONSUMER,
+                               stored=lambda: stored):
+            pass
+    spans = memory.get_finished_spans()
+    request = next(s for s in spans if s.name == "POST /v1/jobs")
+    runs = [s for s in spans if s.name == "kiln.run_job"]
+    assert [s.context.trace_id for s in runs] == [request.context.trace_id] * 2
+    assert all(s.parent.span_id == request.context.span_id for s in runs)
+    assert not runs[0].links
+    assert [link.context.trace_id for link in runs[1].links] == [
+        next(s for s in spans if s.name == "kiln.run_chunk of another job").context.trace_id]
+    assert "kiln.publish run_job" not in {s.name for s in spans}
+
+
+def test_one_model_call_over_several_jobs_links_each_jobs_trace(memory):
+    from workers.inline import job_rows, score
+    from workers.runtime.metered import MeteredModel
+    from app.store.jobs import ClaimedJob
+
+    class Echo:
+        def run(self, batch):
+            return [{"echo": record} for record in batch]
+
+    contexts = [submitted(f"POST /v1/jobs {i}") for i in range(3)]
+    jobs = [ClaimedJob(uuid.uuid4(), uuid.uuid4(), 1, uuid.uuid4(), [{"x": i}, {"x": -i}], 2,
+                       trace_context=stored) for i, stored in enumerate([*contexts, None])]
+    with tracing.span("kiln.run_job"):
+        outputs = score(MeteredModel(Echo(), "echo"), job_rows(jobs))
+    assert len(outputs) == 8
+    spans = memory.get_finished_spans()
+    model_run = next(s for s in spans if s.name == "kiln.model.run")
+    job_traces = {s.context.trace_id for s in spans if s.name.startswith("POST /v1/jobs")}
+    assert len(job_traces) == 3 and model_run.context.trace_id not in job_traces
+    assert {link.context.trace_id for link in model_run.links} == job_traces
+    assert len(model_run.links) == 3  # one per job, not per row
+    assert model_run.attributes["rows"] == 8
+
+
+def test_tracing_off_stores_and_links_nothing():
+    assert tracing.stored_context() is None and tracing.batch_links() == ()
+    with tracing.linking(["{}"]), tracing.span_in_trace("x") as nothing:
+        assert nothing is None

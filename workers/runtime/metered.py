@@ -33,7 +33,8 @@ class MeteredModel:
         def metered(batch):
             started = time.perf_counter()
             try:
-                with tracing.span("kiln.model.run", rows=len(batch), model=self._model_name):
+                with tracing.span("kiln.model.run", links=tracing.batch_links(), rows=len(batch),
+                                  model=self._model_name):
                     outputs = call(batch)
             except Exception:
                 self.meter.record(len(batch), time.perf_counter() - started, ok=False)
