@@ -36,6 +36,19 @@ class Services:
         return self.template
 
 
+@pytest.fixture(scope="session", autouse=True)
+def demo_model_cache(tmp_path_factory):
+    """`kiln models add-demo` caches its builds (workers/demo_cache.py): here for this session
+    only, and in every process the tests start (support.test_env passes the environment on)."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def services():
     """Local Postgres and Redis when reachable; otherwise embedded ones (or when
@@ -118,7 +131,8 @@ def build_stack(services: Services, tmp: Path, **overrides: str) -> tuple[Stack,
         "KILN_DATABASE_URL": database_url, "KILN_REDIS_URL": services.redis_url,
         "KILN_HOME": str(tmp), "KILN_QUEUE": f"q-{name}", "KILN_LEASE_SECONDS": "2",
         "KILN_RECONCILE_INTERVAL_SECONDS": "0.5", "KILN_QUEUED_GRACE_SECONDS": "2",
-        "KILN_WORKER_CONCURRENCY": "2", "KILN_API_WORKERS": "2", "KILN_LOG_LEVEL": "INFO",
+        # one API process: a test about several (limits, metrics) asks for two
+        "KILN_WORKER_CONCURRENCY": "2", "KILN_API_WORKERS": "1", "KILN_LOG_LEVEL": "INFO",
         **overrides})
     return Stack(env, support.settings_from_env(env), tmp), name
 

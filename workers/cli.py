@@ -16,10 +16,13 @@ from app.cli.models import models as models_group
 from app.settings import Settings
 
 
-def add_demo_model(settings: Settings, name: str, *, only_if_missing: bool = False) -> str:
-    """Build a demo model offline and register it as a built-in model."""
+def add_demo_model(settings: Settings, name: str, *, only_if_missing: bool = False,
+                   rebuild: bool = False) -> str:
+    """Build a demo model offline (or take its cached build) and register it as a built-in
+    model."""
     from app.services.models import builtin_exists, register_model
     from app.storage import Storage
+    from workers import demo_cache
     from workers.demo_models import BUILDERS
 
     if name not in BUILDERS:
@@ -28,21 +31,24 @@ def add_demo_model(settings: Settings, name: str, *, only_if_missing: bool = Fal
     with factory() as session:
         if only_if_missing and builtin_exists(session, name):
             return f"{name}: already registered"
-    built = BUILDERS[name]()
+    built, cached = demo_cache.built(name, BUILDERS[name], rebuild=rebuild)
     with factory.begin() as session:
         model = register_model(session, Storage(settings.resolved_storage_url), name=built.name,
                                artifact=built.artifact, signature=built.signature,
                                processing=built.processing, metrics=built.metrics,
                                provenance=built.provenance)
-        return f"{model.name} v{model.version} registered {built.metrics}"
+        source = "the cached build" if cached else "a new build"
+        return f"{model.name} v{model.version} registered from {source} {built.metrics}"
 
 
 @models_group.command("add-demo")
 @click.argument("name", type=click.Choice(["digits", "minilm"]))
+@click.option("--rebuild", is_flag=True,
+              help="Build again even if ~/.cache/kiln/demo-models holds this build.")
 @click.pass_context
-def models_add_demo(ctx: click.Context, name: str) -> None:
-    """Build a built-in demo model offline and register it."""
-    click.echo(add_demo_model(settings_from(ctx), name))
+def models_add_demo(ctx: click.Context, name: str, rebuild: bool) -> None:
+    """Build a built-in demo model offline (cached after the first build) and register it."""
+    click.echo(add_demo_model(settings_from(ctx), name, rebuild=rebuild))
 
 
 @models_group.command("optimize")

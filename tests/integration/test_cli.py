@@ -166,3 +166,20 @@ def test_api_and_worker_run_every_thread_under_sched_batch(stack, client, api, w
         assert len(found) > 5 and set(found.values()) == {os.SCHED_OTHER}, found
     finally:
         normal.stop()
+
+
+def test_add_demo_registers_from_its_cached_build_the_second_time(make_stack, tmp_path):
+    """`kiln models add-demo` builds once per cache (XDG_CACHE_HOME), then registers the cached
+    ONNX file, the same bytes (--rebuild: tests/unit/test_demo_cache.py)."""
+    from app.orm import Model
+
+    iso = make_stack(XDG_CACHE_HOME=str(tmp_path / "cache"))
+    first = iso.kiln("models", "add-demo", "digits").stdout
+    second = iso.kiln("models", "add-demo", "digits").stdout
+    assert "digits v1 registered from a new build" in first
+    assert "digits v2 registered from the cached build" in second
+    assert len(list((tmp_path / "cache" / "kiln" / "demo-models").glob("digits-*.onnx"))) == 1
+    with iso.sessions() as session:
+        digests = [m.sha256 for m in session.query(Model).filter(Model.name == "digits")
+                   .order_by(Model.version)]
+    assert digests[0] == digests[1], "the cached build is the built model, byte for byte"

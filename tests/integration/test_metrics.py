@@ -52,7 +52,7 @@ def test_api_and_worker_metrics_add_up_across_processes(make_stack):
     worker_port = free_port()
     stack = make_stack(KILN_WORKER_METRICS_PORT=str(worker_port), KILN_TUNING__BATCH_SIZE=str(BATCH_SIZE),
                        KILN_TUNING__CHUNK_ROWS=str(CHUNK_ROWS), KILN_WEBHOOK_ALLOW_PRIVATE="true",
-                       KILN_METRICS_TOKEN="scrape-me")
+                       KILN_METRICS_TOKEN="scrape-me", KILN_API_WORKERS="2")
     model = f"metered-{uuid.uuid4().hex[:6]}"
     with stack.sessions.begin() as session:
         register_model(session, Storage(stack.settings.resolved_storage_url), name=model,
