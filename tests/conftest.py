@@ -162,17 +162,22 @@ def make_stack(services, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def api(stack):
-    process = support.start_api(stack.env, stack.logdir)
-    yield process
-    process.stop()
+def processes(stack):
+    """The shared stack's API and worker, started together (each takes seconds)."""
+    api, worker = support.start_api_and_worker(stack.env, stack.logdir)
+    yield api, worker
+    worker.stop()
+    api.stop()
 
 
 @pytest.fixture(scope="session")
-def worker(stack):
-    process = support.start_worker(stack.env, stack.logdir)
-    yield process
-    process.stop()
+def api(processes):
+    return processes[0]
+
+
+@pytest.fixture(scope="session")
+def worker(processes):
+    return processes[1]
 
 
 @pytest.fixture

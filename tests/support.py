@@ -164,13 +164,15 @@ def start_worker(env: dict[str, str], logdir: Path, *args: str, timeout: float =
 
 
 def start_api_and_worker(env: dict[str, str], logdir: Path, *worker_args: str,
-                         worker_env: dict[str, str] | None = None) -> tuple[KilnProcess, KilnProcess]:
+                         worker_env: dict[str, str] | None = None, module: str = "workers.cli",
+                         timeout: float = 60) -> tuple[KilnProcess, KilnProcess]:
     """Both processes started at once (each takes seconds to be ready); both stopped if either
-    does not become ready."""
+    does not become ready. `module` runs the worker through a wrapper such as tests.slowdisk."""
     api = spawn_api(env, logdir)
-    worker = start_process("worker", {**env, **(worker_env or {})}, logdir, "worker", *worker_args)
+    worker = start_process("worker", {**env, **(worker_env or {})}, logdir, "worker", *worker_args,
+                           module=module)
     try:
-        return await_api(api), await_worker(worker)
+        return await_api(api, timeout), await_worker(worker, timeout)
     except BaseException:
         worker.stop()
         api.stop()

@@ -10,7 +10,7 @@ import pytest
 
 from app.client import KilnClient
 from tests.conftest import build_stack
-from tests.support import drop_database, start_api, start_worker
+from tests.support import drop_database, start_api_and_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -27,8 +27,7 @@ def dashboard(services, tmp_path_factory):
                               KILN_WEBHOOK_RETRY_SCHEDULE_SECONDS="0,0.5,0.5")
     stack.add_digits()
     # generous: on a loaded 2-core machine importing the app alone has taken 10 s
-    api = start_api(stack.env, stack.logdir, timeout=120)
-    worker = start_worker(stack.env, stack.logdir, timeout=120)
+    api, worker = start_api_and_worker(stack.env, stack.logdir, timeout=120)
     yield stack, api
     worker.stop()
     api.stop()

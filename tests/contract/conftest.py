@@ -22,8 +22,7 @@ class Contract:
 def contract(services, tmp_path_factory):
     stack, name = build_stack(services, tmp_path_factory.mktemp("contract"))
     stack.add_digits()
-    api = support.start_api(stack.env, stack.logdir)
-    worker = support.start_worker(stack.env, stack.logdir)
+    api, worker = support.start_api_and_worker(stack.env, stack.logdir)
     try:
         yield Contract(api.url, stack.create_key())
     finally:

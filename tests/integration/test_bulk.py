@@ -15,7 +15,7 @@ from app.client import KilnClient
 from tests import support
 from tests.countingdisk import bytes_read
 from tests.integration.test_files import digits_rows, to_csv
-from tests.support import start_api, start_worker
+from tests.support import start_api_and_worker
 
 ROWS, CHUNK_ROWS = 30_000, 2_500
 
@@ -29,9 +29,9 @@ def counted_stack(services, tmp_path_factory):
                               KILN_TUNING__FILE_BATCH_ROWS="1000")
     stack.add_digits()
     log = str(stack.logdir / f"reads-{uuid.uuid4().hex[:6]}.tsv")
-    api = start_api(stack.env, stack.logdir, timeout=120)
-    worker = start_worker({**stack.env, "COUNTINGDISK_LOG": log}, stack.logdir, timeout=120,
-                          module="tests.countingdisk")
+    api, worker = start_api_and_worker(stack.env, stack.logdir, timeout=120,
+                                       worker_env={"COUNTINGDISK_LOG": log},
+                                       module="tests.countingdisk")
     client = KilnClient(api.url, stack.create_key())
     yield stack, client, log
     client.close()

@@ -14,7 +14,7 @@ from app.orm import Job, JobChunk, Model, Tenant
 from tests.integration.test_file_faults import rows_with_ids, submit
 from tests.integration.test_files import to_jsonl, upload
 from tests.integration.test_workers import register_slow_model, slow_records
-from tests.support import start_api, start_worker
+from tests.support import start_api, start_api_and_worker, start_worker
 from app.store.chunks import dispatch_chunks
 from app.store.jobs import claim_inline
 from workers.reconciler import reconcile_once
@@ -198,8 +198,7 @@ def test_a_tenants_file_jobs_never_exceed_its_chunk_limit(make_stack):
                      KILN_MAX_RUNNING_CHUNKS_PER_TENANT="2")
     model = f"slow-{uuid.uuid4().hex[:6]}"
     register_slow_model(iso, model)
-    api = start_api(iso.env, iso.logdir)
-    worker = start_worker(iso.env, iso.logdir)
+    api, worker = start_api_and_worker(iso.env, iso.logdir)
     client = KilnClient(api.url, iso.create_key())
     try:
         jobs = [submit(client, model, upload(client, f"big{i}.jsonl",

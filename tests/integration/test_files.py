@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.client import KilnClient
-from tests.support import start_api, start_worker
+from tests.support import start_api, start_api_and_worker
 from workers.demo_models import DIGITS_COLUMNS, digits_split
 
 PROBLEM = "application/problem+json"
@@ -68,8 +68,7 @@ def file_stack(services, tmp_path_factory):
     stack, name = build_stack(services, tmp_path_factory.mktemp("files"),
                               KILN_TUNING__CHUNK_ROWS="400", KILN_TUNING__BATCH_SIZE="128")
     stack.add_digits()
-    api = start_api(stack.env, stack.logdir)
-    worker = start_worker(stack.env, stack.logdir)
+    api, worker = start_api_and_worker(stack.env, stack.logdir)
     yield stack, api, worker
     worker.stop()
     api.stop()

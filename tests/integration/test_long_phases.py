@@ -17,7 +17,7 @@ from sqlalchemy import select
 from app.client import KilnClient
 from app.orm import File, Job, JobChunk
 from tests.integration.test_files import digits_rows, download, parse, submit, to_csv, to_jsonl, upload
-from tests.support import start_api, start_worker, wait_for
+from tests.support import start_api_and_worker, wait_for
 
 LEASE_SECONDS = 1.0
 HELD = re.compile(rb"(validating|finalizing|chunk) (\S+) held its lease for ([\d.]+) s "
@@ -33,9 +33,9 @@ def slow_stack(services, tmp_path_factory):
                               KILN_LEASE_SECONDS=str(LEASE_SECONDS), KILN_TUNING__HEARTBEAT_SECONDS="0.25",
                               KILN_RECONCILE_INTERVAL_SECONDS="0.5", KILN_TUNING__CHUNK_ROWS="4000")
     stack.add_digits()
-    api = start_api(stack.env, stack.logdir)
-    worker = start_worker({**stack.env, "SLOWDISK_BYTES_PER_SECOND": "1500000"}, stack.logdir,
-                          module="tests.slowdisk")
+    api, worker = start_api_and_worker(stack.env, stack.logdir,
+                                       worker_env={"SLOWDISK_BYTES_PER_SECOND": "1500000"},
+                                       module="tests.slowdisk")
     client = KilnClient(api.url, stack.create_key())
     yield stack, client, worker
     client.close()

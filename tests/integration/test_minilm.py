@@ -24,8 +24,7 @@ def minilm(services, tmp_path_factory):
     """An isolated stack with minilm registered through `kiln models add-demo`, an API and a worker."""
     stack, name = build_stack(services, tmp_path_factory.mktemp("minilm"))
     added = stack.kiln("models", "add-demo", "minilm", timeout=300)
-    api = support.start_api(stack.env, stack.logdir)
-    worker = support.start_worker(stack.env, stack.logdir, "-c", "1")
+    api, worker = support.start_api_and_worker(stack.env, stack.logdir, "-c", "1")
     client = KilnClient(api.url, stack.create_key())
     yield client, added.stdout
     client.close()

@@ -26,8 +26,7 @@ def kiln(services, tmp_path_factory):
     """An isolated stack (digits registered, a 1 s API cache) with its own API and worker."""
     stack, name = build_stack(services, tmp_path_factory.mktemp("models"), KILN_TUNING__CACHE_SECONDS="1")
     stack.kiln("models", "add-demo", "digits")
-    api = support.start_api(stack.env, stack.logdir)
-    worker = support.start_worker(stack.env, stack.logdir, "-c", "1")
+    api, worker = support.start_api_and_worker(stack.env, stack.logdir, "-c", "1")
     stack.env["KILN_API_URL"] = api.url
     yield stack
     worker.stop()

@@ -32,8 +32,8 @@ def dialect(services, tmp_path_factory):
                               KILN_TUNING__CACHE_SECONDS="0.2")
     stack.kiln("models", "add-demo", "minilm", timeout=300)
     stack.add_digits()
-    api = support.start_api(stack.env, stack.logdir, timeout=120)  # a busy machine starts slowly
-    worker = support.start_worker(stack.env, stack.logdir, "-c", "1", timeout=180)
+    # a busy machine starts them slowly
+    api, worker = support.start_api_and_worker(stack.env, stack.logdir, "-c", "1", timeout=180)
     key = stack.create_key()
     client = openai.OpenAI(base_url=f"{api.url}/openai/v1", api_key=key, max_retries=0)
     kiln = KilnClient(api.url, key)

@@ -18,7 +18,7 @@ from app.services.retention import collect_garbage
 from app.store import retention
 from tests.conftest import build_stack
 from tests.integration.test_files import digits_rows, to_csv
-from tests.support import drop_database, start_api, start_worker, wait_for
+from tests.support import drop_database, start_api_and_worker, wait_for
 from workers.demo_models import digits_records, digits_split
 
 RECORDS = digits_records(digits_split()[1][:4])
@@ -31,8 +31,7 @@ def kept(services, tmp_path_factory):
     built, name = build_stack(services, tmp_path_factory.mktemp("retention"),
                               KILN_TUNING__CHUNK_ROWS="5", KILN_TUNING__MAX_BATCH_WAIT_MS="0")
     built.kiln("models", "add-demo", "digits")
-    api = start_api(built.env, built.logdir)
-    worker = start_worker(built.env, built.logdir)
+    api, worker = start_api_and_worker(built.env, built.logdir)
     built.api_url, built.worker = api.url, worker
     yield built
     worker.stop()

@@ -35,8 +35,7 @@ def s3(services, tmp_path_factory):
     stack, name = build_stack(services, tmp_path_factory.mktemp("s3"),
                               KILN_STORAGE_URL=f"s3://{BUCKET}/kiln", KILN_TUNING__CHUNK_ROWS="300", **aws)
     stack.kiln("models", "add-demo", "digits")
-    api = support.start_api(stack.env, stack.logdir)
-    worker = support.start_worker(stack.env, stack.logdir)
+    api, worker = support.start_api_and_worker(stack.env, stack.logdir)
     yield stack, api, fs
     worker.stop()
     api.stop()

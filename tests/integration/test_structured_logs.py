@@ -34,8 +34,7 @@ def json_stack(make_stack):
     stack.add_digits()
     # KILN_LOG_FORMAT unset: JSON is the default of a service whose stderr is not a terminal
     env = {name: value for name, value in stack.env.items() if name != "KILN_LOG_FORMAT"}
-    api = support.start_api(env, stack.logdir)
-    worker = support.start_worker(env, stack.logdir)
+    api, worker = support.start_api_and_worker(env, stack.logdir)
     yield stack, api, worker
     api.stop()
     worker.stop()

@@ -19,7 +19,7 @@ from app.store.jobs import Tally, claim_inline, record_batch
 from app.store.lifecycle import Usage
 from tests.conftest import build_stack
 from tests.integration.test_files import digits_rows, to_csv
-from tests.support import drop_database, run_kiln, start_api, start_worker, wait_for
+from tests.support import drop_database, run_kiln, start_api_and_worker, wait_for
 from workers.demo_models import digits_records, digits_split
 
 RECORDS = digits_records(digits_split()[1][:10])
@@ -34,8 +34,7 @@ def metered(services, tmp_path_factory):
                               KILN_TUNING__BATCH_SIZE="4", KILN_TUNING__CHUNK_ROWS="5",
                               KILN_TUNING__MAX_BATCH_WAIT_MS="0")
     built.kiln("models", "add-demo", "digits")
-    api = start_api(built.env, built.logdir)
-    worker = start_worker(built.env, built.logdir)
+    api, worker = start_api_and_worker(built.env, built.logdir)
     built.api_url = api.url
     yield built
     worker.stop()
