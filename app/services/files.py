@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
@@ -16,7 +16,7 @@ from app.formats import detect_format
 from app.orm import File, Job, Tenant
 from app.services import audit
 from app.services.auth import Caller, get_owned
-from app.services.paging import Page, first_page
+from app.services.paging import Page, keyset_page
 from app.storage import Storage
 from app.store import jobs as job_store
 
@@ -91,12 +91,8 @@ def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: 
     query = select(File).where(File.tenant_id == caller.tenant_id)
     if purpose:
         query = query.where(File.purpose == purpose)
-    if after:
-        anchor = get_owned(session, caller, File, after, "file (`after`)")
-        query = query.where(tuple_(File.created_at, File.id) < tuple_(anchor.created_at, anchor.id))
-    rows = list(session.scalars(query.order_by(File.created_at.desc(), File.id.desc())
-                                .limit(limit + 1)))
-    return first_page(rows, limit)
+    return keyset_page(session, caller, File, query, after=after, limit=limit, what="file",
+                       newest_first=True)
 
 
 def delete_file(session: Session, caller: Caller, file_id: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import Text, cast, func, select, tuple_
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain.states import JobStatus, cancel_target, is_terminal
@@ -26,7 +26,7 @@ from app.orm import Job, JobChunk, JobResult
 from app.services.files import get_file
 from app.services.auth import Caller, get_owned
 from app.services import audit
-from app.services.paging import Page, first_page
+from app.services.paging import Page, keyset_page
 from app.store import jobs as job_store
 from app.store.audit import AUDIT_SUBMITTED
 from app.store import retention
@@ -314,12 +314,8 @@ def list_jobs(session: Session, caller: Caller, *, status: str | None = None,
         query = query.where(Job.status == status)
     if model:
         query = query.where(Job.model_name == model)
-    if after:
-        anchor = get_owned(session, caller, Job, after, "job (`after`)")
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(anchor.created_at, anchor.id))
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc())
-                                .limit(limit + 1)))
-    return first_page(rows, limit)
+    return keyset_page(session, caller, Job, query, after=after, limit=limit, what="job",
+                       newest_first=True)
 
 
 def _matching(search: str):

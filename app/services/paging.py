@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from sqlalchemy import Select, tuple_
 
 from app.errors import NotFound
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.services.auth import Caller
 
 T = TypeVar("T")
 
@@ -37,3 +44,19 @@ def page_after(rows: Sequence[T], ident: Callable[[T], str], after: str | None,
             raise NotFound(f"`after`: no {what} {after!r}")
         start = ids.index(after) + 1
     return first_page(rows[start:start + limit + 1], limit)
+
+
+def keyset_page(session: Session, caller: Caller, entity, query: Select, *, after: str | None,
+                limit: int, what: str, newest_first: bool) -> Page:
+    """One page of `query` (already scoped to the caller) in (created_at, id) order: the rows
+    after the caller's row `after`, whose absence is a 404 naming `what`."""
+    from app.services.auth import get_owned
+
+    key = tuple_(entity.created_at, entity.id)
+    if after:
+        anchor = get_owned(session, caller, entity, after, f"{what} (`after`)")
+        mark = tuple_(anchor.created_at, anchor.id)
+        query = query.where(key < mark if newest_first else key > mark)
+    order = ((entity.created_at.desc(), entity.id.desc()) if newest_first
+             else (entity.created_at, entity.id))
+    return first_page(list(session.scalars(query.order_by(*order).limit(limit + 1))), limit)

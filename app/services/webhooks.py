@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from app.orm import Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint
 from app.secretbox import SecretBox
 from app.services import audit
 from app.services.auth import Caller, get_owned
-from app.services.paging import Page, first_page
+from app.services.paging import Page, keyset_page
 from app.store.outbox import notify_dispatchers
 from app.settings import Settings
 
@@ -87,12 +87,8 @@ def list_endpoints(session: Session, caller: Caller, *, limit: int = 100,
                    after: str | None = None) -> Page[WebhookEndpoint]:
     """Oldest first: the endpoints after the endpoint `after`."""
     query = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == caller.tenant_id)
-    if after:
-        anchor = get_owned(session, caller, WebhookEndpoint, after, "webhook endpoint (`after`)")
-        query = query.where(tuple_(WebhookEndpoint.created_at, WebhookEndpoint.id)
-                            > tuple_(anchor.created_at, anchor.id))
-    return first_page(list(session.scalars(
-        query.order_by(WebhookEndpoint.created_at, WebhookEndpoint.id).limit(limit + 1))), limit)
+    return keyset_page(session, caller, WebhookEndpoint, query, after=after, limit=limit,
+                       what="webhook endpoint", newest_first=False)
 
 
 def get_endpoint(session: Session, caller: Caller, endpoint_id: str) -> WebhookEndpoint:
@@ -180,12 +176,8 @@ def list_job_deliveries(session: Session, caller: Caller, job_id: str, *, limit:
     job = get_owned(session, caller, Job, job_id, "job")
     query = select(WebhookDelivery).where(WebhookDelivery.job_id == job.id,
                                           WebhookDelivery.tenant_id == caller.tenant_id)
-    if after:
-        anchor = get_owned(session, caller, WebhookDelivery, after, "webhook delivery (`after`)")
-        query = query.where(tuple_(WebhookDelivery.created_at, WebhookDelivery.id)
-                            > tuple_(anchor.created_at, anchor.id))
-    return first_page(list(session.scalars(
-        query.order_by(WebhookDelivery.created_at, WebhookDelivery.id).limit(limit + 1))), limit)
+    return keyset_page(session, caller, WebhookDelivery, query, after=after, limit=limit,
+                       what="webhook delivery", newest_first=False)
 
 
 def get_delivery(session: Session, caller: Caller, delivery_id: str) -> WebhookDelivery:
