@@ -17,50 +17,21 @@ import time
 import uuid
 
 from app import logs, origin, tracing
-from app.db import connect, make_engine
-from app.migrate import upgrade
-from app.services.jobs import NewJob, insert_jobs_on, job_row
-from tests import support
+from bench.scratch import insert_cost, scratch_database
 
 AUDIT = {"audit_action": "job.submit", "audit_actor": "kiln_0123abcd",
          "audit_request_id": "0" * 32, "audit_client_ip": "10.0.0.1"}
 
 
-def insert_cost(conn, tenant: uuid.UUID, model: uuid.UUID, audited: bool,
-                jobs: int = 5_000) -> float:
-    """Microseconds (wall) per one-record job inserted 5 to a statement."""
-    record = {f"p{i}": 1.0 for i in range(64)}
-    began = time.perf_counter()
-    for _ in range(jobs // 5):
-        insert_jobs_on(conn, [job_row(NewJob(
-            tenant_id=tenant, model_id=model, model_name="m", kind="inline", status="queued",
-            total_count=1, inputs=[record], options={}, job_metadata={}),
-            AUDIT if audited else None) for _ in range(5)])
-    return (time.perf_counter() - began) / jobs * 1e6
-
-
 def audit_cost(rounds: int = 3) -> dict[str, list[int]]:
-    name = f"kiln_bench_{uuid.uuid4().hex[:8]}"
-    url = support.create_database(support.LOCAL_POSTGRES, name)
-    try:
-        settings = support.settings_from_env({"KILN_DATABASE_URL": url})
-        upgrade(settings)
-        conn = connect(make_engine(settings), autocommit=True)
-        tenant, model = uuid.uuid4(), uuid.uuid4()
-        conn.execute("INSERT INTO tenants (id, name) VALUES (%s, 't')", (tenant,))
-        conn.execute("INSERT INTO models (id, name, version, variant, format, uri, sha256, "
-                     "signature, processing, metrics, provenance, aliases) VALUES "
-                     "(%s, 'm', 1, 'fp32', 'onnx', 'x', 'x', '{}', '{}', '{}', '{}', '[]')",
-                     (model,))
+    with scratch_database() as (conn, tenant, model):
         results: dict[str, list[int]] = {"audited": [], "not audited": []}
         for _ in range(rounds):
             for mode in results:
-                results[mode].append(round(insert_cost(conn, tenant, model, mode == "audited")))
+                results[mode].append(round(insert_cost(
+                    conn, tenant, model, 5_000, AUDIT if mode == "audited" else None)))
                 conn.execute("TRUNCATE jobs CASCADE")
-        conn.close()
         return results
-    finally:
-        support.drop_database(support.LOCAL_POSTGRES, name)
 
 
 def log_line_cost(formatter: logging.Formatter, lines: int = 20_000) -> float:
