@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-import fsspec
-from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
+from fsspec.implementations.local import LocalFileOpener
+
+from tests import localdisk
 
 
 class CountingOpener(LocalFileOpener):
@@ -44,19 +45,9 @@ class CountingOpener(LocalFileOpener):
         super().close()
 
 
-class CountingLocalFileSystem(LocalFileSystem):
-    def _open(self, path, mode="rb", block_size=None, **kwargs):
-        path = self._strip_protocol(path)
-        if self.auto_mkdir and "w" in mode:
-            self.makedirs(self._parent(path), exist_ok=True)
-        return CountingOpener(path, mode, fs=self, **kwargs)
-
-
 def install() -> None:
     """Count the bytes read from `file://` (and plain paths) in this process and its forks."""
-    fsspec.register_implementation("file", CountingLocalFileSystem, clobber=True)
-    fsspec.register_implementation("local", CountingLocalFileSystem, clobber=True)
-    LocalFileSystem.clear_instance_cache()
+    localdisk.install(CountingOpener)
 
 
 def bytes_read(log: str) -> dict[str, int]:
@@ -71,7 +62,4 @@ def bytes_read(log: str) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    from workers.cli import main
-
-    install()
-    main()
+    localdisk.run_kiln(CountingOpener)

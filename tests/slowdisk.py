@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-import fsspec
-from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
+from fsspec.implementations.local import LocalFileOpener
+
+from tests import localdisk
 
 PAUSE_EVERY_BYTES = 32 * 1024
 
@@ -85,23 +86,10 @@ class SlowOpener(LocalFileOpener):
         return iter(self.f)
 
 
-class SlowLocalFileSystem(LocalFileSystem):
-    def _open(self, path, mode="rb", block_size=None, **kwargs):
-        path = self._strip_protocol(path)
-        if self.auto_mkdir and "w" in mode:
-            self.makedirs(self._parent(path), exist_ok=True)
-        return SlowOpener(path, mode, fs=self, **kwargs)
-
-
 def install() -> None:
     """Make `file://` (and plain paths) slow in this process and the ones it forks."""
-    fsspec.register_implementation("file", SlowLocalFileSystem, clobber=True)
-    fsspec.register_implementation("local", SlowLocalFileSystem, clobber=True)
-    LocalFileSystem.clear_instance_cache()
+    localdisk.install(SlowOpener)
 
 
 if __name__ == "__main__":
-    from workers.cli import main
-
-    install()
-    main()
+    localdisk.run_kiln(SlowOpener)
