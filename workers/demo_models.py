@@ -50,13 +50,17 @@ def build_digits() -> BuiltModel:
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     from workers.runtime.onnx import make_session
 
     x_train, x_test, y_train, y_test = digits_split()
     pipeline = make_pipeline(StandardScaler(),
                              MLPClassifier(hidden_layer_sizes=(128,), max_iter=400, random_state=0))
-    pipeline.fit(x_train, y_train)
+    # one BLAS thread: the matrices are small, and OpenBLAS threads spinning for a busy second
+    # core made this fit take 13-27 s instead of 5 s while other processes ran
+    with threadpool_limits(limits=1, user_api="blas"):
+        pipeline.fit(x_train, y_train)
     onnx_model = to_onnx(pipeline, x_train[:1], options={id(pipeline.steps[-1][1]): {"zipmap": False}},
                          target_opset=17)
     artifact = onnx_model.SerializeToString()
