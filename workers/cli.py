@@ -95,13 +95,6 @@ def configure_tracing() -> None:
     signals.worker_process_shutdown.connect(lambda **_: tracing.flush(), weak=False)
 
 
-def preload_scoring() -> None:
-    """Each prefork child imports the scoring code as it starts; the parent never does."""
-    from workers.tasks import import_scoring
-
-    signals.worker_process_init.connect(lambda **_: import_scoring(), weak=False)
-
-
 @cli.command()
 @click.option("--queues", "-Q", default=None, help="Queues to consume (default $KILN_QUEUE).")
 @click.option("--concurrency", "-c", type=int, default=None, help="Prefork children.")
@@ -112,13 +105,12 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
            no_reconciler: bool) -> None:
     """Run a Celery worker (and the reconciler loop)."""
     from workers.celery_app import create_celery
+    from workers.runtime.onnx import check_cuda_active
 
     settings: Settings = settings_from(ctx)
     queues = queues or settings.queue
     require_gpu = settings.gpu_queue in queues.split(",")
     if require_gpu:
-        from workers.runtime.onnx import check_cuda_active
-
         try:
             check_cuda_active()
         except RuntimeError as exc:
@@ -130,7 +122,6 @@ def worker(ctx: click.Context, queues: str | None, concurrency: int | None,
         os.environ.setdefault(var, str(threads))
     configure_logging(settings.log_level, settings.log_format)
     configure_tracing()
-    preload_scoring()
     apply_cpu_policy(settings.tuning.cpu_policy)  # inherited by the prefork children and their threads
     celery = create_celery(settings, require_gpu=require_gpu)
 

@@ -6,12 +6,10 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.cpus import cpus
 from app.db import make_engine, make_sessionmaker
 from app.domain.batching import rows_per_batch
 from app.orm import Model
@@ -19,6 +17,8 @@ from app.queueing.drains import DrainFlags
 from app.queueing.publisher import Publisher
 from app.settings import Settings
 from app.storage import Storage
+from workers.runtime.metered import MeteredModel
+from workers.runtime.onnx import GPU_PROVIDER, choose_providers, default_threads, load_model
 
 
 @dataclass
@@ -28,15 +28,13 @@ class WorkerContext:
     publisher: Publisher
     threads: int
     require_gpu: bool = False
+    on_gpu: bool = False
     drains: DrainFlags | None = None
     models: dict[uuid.UUID, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def model(self, session: Session, model_id: uuid.UUID):
         """The runtime for a model row, loaded once per process and reused."""
-        from workers.runtime.metered import MeteredModel
-        from workers.runtime.onnx import load_model
-
         with self._lock:
             runtime = self.models.get(model_id)
             if runtime is None:
@@ -46,14 +44,6 @@ class WorkerContext:
                                threads=self.threads, require_gpu=self.require_gpu), row.name)
                 self.models[model_id] = runtime
             return runtime
-
-    @cached_property
-    def on_gpu(self) -> bool:
-        """Whether models run on CUDA here. ONNX Runtime is imported on first use, by the
-        prefork children that score, never by the worker parent (reconciler, webhooks)."""
-        from workers.runtime.onnx import GPU_PROVIDER, choose_providers
-
-        return GPU_PROVIDER in choose_providers(self.require_gpu)
 
     def batch_size(self, processing: dict[str, Any]) -> int:
         """Rows per model call for a model's processing spec on this worker's device."""
@@ -73,9 +63,10 @@ def worker_context(settings: Settings, require_gpu: bool = False) -> WorkerConte
         context = WorkerContext(settings=settings, sessions=make_sessionmaker(engine),
                                 publisher=Publisher(settings),
                                 drains=DrainFlags(settings.redis_url),
-                                threads=settings.ort_threads or max(
-                                    1, cpus() // max(1, settings.effective_concurrency)),
-                                require_gpu=require_gpu)
+                                threads=settings.ort_threads or default_threads(
+                                    settings.effective_concurrency),
+                                require_gpu=require_gpu,
+                                on_gpu=GPU_PROVIDER in choose_providers(require_gpu))
         _contexts.clear()
         _contexts[pid] = context
     return context

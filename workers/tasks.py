@@ -14,18 +14,11 @@ from app import logs, metrics, origin, tracing
 from app.queueing.publisher import REQUEST_ID_HEADER
 from app.queueing.celery_config import RUN_CHUNK, RUN_JOB
 from app.store import jobs as job_store
+from workers import files
 from workers.context import worker_context
+from workers.drain import Drainer
 
 log = logging.getLogger(__name__)
-
-
-def import_scoring() -> None:
-    """Import the scoring code (pyarrow, ONNX Runtime): each prefork child does as it starts.
-    The worker parent only hands out messages and runs the reconciler and webhooks, and never
-    imports it: about 80 MiB less RSS there (issue 20; the children's pages were mostly their own
-    anyway, shared libraries are shared through the page cache either way)."""
-    from workers import drain, files  # noqa: F401
-    from workers.runtime import onnx  # noqa: F401
 
 
 def request_id(request) -> str | None:
@@ -73,9 +66,6 @@ def _run_job(task, wanted: uuid.UUID, helper: bool) -> dict | None:
     if target is None:  # deleted, or a stale message from another database
         return None
     kind, status, processing, model_id, queue = target
-    from workers import files
-    from workers.drain import Drainer
-
     if kind == "file":
         return files.advance(context, wanted, status)
     delivery = task.request.delivery_info or {}
@@ -87,8 +77,6 @@ def _run_job(task, wanted: uuid.UUID, helper: bool) -> dict | None:
 @shared_task(name=RUN_CHUNK, bind=True)
 def run_chunk(self, job_id: str, index: int) -> dict | None:
     """Score one chunk of a file job."""
-    from workers import files
-
     context = worker_context(self.app.kiln_settings,
                              require_gpu=getattr(self.app, "kiln_require_gpu", False))
     try:

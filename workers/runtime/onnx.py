@@ -11,6 +11,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from app.cpus import cpus
+
 GPU_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -43,6 +45,10 @@ def check_provider_runs(provider: str) -> None:
     if provider not in session.get_providers():
         raise RuntimeError(f"{provider} is installed but not usable here (the session fell back "
                            f"to {session.get_providers()}): check the driver and the device")
+
+
+def default_threads(concurrency: int) -> int:
+    return max(1, cpus() // max(1, concurrency))
 
 
 def make_session(artifact: bytes, threads: int, providers: Sequence[str]) -> ort.InferenceSession:
