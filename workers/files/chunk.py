@@ -60,14 +60,6 @@ def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str
             "failed": scored.failed}
 
 
-def release_arrow_memory() -> None:
-    """Hand the chunk's freed Arrow buffers back to the system: pyarrow's allocator (mimalloc
-    or jemalloc) otherwise keeps them, and a child's RSS stays at its largest chunk's."""
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-
-
 @dataclass
 class ChunkRun:
     """A claimed chunk with what scoring it needs, and its counts so far."""
@@ -140,7 +132,6 @@ class ChunkRun:
         finally:
             for handle in handles.values():
                 handle.close()
-            release_arrow_memory()
         lease.check()
         lease.stop()  # the commit ends the lease (fenced: it fails if the lease was lost)
         return self if self.commit(uris) else None
