@@ -21,35 +21,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from app.domain.formats import EXTENSIONS, FORMATS, MEDIA_TYPES, detect_format  # noqa: F401
 from app.errors import InvalidInput
 from app.storage import Storage
-
-FORMATS = ("csv", "jsonl", "parquet")
-EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
-              ".pq": "parquet"}
-MEDIA_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson",
-               "parquet": "application/vnd.apache.parquet"}
-
-
-def detect_format(filename: str, explicit: str | None = None) -> tuple[str, str | None]:
-    """(format, compression) from an explicit format or the file name, e.g. `x.csv.gz`."""
-    name = filename.lower()
-    compression = "gzip" if name.endswith(".gz") else None
-    if compression:
-        name = name[:-3]
-    if explicit:
-        fmt = explicit.lower().removesuffix(".gz")
-        if explicit.lower().endswith(".gz"):
-            compression = "gzip"
-    else:
-        fmt = next((f for ext, f in EXTENSIONS.items() if name.endswith(ext)), "")
-    if fmt not in FORMATS:
-        raise InvalidInput(f"cannot tell the format of {filename!r}: use a .csv, .jsonl or "
-                           f".parquet name (optionally .gz) or send format=csv|jsonl|parquet")
-    if fmt == "parquet" and compression:
-        raise InvalidInput("Parquet files are compressed inside; upload them without .gz")
-    return fmt, compression
-
 
 @dataclass(frozen=True)
 class RowError:

@@ -1,6 +1,7 @@
 """Bulk scoring through Kiln against raw pyarrow + ONNX Runtime in one process, same run.
 
     python -m bench.bulk [--rows 1000000] [--chunk-rows 50000] [--rounds 2] [--gzip]
+    python -m bench.bulk --text [--rows 4000] [--rounds 2]   (minilm; bench/bulk_text.py)
 
 Kiln: upload a digits CSV, score it as a file job on `kiln worker -c 2`, download the CSV
 result. Baseline: the same file streamed with pyarrow (1 MiB blocks) into the same ONNX model
@@ -118,7 +119,7 @@ def kiln_round(kiln: KilnClient, source: Path, target: Path, pids: list[int]) ->
             "download": end - scored, "rss": rss.peak, "pss": rss.peak_pss}
 
 
-def start_kiln(tmp: Path, chunk_rows: int):
+def start_kiln(tmp: Path, chunk_rows: int, demo: str | None = "digits"):
     name = f"kiln_bulk_{uuid.uuid4().hex[:8]}"
     dsn = support.create_database(support.LOCAL_POSTGRES, name)
     redis_db = os.environ.get("KILN_TEST_REDIS_DB", "13")
@@ -130,18 +131,26 @@ def start_kiln(tmp: Path, chunk_rows: int):
     from app.migrate import upgrade
     from app.settings import Settings
     upgrade(Settings(database_url=dsn))
-    support.run_kiln(env, "models", "add-demo", "digits", timeout=900)
+    if demo:
+        support.run_kiln(env, "models", "add-demo", demo, timeout=900)
     key = support.run_kiln(env, "keys", "create", "--tenant", "bulk").stdout.strip().splitlines()[-1]
     return name, env, key
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=None, help="default 1,000,000 (--text: 4,000)")
     parser.add_argument("--chunk-rows", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--gzip", action="store_true", help="upload the CSV gzipped")
+    parser.add_argument("--text", action="store_true",
+                        help="minilm on sentences of 4-120 words (--rows defaults to 4000)")
     args = parser.parse_args()
+    if args.text:
+        from bench.bulk_text import main as text_main
+
+        return text_main(args)
+    args.rows = args.rows or 1_000_000
     if not support.local_postgres_up() or not support.local_redis_up():
         print("needs the local Postgres and Redis", file=sys.stderr)
         return 2

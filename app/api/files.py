@@ -10,7 +10,7 @@ from app.api.spec import operation_id
 from app.api.responses import Response, json_response
 from app.api.schemas import FileList, FileOut, FilePath, FileQuery, Problem, UploadForm
 from app.errors import InvalidInput
-from app.formats import MEDIA_TYPES
+from app.domain.formats import MEDIA_TYPES
 from app import presenters
 from app.services import files
 

@@ -18,8 +18,8 @@ from app.api.schemas import (FormatQuery, JobDeleted, JobList, JobOut, JobPath, 
                              SubmitJob)
 from app.db import close_quietly
 from app.errors import Conflict
-from app.formats import MEDIA_TYPES
-from app.services import commands, estimates, jobs, outputs, retention, webhooks
+from app.domain.formats import MEDIA_TYPES
+from app.services import commands, estimates, jobs, retention, webhooks
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -149,6 +149,8 @@ def retry_job(path: JobPath) -> Response:
 
 
 def file_job_rows(job, kind: str, fmt: str | None) -> Response:
+    from app.services import outputs  # pyarrow: loaded by an API process once it serves results
+
     sessions = context().sessions
     session = sessions()
     try:

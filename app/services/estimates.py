@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
-from app.formats import open_reader
 from app.services.auth import Caller
 from app.services.commands import Intake, SubmitFileJob, SubmitJob
 from app.services.files import check_columns, get_file
@@ -33,6 +32,8 @@ def file_rows(session: Session, caller: Caller, command: SubmitFileJob,
     found = resolve_model_ref(session, caller.tenant_id, command.model, intake.models,
                               command.variant)
     try:
+        from app.formats import open_reader  # pyarrow: only when a job is estimated
+
         reader = open_reader(source.format, source.uri, source.compression)
         check_columns(reader.columns(), found.signature,
                       {"id_column": command.id_column, "keep_columns": command.keep_columns})

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from app.formats import detect_format
+from app.domain.formats import detect_format
 from app.orm import File, Job, Tenant
 from app.services import audit
 from app.services.auth import Caller, get_owned

@@ -17,7 +17,6 @@ from app.domain import openai_batch as dialect
 from app.domain.states import JobStatus
 from app.domain.validation import check_records
 from app.errors import BadRequest, InvalidInput, NotFound
-from app.formats import open_decoded
 from app.orm import File, Job
 from app.services import files, jobs
 from app.services.auth import Caller
@@ -110,6 +109,8 @@ def convert(session: Session, caller: Caller, storage: Storage, source, endpoint
     converted = Converted(storage.uri(f"files/{caller.tenant_id}/{uuid.uuid4()}"))
     seen: set[str] = set()
     try:
+        from app.formats import open_decoded  # pyarrow: only when a batch file is read
+
         with open_decoded(source.uri, source.compression) as lines, \
                 storage.open_for_write(converted.rows_uri) as out:
             for number, raw in enumerate(lines, start=1):

@@ -16,7 +16,6 @@ from app.domain import openai_batch as dialect
 from app.domain.states import is_terminal
 from app.orm import File, Job
 from app.services import files
-from app.services.outputs import finished_parts, part_rows
 from app.storage import Storage
 from app.store import dialect as dialect_store
 
@@ -85,6 +84,8 @@ def write_outputs(session: Session, storage: Storage, job: Job,
 
 def scored_rows(session: Session, job: Job) -> Iterator[dict[str, Any]]:
     """The job's result and error rows, merged in input order."""
+    from app.services.outputs import finished_parts, part_rows  # pyarrow: only when read
+
     def flat(kind: str) -> Iterator[dict[str, Any]]:
         for piece in part_rows(finished_parts(session, job, kind, input_order=True)):
             yield from piece

@@ -126,3 +126,13 @@ def test_names_aliases_and_references():
     assert parse_reference("digits@3") == ("digits", None, 3)
     with pytest.raises(InvalidInput):
         parse_reference("digits@")
+
+
+def test_the_data_type_numbers_are_onnx_s_own():
+    """onnx_check spells the tensor types as numbers so that importing it does not load onnx."""
+    import onnx
+
+    from app.domain.onnx_check import FLOAT_TYPES, INT_TYPES
+
+    assert FLOAT_TYPES == {onnx.TensorProto.FLOAT}
+    assert INT_TYPES == {onnx.TensorProto.INT64, onnx.TensorProto.INT32}

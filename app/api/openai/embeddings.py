@@ -7,7 +7,6 @@ import base64
 import time
 from dataclasses import replace
 
-import numpy as np
 import orjson
 from sqlalchemy import select
 
@@ -57,6 +56,8 @@ def create_embeddings() -> Response:
 def encode(vector: list[float], encoding: str) -> list[float] | str:
     if encoding == "float":
         return vector
+    import numpy as np  # only for base64 answers; an API process need not load it
+
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
