@@ -23,7 +23,8 @@ class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(default=20, ge=1, le=200)
-    after: int | None = Field(default=None, ge=1, description="`last_id` of the previous page.")
+    after: int | None = Field(default=None, ge=1, le=2**63 - 1,  # a bigint id
+                              description="`last_id` of the previous page.")
     action: str | None = Field(default=None, max_length=64, pattern=NO_NUL, description="e.g. `job.cancel`")
     target_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     since: datetime | None = Field(default=None, description="ISO 8601: only events at or "

@@ -100,6 +100,11 @@ def test_each_change_through_the_api_is_recorded_with_actor_request_and_address(
         assert bad.status_code == 422 and bad.headers["content-type"].startswith(
             "application/problem+json")
         assert bad.json()["request_id"] == bad.headers["X-Request-Id"]
+        # `after` is a bigint id: the largest one is a valid page, past it the schema refuses
+        # it (schemathesis found 2**90 read by Postgres as "bigint out of range")
+        assert kiln.get("/v1/audit", params={"after": 2**63 - 1}).status_code == 200
+        past = kiln.get("/v1/audit", params={"after": 2**63})
+        assert past.status_code == 422 and "after" in past.text and "bigint" not in past.text
 
     with http(api, stack.create_key()) as other:  # another tenant sees none of it
         assert sorted(e["action"] for e in events(other)) == ["key.create", "tenant.create"]
