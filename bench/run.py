@@ -1,6 +1,7 @@
 """Kiln against plain Celery, measured in one run on this machine.
 
     python -m bench.run [--jobs 2000] [--latency-jobs 100] [--clients 16] [--repeat 1]
+                        [--log-format text|json]
 
 Starts its own database, `kiln api` (granian) and `kiln worker`, then the baseline Celery
 worker, on the local Postgres and Redis (or embedded ones), and prints a Markdown report.
@@ -198,7 +199,8 @@ def one_round(args, admin: str, redis_url: str, records: list[dict]) -> dict:
                             **({"KILN_API_THREADS": str(args.api_threads)} if args.api_threads
                                else {}),
                             **({"KILN_TUNING__CPU_POLICY": args.cpu_policy} if args.cpu_policy
-                               else {})})
+                               else {}),
+                            "KILN_LOG_FORMAT": args.log_format})
     from app.migrate import upgrade
     from app.settings import Settings
     upgrade(Settings(database_url=dsn))
@@ -224,6 +226,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="KILN_LOG_FORMAT of Kiln's processes (JSON logs cost: compare both)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds, each Kiln then the baseline on a fresh database; the ratio "
                              "is reported per round and pooled over all of them")
