@@ -121,7 +121,9 @@ def test_under_load_the_writer_waits_for_more_rows_and_a_lone_row_does_not_wait(
 
     with ThreadPoolExecutor(8) as pool:  # several rows at once: the writer is now busy
         list(pool.map(together, range(8)))
-    assert sum(calls[2:]) == 8 and len(calls[2:]) < 8 and calls[-1] > 1
+    # fewer statements than rows, one of them gathering several ([1, 7] or, when the last
+    # thread comes after the gathered statement left, [7, 1]: CI saw both)
+    assert sum(calls[2:]) == 8 and len(calls[2:]) < 8 and max(calls[2:]) > 1, calls
     calls.clear()
     with ThreadPoolExecutor(2) as pool:  # two rows 0.1 s apart share the next (gathered) one
         first = pool.submit(writer.run, (uuid.uuid4(), '{"n": 3}'))
