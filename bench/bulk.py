@@ -100,12 +100,13 @@ class PeakRss:
         self._thread.join()
 
 
-def kiln_round(kiln: KilnClient, source: Path, target: Path, pids: list[int]) -> dict:
+def kiln_round(kiln: KilnClient, source: Path, target: Path, pids: list[int],
+               model: str = "digits", output_format: str = "csv") -> dict:
     with PeakRss(pids) as rss:
         start = time.perf_counter()
         meta = kiln.upload(source)
         uploaded = time.perf_counter()
-        job = kiln.submit_file("digits", meta["id"], output_format="csv")
+        job = kiln.submit_file(model, meta["id"], output_format=output_format)
         done = kiln.wait(job["id"], timeout_seconds=3600, poll_seconds=0.1)
         scored = time.perf_counter()
         with target.open("wb") as handle:

@@ -15,7 +15,6 @@ import random
 import statistics
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ import orjson
 from tokenizers import Tokenizer
 
 from app.client import KilnClient
-from bench.bulk import PeakRss, start_kiln
+from bench import bulk
+from bench.bulk import start_kiln
 from tests import support
 
 BATCH = 32
@@ -80,19 +80,7 @@ def lowest_cosine(expected: dict[str, np.ndarray], answered: dict[str, np.ndarra
 
 
 def kiln_round(kiln: KilnClient, source: Path, target: Path, pids: list[int]) -> dict:
-    with PeakRss(pids) as rss:
-        start = time.perf_counter()
-        meta = kiln.upload(source)
-        job = kiln.submit_file("minilm", meta["id"], output_format="jsonl")
-        done = kiln.wait(job["id"], timeout_seconds=3600, poll_seconds=0.1)
-        with target.open("wb") as handle:
-            for piece in kiln.iter_results(job["id"]):
-                handle.write(piece)
-        end = time.perf_counter()
-    assert done["status"] == "succeeded", done
-    job_seconds = (datetime.fromisoformat(done["finished_at"])
-                   - datetime.fromisoformat(done["started_at"])).total_seconds()
-    return {"job": job_seconds, "e2e": end - start, "rss": rss.peak, "pss": rss.peak_pss}
+    return bulk.kiln_round(kiln, source, target, pids, model="minilm", output_format="jsonl")
 
 
 def registered_artifact(env: dict[str, str]) -> bytes:
