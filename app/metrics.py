@@ -60,6 +60,10 @@ CHUNKS_PROCESSED = Counter(
     "kiln_chunks_processed_total",
     "File-job chunk tasks, by outcome: done, skipped (not claimed, lease lost, job ended) "
     "or error (raised).", ["outcome"])
+PHASES_STALLED = Counter(
+    "kiln_phases_stalled_total",
+    "File-job phases that reached no checkpoint for KILN_STALL_SECONDS and let their lease go, "
+    "by phase: validating, chunk or finalizing.", ["phase"])
 WEBHOOK_DELIVERIES = Counter(
     "kiln_webhook_deliveries_total",
     "Webhook delivery attempts, by outcome: delivered, retry, failed, gone (410) or error "
@@ -112,6 +116,11 @@ def count_finished_jobs(statuses: Iterable[str]) -> None:
 def count_chunk(outcome: str) -> None:
     with _fork_guard:
         CHUNKS_PROCESSED.labels(outcome).inc()
+
+
+def count_stalled_phase(phase: str) -> None:
+    with _fork_guard:
+        PHASES_STALLED.labels(phase).inc()
 
 
 def count_webhook_delivery(outcome: str) -> None:

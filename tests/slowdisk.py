@@ -4,6 +4,10 @@ object store. Nothing else changes: real Postgres, Redis, Celery and ONNX Runtim
 
 Run as `python -m tests.slowdisk worker ...` (the arguments of `kiln`), with
 `SLOWDISK_BYTES_PER_SECOND` set (default 4 MiB/s).
+
+A disk can also hang: with `SLOWDISK_STALL_TRIGGER` naming a path, the next part file opened for
+writing after that file appears waits `SLOWDISK_STALL_SECONDS` (default 15) first, as a write to
+a hung network disk does. One open takes the trigger (it removes the file), so one part stalls.
 """
 
 from __future__ import annotations
@@ -63,8 +67,21 @@ class SlowHandle:
         return getattr(self._handle, name)
 
 
+def stall_if_triggered(path: str, mode: str) -> None:
+    """Hang once, in the first process to open a part for writing after the trigger appears."""
+    trigger = os.environ.get("SLOWDISK_STALL_TRIGGER")
+    if not trigger or "w" not in mode or "/parts/" not in path:
+        return
+    try:
+        os.unlink(trigger)
+    except FileNotFoundError:
+        return
+    time.sleep(float(os.environ.get("SLOWDISK_STALL_SECONDS", 15)))
+
+
 class SlowOpener(LocalFileOpener):
     def _open(self):
+        stall_if_triggered(self.path, self.mode)
         super()._open()
         if not isinstance(self.f, SlowHandle):
             self.f = SlowHandle(self.f, float(os.environ.get("SLOWDISK_BYTES_PER_SECOND",

@@ -6,6 +6,13 @@ bounds a phase, never the lease length. A renewal that finds the lease gone (ano
 took it, or the job ended) marks it lost; the phase calls `check()` between steps and stops
 with `LeaseLost` before it writes anything more. A worker that dies stops renewing, so the
 reconciler still takes its work back one lease later.
+
+A heartbeat only shows that the process lives, not that its phase moves: a read stuck on a
+hung disk would hold the lease forever. So each `check()` is also a sign of progress, and a
+phase that reaches none for `stall_seconds` (`KILN_STALL_SECONDS`) stops renewing, as a dead
+worker would: the reconciler gives the work to another attempt (counted, so work that stalls
+every time fails its job), and the stuck phase, should it ever wake, stops at its next
+`check()` with `LeaseLost`; its own writes are fenced by attempt either way.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.errors import LeaseLost
 from app.store.jobs import ClaimedJob, renew_leases
 
@@ -31,15 +39,19 @@ class PhaseLease:
     while it is."""
 
     def __init__(self, sessions: sessionmaker[Session], renew: Callable[[Session], Any | None],
-                 every_seconds: float, name: str = "lease"):
+                 every_seconds: float, name: str = "lease", stall_seconds: float = 0.0,
+                 release: Callable[[Session, str], None] | None = None):
         self.sessions, self.renew, self.every, self.name = sessions, renew, every_seconds, name
+        self.stall_seconds, self.release = stall_seconds, release
         self.lost = threading.Event()
+        self.stalled = False
         self.renewals = 0
+        self._progress = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"kiln-{name}", daemon=True)
 
     def __enter__(self) -> PhaseLease:
-        self._started = time.monotonic()
+        self._started = self._progress = time.monotonic()
         self._thread.start()
         return self
 
@@ -55,12 +67,18 @@ class PhaseLease:
             self._thread.join(timeout=10)
 
     def check(self) -> None:
-        """Raise `LeaseLost` when another attempt owns the work (or it ended elsewhere)."""
+        """Raise `LeaseLost` when another attempt owns the work (or it ended elsewhere, or the
+        phase stalled); otherwise note that the phase moves on."""
         if self.lost.is_set():
             raise LeaseLost(f"{self.name}: the lease is another attempt's now")
+        self._progress = time.monotonic()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
+            idle = time.monotonic() - self._progress
+            if self.stall_seconds and idle > self.stall_seconds:
+                self._let_go(idle)
+                return
             try:
                 with self.sessions() as session, session.begin():
                     held = self.renew(session)
@@ -73,6 +91,23 @@ class PhaseLease:
                 self.lost.set()
                 return
             self.renewals += 1
+
+
+    def _let_go(self, idle: float) -> None:
+        """A stalled phase: stop renewing, and end the lease now (fenced by attempt, saying
+        why) so that the reconciler's next pass retries it rather than one lease later."""
+        self.stalled = True
+        self.lost.set()
+        metrics.count_stalled_phase(self.name.split(" ", 1)[0])
+        why = f"stalled: no progress for {idle:.1f} s (KILN_STALL_SECONDS={self.stall_seconds:g})"
+        log.error("%s %s; letting its lease go for another attempt", self.name, why)
+        if self.release is None:
+            return
+        try:
+            with self.sessions() as session, session.begin():
+                self.release(session, why)
+        except Exception as exc:  # noqa: BLE001 - the lease then runs out on its own
+            log.warning("%s: releasing the stalled lease failed: %s", self.name, exc)
 
 
 class LeaseKeeper:

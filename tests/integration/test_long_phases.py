@@ -17,9 +17,12 @@ from sqlalchemy import select
 from app.client import KilnClient
 from app.orm import File, Job, JobChunk
 from tests.integration.test_files import digits_rows, download, parse, submit, to_csv, to_jsonl, upload
-from tests.support import start_api_and_worker, wait_for
+from tests.integration.test_metrics import scrape, value
+from tests.support import free_port, start_api_and_worker, wait_for
 
 LEASE_SECONDS = 1.0
+STALL_SECONDS = 6.0  # well above the slow disk's longest step between checkpoints (~2 s)
+HUNG_SECONDS = 20.0  # how long the stalled part's write hangs
 HELD = re.compile(rb"(validating|finalizing|chunk) (\S+) held its lease for ([\d.]+) s "
                   rb"\((\d+) renewals\)")
 
@@ -31,12 +34,18 @@ def slow_stack(services, tmp_path_factory):
 
     stack, name = build_stack(services, tmp_path_factory.mktemp("slowdisk"),
                               KILN_LEASE_SECONDS=str(LEASE_SECONDS), KILN_TUNING__HEARTBEAT_SECONDS="0.25",
-                              KILN_RECONCILE_INTERVAL_SECONDS="0.5", KILN_TUNING__CHUNK_ROWS="4000")
+                              KILN_RECONCILE_INTERVAL_SECONDS="0.5", KILN_TUNING__CHUNK_ROWS="4000",
+                              KILN_STALL_SECONDS=str(STALL_SECONDS),
+                              KILN_WORKER_METRICS_PORT=str(free_port()))
     stack.add_digits()
+    trigger = tmp_path_factory.mktemp("stall") / "stall-next-part"
     api, worker = start_api_and_worker(stack.env, stack.logdir,
-                                       worker_env={"SLOWDISK_BYTES_PER_SECOND": "1500000"},
+                                       worker_env={"SLOWDISK_BYTES_PER_SECOND": "1500000",
+                                                   "SLOWDISK_STALL_TRIGGER": str(trigger),
+                                                   "SLOWDISK_STALL_SECONDS": str(HUNG_SECONDS)},
                                        module="tests.slowdisk")
     client = KilnClient(api.url, stack.create_key())
+    worker.stall_trigger = trigger
     yield stack, client, worker
     client.close()
     worker.stop()
@@ -108,3 +117,39 @@ def test_a_worker_killed_in_finalize_is_replaced_and_the_joined_results_are_kept
         registered = session.scalars(select(File.purpose).where(
             File.filename.like(f"{job['id']}-%"))).all()
         assert sorted(registered) == ["errors", "output"]
+
+
+def test_a_stalled_chunk_lets_its_lease_go_and_another_attempt_finishes_the_job(slow_stack):
+    """A chunk whose write hangs (its heartbeat thread still alive) stops renewing after
+    KILN_STALL_SECONDS: another attempt scores it, and the job ends long before the hang does.
+    The stalled attempt, once it wakes, writes nothing the job counts."""
+    stack, client, worker = slow_stack
+    rows = digits_rows(8000)
+    worker.stall_trigger.touch()
+    started = time.monotonic()
+    job = submit(client, upload(client, "stalls.csv", to_csv(rows))["id"])
+    done = client.wait(job["id"], timeout_seconds=120)
+    took = time.monotonic() - started
+    assert done["status"] == "succeeded", done
+    assert not worker.stall_trigger.exists()  # a part's open took the trigger: one chunk hung
+    assert took < HUNG_SECONDS, f"the job waited out the hang ({took:.1f} s)"
+    assert done["request_counts"] == {"total": 8000, "completed": 8000, "failed": 0}
+    stalled = re.findall(rf"chunk {job['id']}/(\d+) stalled: no progress for ([\d.]+) s".encode(),
+                         worker.log.read_bytes())
+    assert len(stalled) == 1, stalled
+    index, idle = int(stalled[0][0]), float(stalled[0][1])
+    assert STALL_SECONDS < idle < STALL_SECONDS + 2, idle
+    with stack.sessions() as session:
+        attempts = dict(session.execute(select(JobChunk.index, JobChunk.attempt)
+                                        .where(JobChunk.job_id == job["id"])).all())
+    assert attempts == {i: (2 if i == index else 1) for i in range(2)}, attempts
+    metrics_url = f"http://127.0.0.1:{stack.env['KILN_WORKER_METRICS_PORT']}/metrics"
+    assert value(scrape(metrics_url), "kiln_phases_stalled_total", phase="chunk") == 1
+
+    # the hung attempt wakes, finds its lease gone, and stops: still one result per input
+    woke = f"chunk {job['id']}/{index} lost its lease".encode()
+    wait_for(lambda: woke in worker.log.read_bytes(), timeout=HUNG_SECONDS + 30,
+             message="the stalled attempt to wake and stop")
+    assert client.job(job["id"])["request_counts"] == done["request_counts"]
+    out = parse("csv", download(client, job["id"]))
+    assert [r["custom_id"] for r in out] == [r["custom_id"] for r in rows]

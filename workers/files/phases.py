@@ -22,7 +22,10 @@ def phase_lease(context: WorkerContext, job_id: uuid.UUID, attempt: int,
     return PhaseLease(context.sessions,
                       lambda session: phase_store.renew_phase(session, job_id, attempt, status,
                                                               lease_seconds),
-                      context.settings.lease_heartbeat_seconds, name=f"{status} {job_id}")
+                      context.settings.lease_heartbeat_seconds, name=f"{status} {job_id}",
+                      stall_seconds=context.settings.stall_seconds,
+                      release=lambda session, why: phase_store.release_phase(
+                          session, job_id, attempt, status, why))
 
 
 def release_phase(context: WorkerContext, job_id: uuid.UUID, attempt: int, status: str,
