@@ -4,7 +4,8 @@
                           [--rounds 3]
 
 Tenant A uploads a digits CSV and scores it as a file job; once it runs, tenant B submits
-`--small` one-record jobs one after another, each polled (every 5 ms) to `succeeded`. Reported:
+`--small` one-record jobs one after another, each followed to `succeeded` by one held request
+(`GET /v1/jobs/{id}?wait`; `--poll-ms 5`: a read every 5 ms instead). Reported:
 B's latency (submit to `succeeded` seen by the client) p50 / p95 / max, and A's rows/s (job
 started → succeeded) alone and with the trickle. Each `--check-ms` value is a fresh worker with
 `KILN_TUNING__SMALL_JOB_CHECK_MS` set to it (0 = small jobs wait for a chunk to end).
@@ -30,19 +31,21 @@ def one_record(i: int) -> list[dict]:
     return [{c: float((i + j) % 17) for j, c in enumerate(DIGITS_COLUMNS)}]
 
 
-def small_job_latency(client: KilnClient, model: str, i: int, poll: float = 0.005) -> float:
-    """Seconds from submitting a one-record job to seeing it `succeeded`."""
+def small_job_latency(client: KilnClient, model: str, i: int, poll: float = 0.0) -> float:
+    """Seconds from submitting a one-record job to seeing it `succeeded`: one held request
+    (`?wait`), or with `poll`, a read every `poll` seconds."""
     start = time.perf_counter()
     job = client.submit(model, one_record(i))
     while job["status"] != "succeeded":
         assert job["status"] in ("queued", "running"), job
-        time.sleep(poll)
-        job = client.job(job["id"])
+        if poll:
+            time.sleep(poll)
+        job = client.job(job["id"], wait=0 if poll else 10)
     return time.perf_counter() - start
 
 
-def trickle(client: KilnClient, model: str, count: int) -> list[float]:
-    return [small_job_latency(client, model, i) for i in range(count)]
+def trickle(client: KilnClient, model: str, count: int, poll: float = 0.0) -> list[float]:
+    return [small_job_latency(client, model, i, poll) for i in range(count)]
 
 
 def wait_running(client: KilnClient, job_id: str, timeout: float = 120) -> dict:
@@ -64,11 +67,12 @@ def file_rate(done: dict, rows: int) -> float:
     return rows / seconds
 
 
-def mixed_round(bulk: KilnClient, small: KilnClient, file_id: str, rows: int, count: int) -> dict:
+def mixed_round(bulk: KilnClient, small: KilnClient, file_id: str, rows: int, count: int,
+                poll: float = 0.0) -> dict:
     job = bulk.submit_file("digits", file_id, output_format="csv")
     wait_running(bulk, job["id"])
     time.sleep(0.3)  # inside the first chunk's batches
-    latencies = trickle(small, "digits", count)
+    latencies = trickle(small, "digits", count, poll)
     overlapped = bulk.job(job["id"])["status"] == "running"
     done = bulk.wait(job["id"], timeout_seconds=3600, poll_seconds=0.1)
     return {"latencies": latencies, "rate": file_rate(done, rows), "overlapped": overlapped}
@@ -92,7 +96,8 @@ def measure(env: dict, key: str, tmp: Path, file_path: Path, args, check_ms: str
         alone, rates, latencies, overlapped = [], [], [], True
         for _ in range(args.rounds):  # alternating, so that drift on the machine hits both
             alone.append(alone_round(bulk, file_id, args.rows))
-            mixed = mixed_round(bulk, small, file_id, args.rows, args.small)
+            mixed = mixed_round(bulk, small, file_id, args.rows, args.small,
+                                args.poll_ms / 1000)
             rates.append(mixed["rate"])
             latencies += mixed["latencies"]
             overlapped = overlapped and mixed["overlapped"]
@@ -117,8 +122,11 @@ def report(args, results: list[dict]) -> None:
         print(f"| {r['check_ms']} | {len(ms)}{'' if r['overlapped'] else ' (file ended first)'} "
               f"| {statistics.median(ms):.0f} | {percentile(ms, 95):.0f} | {max(ms):.0f} "
               f"| {alone:,.0f} | {rate:,.0f} | {rate / alone - 1:+.1%} |")
+    follow = (f"each read every {args.poll_ms:g} ms" if args.poll_ms
+              else "each followed by one held request (?wait)")
     print(f"\n{args.rows:,}-row digits CSV file job (tenant A), one-record jobs of tenant B one "
-          f"after another; `kiln worker -c {args.concurrency}`; rows/s are medians of "
+          f"after another, {follow}; "
+          f"`kiln worker -c {args.concurrency}`; rows/s are medians of "
           f"{args.rounds} alternating rounds, latencies pooled over them.")
     for r in results:
         print(f"rounds, check {r['check_ms']} ms: alone {[round(v) for v in r['alone']]}, "
@@ -132,6 +140,9 @@ def main() -> int:
     parser.add_argument("--check-ms", default="20,0")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--chunk-rows", type=int, default=50_000)
+    parser.add_argument("--poll-ms", type=float, default=0,
+                        help="the small jobs' client reads each job this often; 0 = one held "
+                             "request (GET /v1/jobs/{id}?wait)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds alone / with the trickle, per --check-ms value")
     args = parser.parse_args()

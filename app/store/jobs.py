@@ -138,6 +138,7 @@ WAITING_SMALL = text("""
 SELECT id, model_id FROM jobs
 WHERE status = 'queued' AND kind = 'inline' AND total_count <= :max_rows
   AND coalesce(options->>'queue', '') = :queue
+  AND (CAST(:model_id AS uuid) IS NULL OR model_id = CAST(:model_id AS uuid))
 LIMIT 1
 """)
 
@@ -275,9 +276,12 @@ def request_cancel(session: Session, job_id: uuid.UUID) -> bool:
     return session.execute(REQUEST_CANCEL, {"job_id": job_id}).first() is not None
 
 
-def waiting_small_job(session: Session, queue: str | None, max_rows: int):
-    """(id, model id) of one queued inline job of at most `max_rows` rows on `queue`, or None."""
-    return session.execute(WAITING_SMALL, {"queue": queue or "", "max_rows": max_rows}).first()
+def waiting_small_job(session: Session, queue: str | None, max_rows: int,
+                      model_id: uuid.UUID | None = None):
+    """(id, model id) of one queued inline job of at most `max_rows` rows on `queue` (of
+    `model_id`, if given), or None."""
+    return session.execute(WAITING_SMALL, {"queue": queue or "", "max_rows": max_rows,
+                                           "model_id": model_id}).first()
 
 
 def message_target(session: Session, job_id: uuid.UUID):

@@ -35,9 +35,28 @@ def test_flags_set_clear_and_expire_in_redis(services):
     assert not flags.active(model, queue), "a flag left by a killed worker must expire"
 
 
+def test_small_job_flags_cover_small_jobs_only_and_expire_in_redis(services):
+    flags = DrainFlags(services.redis_url, ttl_seconds=0.3)
+    model, queue = uuid.uuid4(), f"q-{uuid.uuid4().hex[:6]}"
+    assert not flags.covers(model, queue, 1)
+    flags.mark_small(model, queue, 128)
+    assert flags.covers(model, queue, 1) and flags.covers(model, queue, 128)
+    assert not flags.covers(model, queue, 129), "a larger job needs its message"
+    assert not flags.covers(model, "another-queue", 1) and not flags.active(model, queue)
+    flags.mark(model, queue)  # a drain covers every job, whatever its size
+    assert flags.covers(model, queue, 10**6)
+    flags.clear(model, queue)
+    flags.clear_small(model, queue)
+    assert not flags.covers(model, queue, 1)
+    flags.mark_small(model, queue, 128)
+    time.sleep(0.5)
+    assert not flags.covers(model, queue, 1), "a flag left by a killed worker must expire"
+
+
 def test_an_unreachable_redis_reads_as_not_draining():
     port = support.free_port()
     assert DrainFlags(f"redis://127.0.0.1:{port}/0").active(uuid.uuid4(), "q") is False
+    assert DrainFlags(f"redis://127.0.0.1:{port}/0").covers(uuid.uuid4(), "q", 1) is False
 
 
 def test_no_message_is_published_while_a_worker_drains_the_model(make_stack, records):

@@ -47,11 +47,16 @@ class RecordingPublisher:
 
 
 class Drains:
-    def __init__(self, active: set):
-        self.keys = active
+    """`DrainFlags.covers` over fixed flags: pairs being drained, and pairs whose small jobs a
+    chunk serves, with the most rows it takes (tests/integration/test_drain.py tests the real
+    one on Redis)."""
 
-    def active(self, model_id, queue) -> bool:
-        return (model_id, queue) in self.keys
+    def __init__(self, active: set, small: dict | None = None):
+        self.keys, self.small = active, small or {}
+
+    def covers(self, model_id, queue, rows) -> bool:
+        key = (model_id, queue)
+        return key in self.keys or (key in self.small and rows <= self.small[key])
 
 
 def wait_until(predicate, timeout=5.0):
@@ -125,3 +130,36 @@ def test_no_message_while_a_worker_drains_the_model():
     clock.advance(0.01)
     assert wait_until(lambda: len(publisher.sent) >= 2)
     assert settled(publisher) == ["i-0", "i-2"]
+
+
+def test_no_message_for_a_small_job_while_a_chunk_serves_the_models_small_jobs():
+    """A chunk scoring this model's jobs of at most 128 rows between its batches takes a small
+    job by itself; a larger job (or one of unknown size) still gets its message."""
+    coalescer, publisher, clock = make(window=0.01, drains=Drains(set(), {("m", "q"): 128}))
+    coalescer.notify(("m", "q"), "small", "q", rows=1)
+    clock.advance(1)
+    coalescer.notify(("m", "q"), "edge", "q", rows=128)
+    clock.advance(1)
+    coalescer.notify(("m", "q"), "large", "q", rows=129)
+    clock.advance(1)
+    coalescer.notify(("m", "q"), "unknown", "q")
+    clock.advance(1)
+    coalescer.notify(("m", "other-queue"), "elsewhere", "other-queue", rows=1)
+    assert settled(publisher) == ["large", "unknown", "elsewhere"]
+
+
+def test_a_trailing_message_is_sent_when_any_job_it_announces_is_large():
+    """The trailing message carries the newest job's id but announces the whole burst: one
+    large job in it is enough for the message to be sent, however small the newest is."""
+    coalescer, publisher, clock = make(window=0.05, drains=Drains(set(), {("m", "q"): 128}))
+    coalescer.notify(("m", "q"), "first", "q", rows=1)  # leading: small, no message
+    coalescer.notify(("m", "q"), "big", "q", rows=5000)  # held for the trailing message
+    coalescer.notify(("m", "q"), "newest", "q", rows=1)
+    assert settled(publisher) == []
+    clock.advance(0.05)
+    assert wait_until(lambda: len(publisher.sent) >= 1)
+    assert settled(publisher) == ["newest"]
+    coalescer.notify(("m", "q"), "burst-1", "q", rows=1)  # a burst of small ones only
+    coalescer.notify(("m", "q"), "burst-2", "q", rows=1)
+    clock.advance(0.05)
+    assert settled(publisher) == ["newest"]

@@ -31,7 +31,10 @@ def chunk_lease(context: WorkerContext, job_id: uuid.UUID, index: int, attempt: 
     return PhaseLease(context.sessions,
                       lambda session: chunk_store.renew_chunk(session, job_id, index, attempt,
                                                               lease_seconds),
-                      context.settings.lease_heartbeat_seconds, name=f"chunk {job_id}/{index}")
+                      context.settings.lease_heartbeat_seconds, name=f"chunk {job_id}/{index}",
+                      stall_seconds=context.settings.stall_seconds,
+                      release=lambda session, why: chunk_store.release_chunk(
+                          session, job_id, index, attempt, why))
 
 
 def run_chunk(context: WorkerContext, job_id: uuid.UUID, index: int) -> dict[str, int] | None:
@@ -130,6 +133,7 @@ class ChunkRun:
             if not self.score_batches(handles, lease):
                 return None
         finally:
+            self.small_jobs.close()  # their flags cleared; a message for any still waiting
             for handle in handles.values():
                 handle.close()
         lease.check()
