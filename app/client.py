@@ -28,6 +28,7 @@ class ApiError(Exception):
 
 # A pooled keep-alive connection the server closed while idle fails like this; a request that is
 # safe to repeat (a read, or a submit carrying an Idempotency-Key) is simply sent again.
+MAX_WAIT = 25.0  # seconds a `?wait` request asks for (the server allows 30)
 STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError,
                     httpx.WriteError)
 
@@ -78,8 +79,13 @@ class KilnClient:
         """`POST /v1/jobs/estimate`: what submitting `body` would be; queues nothing."""
         return self._check(self._retrying("POST", "/v1/jobs/estimate", json=body)).json()
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._check(self._retrying("GET", f"/v1/jobs/{job_id}")).json()
+    def job(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
+        """The job; with `wait`, once it has ended or after that many seconds (at most 30)."""
+        if not wait:
+            return self._check(self._retrying("GET", f"/v1/jobs/{job_id}")).json()
+        timeout = httpx.Timeout(self.http.timeout.read or 30.0, read=wait + 30.0)
+        return self._check(self._retrying("GET", f"/v1/jobs/{job_id}", params={"wait": wait},
+                                          timeout=timeout)).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
@@ -115,18 +121,26 @@ class KilnClient:
         return self.pages("/v1/files", purpose=purpose, limit=page_size)
 
     def wait(self, job_id: str, *, timeout_seconds: float = 3600, poll_seconds: float = 0.25,
-             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Poll until the job reaches a terminal state."""
+             on_update: Callable[[dict[str, Any]], None] | None = None,
+             update_seconds: float = 1.0) -> dict[str, Any]:
+        """Until the job reaches a terminal state, through held requests (`?wait`): each as
+        long as the server allows, or, to show progress to `on_update`, `update_seconds`. A
+        server that holds no more requests answers at once; then this reads every
+        `poll_seconds`."""
         deadline = time.monotonic() + timeout_seconds
         while True:
-            job = self.job(job_id)
+            left = deadline - time.monotonic()
+            hold = max(0.0, min(left, update_seconds if on_update else MAX_WAIT))
+            asked = time.monotonic()
+            job = self.job(job_id, wait=hold)
             if on_update is not None:
                 on_update(job)
             if is_terminal(job["status"]):
                 return job
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_seconds}s")
-            time.sleep(poll_seconds)
+            if time.monotonic() - asked < min(hold, poll_seconds):  # not held: poll
+                time.sleep(poll_seconds)
 
     def iter_results(self, job_id: str, kind: str = "results",
                      fmt: str | None = None) -> Iterator[bytes]:

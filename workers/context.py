@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker
+from app.queueing.endings import Endings
 from app.domain.batching import rows_per_batch
 from app.orm import Model
 from app.queueing.drains import DrainFlags
@@ -60,6 +61,7 @@ def worker_context(settings: Settings, require_gpu: bool = False) -> WorkerConte
     context = _contexts.get(pid)
     if context is None:
         engine = make_engine(settings, name="kiln-worker", pool_size=2, max_overflow=2)
+        Endings.install(settings.redis_url)  # wakes API requests waiting for the jobs it ends
         context = WorkerContext(settings=settings, sessions=make_sessionmaker(engine),
                                 publisher=Publisher(settings),
                                 drains=DrainFlags(settings.redis_url),

@@ -17,6 +17,7 @@ from app.db import close_quietly, connect
 from app.groupcommit import GroupCommit
 from app.queueing.coalescer import Coalescer
 from app.queueing.drains import DrainFlags
+from app.queueing.endings import Endings, Waiters
 from app.queueing.publisher import Publisher
 from app.secretbox import SecretBox
 from app.services import jobs
@@ -41,6 +42,7 @@ class ApiContext:
     writer: GroupCommit | None = None  # new jobs, group-committed
     request_sessions: scoped_session | None = None  # see `db()`
     intake: Intake = field(default_factory=Intake)  # what every submission brings
+    waiters: Waiters | None = None  # requests waiting for jobs to end (`?wait`)
 
     @cached_property
     def secret_box(self) -> SecretBox:
@@ -54,6 +56,7 @@ class ApiContext:
         callers, models = ((LoadingCache(10_000, ttl), LoadingCache(1_000, ttl)) if ttl > 0
                            else (None, None))
         publisher = Publisher(settings)
+        Endings.install(settings.redis_url)  # a cancel that ends a job wakes its waiters
         window = settings.tuning.max_batch_wait_ms / 1000
         engine = sessions.kw["bind"]
         writer = GroupCommit(lambda: connect(engine, autocommit=True), jobs.insert_jobs_on,
@@ -70,7 +73,9 @@ class ApiContext:
                                  writer=writer,
                                  result_retention_seconds=settings.result_retention_seconds),
                    admission=Admission(settings, sessions,
-                                       LoadingCache(10_000, ttl) if ttl > 0 else None))
+                                       LoadingCache(10_000, ttl) if ttl > 0 else None),
+                   waiters=Waiters(settings.redis_url, settings.max_waiting_requests,
+                                   settings.tuning.wait_recheck_seconds))
 
     def announce(self, job) -> None:
         """Tell workers about a committed job: coalesced per model for inline jobs, over the
@@ -78,7 +83,7 @@ class ApiContext:
         queue, wait_ms = job.options.get("queue"), job.options.get("max_batch_wait_ms")
         if self.coalescer is not None and job.kind == "inline":
             self.coalescer.notify((job.model_id, queue), job.id, queue,
-                                  None if wait_ms is None else wait_ms / 1000)
+                                  None if wait_ms is None else wait_ms / 1000, job.total_count)
         else:
             self.publisher.publish_jobs([job.id], queue)
 

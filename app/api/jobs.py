@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from typing import Any
@@ -15,11 +16,12 @@ from app.api.estimate_schemas import EstimateOut
 from app.api.spec import operation_id
 from app.api.responses import Response, json_response
 from app.api.schemas import (FormatQuery, JobDeleted, JobList, JobOut, JobPath, JobQuery, Problem,
-                             SubmitJob)
+                             SubmitJob, WaitQuery)
 from app.db import close_quietly
 from app.errors import Conflict
 from app.domain.formats import MEDIA_TYPES
-from app.services import commands, estimates, jobs, retention, webhooks
+from app.domain.states import is_terminal
+from app.services import commands, estimates, files, jobs, retention, webhooks
 
 tag = Tag(name="jobs", description="Submit inference jobs, follow them, download results.")
 api = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[tag],
@@ -96,9 +98,25 @@ def list_jobs(query: JobQuery) -> Response:
 
 
 @api.get("/jobs/<uuid:job_id>", responses={200: JobOut})
-def get_job(path: JobPath) -> Response:
-    """A job's status, counts and timestamps."""
-    return json_response(presenters.job_summary(jobs.get_job(db(), caller(), path.job_id)))
+def get_job(path: JobPath, query: WaitQuery) -> Response:
+    """A job's status, counts and timestamps. With `wait`, answered once the job has ended, or
+    when that many seconds have passed: one request where a client would poll."""
+    who = caller()
+    if not query.wait:
+        return json_response(presenters.job_summary(jobs.get_job(db(), who, path.job_id)))
+    deadline = time.monotonic() + query.wait
+    waiters = context().waiters
+    with waiters.watch(path.job_id) as ended:  # before the read: no ending missed
+        job = jobs.get_job(db(), who, path.job_id)
+        while ended is not None and not is_terminal(job.status):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            db().close()  # no pooled connection held while waiting
+            ended.wait(min(left, waiters.recheck_seconds))
+            ended.clear()
+            job = jobs.get_job(db(), who, path.job_id)
+    return json_response(presenters.job_summary(job))
 
 
 @api.post("/jobs/<uuid:job_id>/cancel", responses={200: JobOut, 409: Problem})
@@ -149,12 +167,17 @@ def retry_job(path: JobPath) -> Response:
 
 
 def file_job_rows(job, kind: str, fmt: str | None) -> Response:
-    from app.services import outputs  # pyarrow: loaded by an API process once it serves results
-
     sessions = context().sessions
     session = sessions()
     try:
-        pieces, out_fmt = outputs.stream_file_job(session, job, kind, fmt)
+        uri, out_fmt = files.stored_output(session, job, kind, fmt)
+        if uri is not None:  # the joined file, as stored: bytes copied, no pyarrow
+            pieces = files.iter_content(uri)
+        else:
+            # parts, or another format: pyarrow, loaded by an API process once it converts
+            from app.services import outputs
+
+            pieces, out_fmt = outputs.stream_file_job(session, job, kind, fmt)
     except BaseException:
         close_quietly(session)
         raise

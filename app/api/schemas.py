@@ -105,14 +105,18 @@ FilePurpose = Literal["input", "batch", "output", "errors", "retry_input", "batc
 
 class FormModel(BaseModel):
     """A multipart form. flask-openapi3 JSON-decodes every form value (so `0` would arrive as a
-    number and `"x"` lose its quotes); a text field gets the text that was sent."""
+    number and `"x"` lose its quotes); a text field gets the text that was sent. A field sent
+    more than once is refused (422) rather than read as its first value."""
 
     @model_validator(mode="before")
     @classmethod
     def _sent_text(cls, data: Any) -> Any:
         if isinstance(data, dict) and has_request_context():
             for name, field in cls.model_fields.items():
-                if field.annotation is str and name in request.form:
+                sent = request.form.getlist(name) + request.files.getlist(name)
+                if len(sent) > 1:  # a field sent twice is a list, which no field here accepts
+                    data[name] = sent
+                elif field.annotation is str and name in request.form:
                     data[name] = request.form[name]
         return data
 
@@ -251,6 +255,19 @@ class JobList(ListPage):
 
 class JobPath(BaseModel):
     job_id: ResourceId = resource_id("The job's id.")
+
+
+MAX_WAIT_SECONDS = 30
+
+
+class WaitQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wait: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS,
+                        description="Seconds to hold the request until the job ends: the answer "
+                                    "comes when it ends or when they pass, whichever is first "
+                                    "(at once when the server already holds its "
+                                    "`KILN_MAX_WAITING_REQUESTS`). Instead of polling.")
 
 
 class JobDeleted(BaseModel):  # retention (issue 16)
