@@ -8,7 +8,9 @@ no `Storage` (readers, workers); an instance adds the base URL new objects are n
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO
+import os
+import tempfile
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -19,6 +21,32 @@ class Storage:
     def __init__(self, base_url: str):
         self.base_url = base_url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.base_url)
+
+    @property
+    def local(self) -> bool:
+        return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
+                          else (self.fs.protocol,))
+
+    def spool(self) -> HashedSpool | None:
+        """A temporary file for an upload in this storage's own folder, so that storing it is
+        a rename (`adopt`); None for remote storage."""
+        if not self.local:
+            return None
+        folder = os.path.join(self.root, ".spool")
+        os.makedirs(folder, exist_ok=True)
+        return HashedSpool(folder)
+
+    def adopt(self, spool: Any, uri: str) -> tuple[int, str] | None:
+        """Move a spool of this storage's (`spool`) to `uri`: its size and SHA-256, or None when
+        `spool` is not one (copy it instead)."""
+        if not isinstance(spool, HashedSpool) or not self.local:
+            return None
+        fs, path = fsspec.core.url_to_fs(uri)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        spool.file.flush()
+        os.replace(spool.name, path)
+        spool.adopted = True
+        return spool.size, spool.digest.hexdigest()
 
     def uri(self, key: str) -> str:
         return f"{self.base_url}/{key.lstrip('/')}"
@@ -66,3 +94,29 @@ class Storage:
         if missing_ok and not fs.exists(path):
             return
         fs.rm(path)
+
+
+class HashedSpool:
+    """A temporary upload file that hashes and counts what is written to it (werkzeug's
+    multipart parser writes the file part here; `Storage.adopt` then moves it into place), and
+    removes itself when closed unless it was adopted."""
+
+    def __init__(self, folder: str):
+        self.file = tempfile.NamedTemporaryFile(dir=folder, prefix="upload-", delete=False)
+        self.name, self.digest, self.size, self.adopted = self.file.name, hashlib.sha256(), 0, False
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+        if not self.adopted:
+            try:
+                os.unlink(self.name)
+            except FileNotFoundError:
+                pass
+
+    def __getattr__(self, name: str) -> Any:  # read, readline, seek, tell, flush ... as a file
+        return getattr(self.file, name)

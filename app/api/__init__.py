@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from flask import Request, request
+from flask import Request, current_app, request
 from flask_openapi3 import Info, OpenAPI
 
 from app.api import (audit, files, health, jobs, metrics, models, problem_types, problems, spec,
@@ -41,7 +41,20 @@ def reject_malformed_json():
                 raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
 
+SPOOL_ABOVE_BYTES = 1024 * 1024  # smaller multipart bodies are parsed in memory (werkzeug's)
+
+
 class KilnRequest(Request):
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        """A large upload spools into the storage's own folder, hashed as it is parsed, so that
+        storing it is a rename rather than a second copy (`app.services.files.upload_file`)."""
+        if (total_content_length or 0) > SPOOL_ABOVE_BYTES and (
+                spool := current_app.extensions["kiln"].storage.spool()) is not None:
+            return spool
+        return super()._get_file_stream(total_content_length, content_type, filename,
+                                        content_length)
+
     def on_json_loading_failed(self, e: ValueError | None):
         if e is None:  # not a JSON content type: werkzeug's 415
             return super().on_json_loading_failed(e)

@@ -31,22 +31,20 @@ def upload_file(session: Session, caller: Caller, storage: Storage, stream: Bina
     file_format, compression = detect_format(filename, fmt)
     file_id = uuid.uuid4()
     uri = storage.uri(f"files/{caller.tenant_id}/{file_id}")
-    digest, size = hashlib.sha256(), 0
     try:
-        with storage.open_for_write(uri) as out:
-            while piece := stream.read(COPY_BYTES):
-                size += len(piece)
-                if size > max_bytes:
-                    raise PayloadTooLarge(f"the file is larger than {max_bytes} bytes "
-                                          "(KILN_MAX_UPLOAD_BYTES)")
-                digest.update(piece)
-                out.write(piece)
+        if (adopted := storage.adopt(stream, uri)) is not None:  # spooled in place: a rename
+            size, sha256 = adopted
+            if size > max_bytes:
+                raise PayloadTooLarge(f"the file is larger than {max_bytes} bytes "
+                                      "(KILN_MAX_UPLOAD_BYTES)")
+        else:
+            size, sha256 = copy_upload(stream, storage, uri, max_bytes)
     except BaseException:
         storage.remove(uri)
         raise
     record = File(id=file_id, tenant_id=caller.tenant_id, purpose=purpose, filename=filename,
                   format=file_format, compression=compression, bytes=size,
-                  sha256=digest.hexdigest(), uri=uri,
+                  sha256=sha256, uri=uri,
                   expires_at=file_expiry(session, caller, expires_after_seconds,
                                          default_retention_seconds))
     session.add(record)
@@ -54,6 +52,20 @@ def upload_file(session: Session, caller: Caller, storage: Storage, stream: Bina
     audit.record_for(session, caller, "file.upload", "file", record.id, filename=filename[:200],
                      bytes=size, purpose=purpose)
     return record
+
+
+def copy_upload(stream: BinaryIO, storage: Storage, uri: str, max_bytes: int) -> tuple[int, str]:
+    """Copy an upload to storage in 1 MiB pieces, hashing as it goes: its size and SHA-256."""
+    digest, size = hashlib.sha256(), 0
+    with storage.open_for_write(uri) as out:
+        while piece := stream.read(COPY_BYTES):
+            size += len(piece)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"the file is larger than {max_bytes} bytes "
+                                      "(KILN_MAX_UPLOAD_BYTES)")
+            digest.update(piece)
+            out.write(piece)
+    return size, digest.hexdigest()
 
 
 def file_expiry(session: Session, caller: Caller, seconds: float | None,
@@ -113,6 +125,16 @@ def delete_file(session: Session, caller: Caller, file_id: str) -> None:
 def remove_stored(uri: str) -> None:
     """Delete a file's bytes from storage, if they are there."""
     Storage.remove(uri)
+
+
+def stored_output(session: Session, job: Job, kind: str, fmt: str | None) -> tuple[str | None, str]:
+    """The uri of a file job's joined `kind` file ("results" or "errors") when it is stored in
+    `fmt` (default: the job's output format), else None; and that format. Serving it needs no
+    pyarrow, so an API process that only serves such downloads never loads it."""
+    out_fmt = fmt or job.options.get("output_format", "jsonl")
+    file_id = job.output_file_id if kind == "results" else job.error_file_id
+    stored = session.get(File, file_id) if file_id is not None else None
+    return (stored.uri if stored is not None and stored.format == out_fmt else None), out_fmt
 
 
 def iter_content(uri: str, piece_bytes: int = COPY_BYTES) -> Iterator[bytes]:

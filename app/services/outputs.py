@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.writers import open_writer
-from app.orm import File, Job, JobChunk
+from app.orm import Job, JobChunk
 from app.storage import Storage
 
 ROWS_PER_PIECE = 4096
@@ -219,13 +219,13 @@ def finished_parts(session: Session, job: Job, kind: str,
 
 
 def stream_file_job(session: Session, job: Job, kind: str, fmt: str | None) -> tuple[Iterator[bytes], str]:
-    """The bytes of a file job's results or errors in `fmt` (default: the job's output format)."""
-    out_fmt = fmt or job.options.get("output_format", "jsonl")
-    file_id = job.output_file_id if kind == "results" else job.error_file_id
-    if file_id is not None:
-        stored = session.get(File, file_id)
-        if stored is not None and stored.format == out_fmt:
-            return _read(stored.uri), out_fmt
+    """The bytes of a file job's results or errors in `fmt` (default: the job's output format):
+    its joined file when stored in that format, else its parts converted."""
+    from app.services.files import stored_output
+
+    uri, out_fmt = stored_output(session, job, kind, fmt)
+    if uri is not None:
+        return _read(uri), out_fmt
     return encode_parts(out_fmt, finished_parts(session, job, kind)), out_fmt
 
 

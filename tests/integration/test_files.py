@@ -260,6 +260,17 @@ def test_upload_errors(kiln, make_stack):
     nameless = kiln.http.post("/v1/files", files={"file": ("", b"")}, data={"format": "csv"})
     assert nameless.status_code == 422 and nameless.headers["Content-Type"] == PROBLEM
     assert nameless.json()["errors"][0]["code"] == "not_a_file"
+    # a form field sent twice is refused, not read as its first value (schemathesis sent one
+    # as an array and got a 201)
+    for field, values in (("expires_after_seconds", ["1", "2"]), ("purpose", ["input", "batch"])):
+        twice = kiln.http.post("/v1/files", files=[("file", ("a.csv", to_csv(digits_rows(2)))),
+                                                   *[(field, (None, v)) for v in values]])
+        assert twice.status_code == 422 and twice.headers["Content-Type"] == PROBLEM, twice.text
+        assert [e["field"] for e in twice.json()["errors"]] == [field]
+    two_files = kiln.http.post("/v1/files", files=[("file", ("a.csv", to_csv(digits_rows(2)))),
+                                                   ("file", ("b.csv", to_csv(digits_rows(2))))])
+    assert two_files.status_code == 422 and two_files.json()["errors"][0]["field"] == "file"
+    assert kiln.http.get("/v1/files").json()["data"] == []
     both = kiln.http.post("/v1/jobs", json={"model": "digits", "inputs": [{}], "input_file": "x"})
     assert both.status_code == 422
     unknown = kiln.http.post("/v1/jobs", json={"model": "digits", "input_file": str(uuid.uuid4())})
@@ -274,5 +285,61 @@ def test_upload_errors(kiln, make_stack):
         assert http.get("/v1/files").json()["data"] == []
         stored = list((small.logdir / "storage").rglob("*")) if (small.logdir / "storage").exists() else []
         assert [p for p in stored if p.is_file()] == []
+    finally:
+        api.stop()
+
+
+def test_a_large_upload_is_stored_by_a_rename_with_its_hash_and_nothing_left_behind(kiln, file_stack):
+    """Above 1 MiB an upload spools into the storage's own folder, hashed as it is parsed, and
+    is then moved into place (app/storage.py HashedSpool): the stored bytes, size and SHA-256
+    are the upload's, and no spool file stays behind, for a stored upload or a refused one."""
+    import hashlib
+
+    stack, _, _ = file_stack
+    spool = stack.logdir / "storage" / ".spool"
+    data = to_csv(digits_rows(15000))
+    assert len(data) > 2 * 1024 * 1024
+    meta = upload(kiln, "big.csv", data)
+    assert meta["bytes"] == len(data) and meta["sha256"] == hashlib.sha256(data).hexdigest()
+    stored = kiln.http.get(f"/v1/files/{meta['id']}/content")
+    assert stored.status_code == 200 and stored.content == data
+    assert spool.is_dir() and list(spool.iterdir()) == []
+    # a large multipart body that is not a file upload the endpoint takes: refused, not kept
+    refused = kiln.http.post("/v1/files", files={"file": ("big.csv", data)},
+                             data={"purpose": "nonsense"})
+    assert refused.status_code == 422
+    assert list(spool.iterdir()) == []
+    job = submit(kiln, meta["id"])
+    done = kiln.wait(job["id"], timeout_seconds=120)
+    assert done["status"] == "succeeded" and done["request_counts"]["completed"] == 15000
+
+
+def arrow_loaded(api) -> bool:
+    """Whether any process of a `kiln api` (granian's and its workers) has pyarrow's library
+    mapped."""
+    import psutil
+
+    root = psutil.Process(api.process.pid)
+    return any("libarrow" in mapped.path for process in [root, *root.children(recursive=True)]
+               for mapped in process.memory_maps())
+
+
+def test_a_stored_results_file_is_served_without_loading_pyarrow(kiln, file_stack):
+    """Downloading a finished job's results in its own format copies the joined file's bytes:
+    an API process that serves only those never loads pyarrow (about 60 MiB each). Asking for
+    another format converts the parts, and loads it."""
+    stack, _, _ = file_stack
+    job = submit(kiln, upload(kiln, "d.csv", to_csv(digits_rows(30)))["id"], output_format="csv")
+    assert kiln.wait(job["id"], timeout_seconds=60)["status"] == "succeeded"
+    api = start_api(stack.env, stack.logdir)
+    try:
+        fresh = KilnClient(api.url, kiln.http.headers["Authorization"].split()[-1])
+        assert not arrow_loaded(api)
+        stored = fresh.http.get(f"/v1/jobs/{job['id']}/results")
+        assert stored.status_code == 200 and len(parse("csv", stored.content)) == 30
+        assert not arrow_loaded(api), "serving the stored CSV loaded pyarrow"
+        converted = fresh.http.get(f"/v1/jobs/{job['id']}/results", params={"format": "jsonl"})
+        assert converted.status_code == 200 and len(parse("jsonl", converted.content)) == 30
+        assert arrow_loaded(api), "converting to JSONL goes through pyarrow"
     finally:
         api.stop()

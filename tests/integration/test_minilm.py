@@ -3,6 +3,7 @@
 import numpy as np
 import orjson
 import pytest
+from sqlalchemy import text
 
 from app.client import KilnClient
 from tests import support
@@ -22,11 +23,13 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def minilm(services, tmp_path_factory):
     """An isolated stack with minilm registered through `kiln models add-demo`, an API and a worker."""
-    stack, name = build_stack(services, tmp_path_factory.mktemp("minilm"))
+    # a text file of under two chunks per worker process is split, down to 2 rows here
+    stack, name = build_stack(services, tmp_path_factory.mktemp("minilm"),
+                              KILN_TUNING__MIN_CHUNK_ROWS="2")
     added = stack.kiln("models", "add-demo", "minilm", timeout=300)
     api, worker = support.start_api_and_worker(stack.env, stack.logdir, "-c", "1")
     client = KilnClient(api.url, stack.create_key())
-    yield client, added.stdout
+    yield client, added.stdout, stack
     client.close()
     worker.stop()
     api.stop()
@@ -47,7 +50,7 @@ def cosine(a, b):
 
 
 def test_embeddings_are_unit_384_vectors_with_truncation_flagged(minilm):
-    client, _ = minilm
+    client, *_ = minilm
     outputs = embed(client, SENTENCES)
     vectors = np.array([o["embedding"] for o in outputs])
     assert vectors.shape == (len(SENTENCES), 384)
@@ -56,14 +59,14 @@ def test_embeddings_are_unit_384_vectors_with_truncation_flagged(minilm):
 
 
 def test_similar_sentences_are_closer_than_unrelated_ones(minilm):
-    client, _ = minilm
+    client, *_ = minilm
     eating, bread, stocks = (np.array(o["embedding"]) for o in embed(client, SENTENCES[:3]))
     assert cosine(eating, bread) > cosine(eating, stocks) + 0.3
     assert cosine(eating, bread) > cosine(bread, stocks) + 0.3
 
 
 def test_models_list_minilm_with_its_export_check(minilm):
-    client, added = minilm
+    client, added, _ = minilm
     assert "minilm v1 registered" in added
     found = {m["name"]: m for m in client.models()}
     model = found["minilm"]
@@ -74,7 +77,7 @@ def test_models_list_minilm_with_its_export_check(minilm):
 
 
 def test_a_record_without_text_is_a_422_problem(minilm):
-    client, _ = minilm
+    client, *_ = minilm
     response = client.http.post("/v1/jobs", json={"model": "minilm",
                                                   "inputs": [{"text": "fine"}, {"body": "no"},
                                                              {"text": 7}]})
@@ -89,7 +92,7 @@ def test_a_small_text_file_is_embedded_with_json_encoded_vectors_in_csv(minilm):
     import csv
     import io
 
-    client, _ = minilm
+    client, *_ = minilm
     rows = [{"doc": f"d{i}", "text": text} for i, text in enumerate(SENTENCES)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["doc", "text"])
@@ -107,6 +110,11 @@ def test_a_small_text_file_is_embedded_with_json_encoded_vectors_in_csv(minilm):
     vectors = np.array([orjson.loads(r["embedding"]) for r in out])
     assert vectors.shape == (5, 384)
     assert [r["truncated"] for r in out] == ["false", "false", "false", "true", "false"]
+    # 5 rows on one worker process (-c 1): two chunks, 3 + 2 rows, joined back in input order
+    with minilm[2].sessions() as session:
+        chunks = session.execute(text("SELECT start_row, end_row FROM job_chunks WHERE job_id = "
+                                      ":id ORDER BY index"), {"id": job["id"]}).all()
+    assert [tuple(c) for c in chunks] == [(0, 3), (3, 5)]
     inline = np.array([o["embedding"] for o in embed(client, SENTENCES)])
     assert np.allclose(vectors, inline, atol=1e-5)  # same answer inline or from a file
 

@@ -1,6 +1,7 @@
 """What each long-running process imports at start (issue 20: peak RSS summed over Kiln's
 processes). The API serves uploads and job calls without pyarrow, onnx or ONNX Runtime and
-loads pyarrow only once it serves results. (The worker parent does import the scoring code: its
+loads pyarrow only once it converts results to another format (a stored results file is copied
+as bytes: tests/integration/test_files.py). (The worker parent does import the scoring code: its
 prefork children share those pages, and importing it in each child instead was measured to
 change the summed peak RSS by under 20 MiB.)"""
 

@@ -53,7 +53,8 @@ def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
         source = usable_input(context, job, source, options, lease)
         reader = open_reader(source.format, source.uri, source.compression)
         options["id_column"] = check_columns(reader.columns(), signature, options)
-        plans = plan_reader(context, job_id, reader, options, lease)
+        plans = plan_reader(context, job_id, reader, options, lease,
+                            spread=signature.get("kind") == "text")
     except (InvalidInput, OSError, ValueError) as exc:
         if options.get("decoded_uri"):
             Storage.remove(options["decoded_uri"])
@@ -80,16 +81,41 @@ def plan_chunks(context: WorkerContext, job_id: uuid.UUID, attempt: int,
 
 
 def plan_reader(context: WorkerContext, job_id: uuid.UUID, reader: Reader,
-                options: dict[str, Any], lease: PhaseLease) -> list[ChunkPlan]:
+                options: dict[str, Any], lease: PhaseLease, spread: bool = False) -> list[ChunkPlan]:
     """Plan the chunks. A compressed file is decoded once, into a staging copy its chunks read
-    at their offsets (`decoded_uri`): each would otherwise decompress from the file's start."""
-    chunk_rows = context.settings.tuning.chunk_rows
+    at their offsets (`decoded_uri`): each would otherwise decompress from the file's start.
+
+    With `spread` (text models), a file of fewer than two chunks per worker process is planned
+    again in smaller chunks (`spread_rows`), so that a few thousand sentences, minutes of work,
+    are scored by every process rather than one. A tabular file that small is a fraction of a
+    second of work, less than what more chunks would cost (a message, a claim, a part each)."""
+    tuning = context.settings.tuning
+    chunk_rows = tuning.chunk_rows
     if not reader.compression or not isinstance(reader, LineReader):
-        return reader.plan(chunk_rows, checkpoint=lease.check)
-    base = context.settings.resolved_storage_url.rstrip("/")
-    options["decoded_uri"] = f"{base}/jobs/{job_id}/input.decoded"
-    with Storage.open_for_write(options["decoded_uri"]) as stage:
-        return reader.plan(chunk_rows, checkpoint=lease.check, stage=stage)
+        plans = reader.plan(chunk_rows, checkpoint=lease.check)
+    else:
+        base = context.settings.resolved_storage_url.rstrip("/")
+        options["decoded_uri"] = f"{base}/jobs/{job_id}/input.decoded"
+        with Storage.open_for_write(options["decoded_uri"]) as stage:
+            plans = reader.plan(chunk_rows, checkpoint=lease.check, stage=stage)
+    if not spread:
+        return plans
+    total = plans[-1].end_row if plans else 0
+    smaller = spread_rows(total, chunk_rows, context.settings.effective_concurrency,
+                          tuning.min_chunk_rows)
+    if smaller < chunk_rows:  # offsets are the decoded bytes' either way: no second stage
+        plans = reader.plan(smaller, checkpoint=lease.check)
+    return plans
+
+
+def spread_rows(total: int, chunk_rows: int, processes: int, floor: int) -> int:
+    """Rows per chunk for a file of `total` rows: `chunk_rows`, or fewer when that makes fewer
+    than two chunks per process, but never fewer than `floor` (each chunk costs a claim,
+    a part and a commit)."""
+    wanted = 2 * max(processes, 1)
+    if total <= 0 or -(-total // chunk_rows) >= wanted:
+        return chunk_rows
+    return min(chunk_rows, max(floor, -(-total // wanted)))
 
 
 def usable_input(context: WorkerContext, job: Job, source: File | None, options: dict[str, Any],
