@@ -5,6 +5,7 @@ so that a failure reproduces; one with a fresh seed, so that each run looks some
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
@@ -29,7 +30,8 @@ def schemathesis(contract, seed: int, report: Path) -> subprocess.CompletedProce
                "--workers", "1", "--request-timeout", "30",
                "--header", f"Authorization: Bearer {contract.key}",
                "--report", "junit", "--report-junit-path", str(report)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600,
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "hooks.py")}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
                           cwd=report.parent)  # its cache folder lands there
 
 
