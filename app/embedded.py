@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +45,26 @@ def reap(pid: int) -> str:
     return describe_exit(os.waitstatus_to_exitcode(status)) if reaped else "exited"
 
 
+def ensure_pgserver_user() -> None:
+    """pgserver runs Postgres as the system user `pgserver` when we are root, and creates that
+    user with `useradd` on first use. Two processes starting their first embedded Postgres at
+    once (parallel test workers, two `kiln up` homes) would both run `useradd`, and the second
+    fails; here the check and the `useradd` run under one machine-wide file lock."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return
+    import fcntl
+
+    from pgserver.utils import ensure_user_exists
+
+    lock = Path(tempfile.gettempdir()) / "kiln-pgserver-user.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        ensure_user_exists("pgserver")
+    finally:
+        os.close(fd)
+
+
 class EmbeddedPostgres:
     """Postgres 16 from the pgserver wheel, listening on a Unix socket under `home`."""
 
@@ -62,6 +83,7 @@ class EmbeddedPostgres:
         import pgserver
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        ensure_pgserver_user()
         self._remove_stale_lock()
         self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
         self._server.ensure_postgres_running()

@@ -9,13 +9,14 @@ anew. An entry that cannot be read is built again and overwritten."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -68,17 +69,38 @@ def write(path: Path, built: BuiltModel) -> None:
         os.replace(tmp, path.with_suffix(suffix))
 
 
+@contextlib.contextmanager
+def building(path: Path) -> Iterator[None]:
+    """One process at a time reads or builds an entry (two `kiln up` homes, parallel test
+    workers): a second waits for the first's build, then reads it instead of building it too.
+    Without a writable cache, or without flock, nobody waits."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def built(name: str, build: Callable[[], BuiltModel], *,
           rebuild: bool = False) -> tuple[BuiltModel, bool]:
     """The cached build of `name`, else a new one (then cached); and whether it was cached. A
     cache that cannot be written (read-only home) costs only the rebuild next time."""
     path = cache_dir() / f"{name}-{key(name)}"
-    cached = None if rebuild else read(path)
-    if cached is not None:
-        return cached, True
-    model = build()
-    try:
-        write(path, model)
-    except OSError as exc:
-        log.warning("demo model not cached in %s: %s", path.parent, exc)
-    return model, False
+    with building(path):
+        cached = None if rebuild else read(path)
+        if cached is not None:
+            return cached, True
+        model = build()
+        try:
+            write(path, model)
+        except OSError as exc:
+            log.warning("demo model not cached in %s: %s", path.parent, exc)
+        return model, False

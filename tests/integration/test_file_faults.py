@@ -106,9 +106,11 @@ def test_a_huge_file_does_not_starve_another_tenants_small_job(slow_stack, make_
 
 
 def test_expired_jobs_end_expired_and_keep_their_finished_rows(make_stack):
-    iso = make_stack(KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1")
+    iso = make_stack(KILN_TUNING__BATCH_SIZE="64", KILN_WORKER_CONCURRENCY="1",
+                     KILN_MAX_INLINE_INPUTS="30000")
     model = f"slower-{uuid.uuid4().hex[:6]}"
-    register_slow_model(iso, model, hidden=2048, layers=8)  # ~4x slower: 10,000 rows take >10 s
+    # ~4x slower: 10,000 rows took 8-10 s on an idle machine, so 30,000 take well over the window
+    register_slow_model(iso, model, hidden=2048, layers=8)
     api, worker = start_api_and_worker(iso.env, iso.logdir)
     try:
         client = KilnClient(api.url, iso.create_key())
@@ -123,15 +125,16 @@ def test_expired_jobs_end_expired_and_keep_their_finished_rows(make_stack):
 
 def check_expiry(client, model: str) -> None:
     """The window: long enough for a first batch on a loaded machine (a 64-row batch took 2.5 s
-    at load 16), short of the >10 s the job needs on an idle one."""
-    job = client.http.post("/v1/jobs", json={"model": model, "inputs": slow_records(10000),
+    at load 16), short of the 25 s or more the job needs on an idle one (10,000 rows finished
+    inside 8 s on a quiet machine once)."""
+    job = client.http.post("/v1/jobs", json={"model": model, "inputs": slow_records(30000),
                                              "completion_window": "8s"}).json()
     assert job["expires_at"]
     done = client.wait(job["id"], timeout_seconds=60)
     assert done["status"] == "expired"
     assert done["error"]["code"] == "expired"
     counts = done["request_counts"]
-    assert 0 < counts["completed"] < 10000
+    assert 0 < counts["completed"] < 30000
     lines = b"".join(client.iter_results(job["id"])).splitlines()
     assert len(lines) == counts["completed"]  # each finished row once, none twice
     bad = client.http.post("/v1/jobs", json={"model": model, "inputs": slow_records(1),

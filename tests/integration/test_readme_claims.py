@@ -178,8 +178,10 @@ def test_job_failed_and_a_running_jobs_job_cancelled_reach_the_webhook(claims):
         failed = file_job(kiln, rows, max_failed_fraction=0.5, webhook_url=local(receiver))
         assert kiln.wait(failed["id"], timeout_seconds=60)["status"] == "failed"
         slow = f"slow-{uuid.uuid4().hex[:6]}"
-        register_slow_model(claims.stack, slow)
-        running = kiln.submit(slow, slow_records(6000), webhook_url=local(receiver))
+        # slow enough that the job is still running when the cancel lands however fast the
+        # worker is next to this client (CI once saw it end first at 6,000 rows of hidden=1024)
+        register_slow_model(claims.stack, slow, hidden=2048)
+        running = kiln.submit(slow, slow_records(9000), webhook_url=local(receiver))
         wait_for(lambda: kiln.job(running["id"])["request_counts"]["completed"] > 0, timeout=60,
                  message="the running job's first batch")
         assert kiln.cancel(running["id"])["status"] in ("cancelling", "cancelled")
