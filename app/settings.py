@@ -63,6 +63,10 @@ class Tuning(BaseModel):
         default=600.0, ge=0,
         description="jobs this close to their completion window's end are claimed first")
     chunk_rows: int = Field(default=50_000, description="rows per chunk of a file job")
+    min_chunk_rows: int = Field(
+        default=1000, ge=1,
+        description="a text model's file of fewer than two chunks per worker process is split "
+                    "into smaller chunks, down to this many rows, so that every process scores it")
     file_batch_rows: int = Field(
         default=8192, description="rows a file chunk parses and scores at once (tabular models)")
     small_job_check_ms: float = Field(
@@ -74,6 +78,10 @@ class Tuning(BaseModel):
                                   "once, to batch similar lengths together")
     cache_seconds: float = Field(default=5.0, ge=0,
                                  description="API cache of keys and models; 0 = off")
+    wait_recheck_seconds: float = Field(
+        default=1.0, gt=0,
+        description="a `?wait` request reads its job again this often even when no ending "
+                    "message came (Redis away): the most latency a lost message costs")
     heartbeat_seconds: float | None = Field(
         default=None, description="lease renewal period; unset = a third of the lease")
     cpu_policy: Literal["batch", "normal"] = Field(
@@ -137,6 +145,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_workers: int = Field(default=0, description="API (granian) processes; 0 = one per usable CPU")
     api_threads: int = 8
+    max_waiting_requests: int = Field(
+        default=4, ge=0,
+        description="per API process: `GET /v1/jobs/{id}?wait` requests held at once (each holds "
+                    "a request thread); more answer at once")
     worker_concurrency: int = Field(default=0, description="Celery prefork children; 0 = CPU count")
     queue: str = "cpu"
     gpu_queue: str = Field(default="gpu", description="queue of jobs that need a GPU")
@@ -145,6 +157,10 @@ class Settings(BaseSettings):
         default=60.0, description="at most one job.progress webhook per job per this many seconds")
     max_attempts: int = 3
     lease_seconds: float = 30.0
+    stall_seconds: float = Field(
+        default=900.0, ge=0,
+        description="a file phase (validating, a chunk, finalizing) that reaches none of its "
+                    "checkpoints for this long lets its lease go, for another attempt; 0 = never")
     queued_grace_seconds: float = 10.0
     reconcile_interval_seconds: float = 5.0
     max_inline_inputs: int = 10_000
