@@ -144,9 +144,10 @@ def check_model(artifact: bytes, signature: dict[str, Any],
     if kind not in PROCESSING_KINDS:
         raise InvalidInput(f"processing.kind must be one of {sorted(PROCESSING_KINDS)}, "
                            f"got {kind!r}")
-    size = processing.get("max_batch_size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-        raise InvalidInput(f"processing.max_batch_size must be a positive integer, got {size!r}")
+    for name in ("max_batch_size", "batch_size", "gpu_batch_size"):
+        size = processing.get(name)
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise InvalidInput(f"processing.{name} must be a positive integer, got {size!r}")
     wait = processing.get("max_batch_wait_ms")
     if wait is not None and (not isinstance(wait, (int, float)) or isinstance(wait, bool)
                              or not 0 <= wait <= MAX_BATCH_WAIT_MS):

@@ -96,11 +96,12 @@ def test_processing_and_signature_kinds_must_fit():
         check_model(tiny(), {"kind": "tabular", "columns": []}, PROCESSING)
 
 
+@pytest.mark.parametrize("name", ["max_batch_size", "batch_size", "gpu_batch_size"])
 @pytest.mark.parametrize("size", [0, -8, 2.5, "64", True])
-def test_a_max_batch_size_must_be_a_positive_integer(size):
-    with pytest.raises(InvalidInput, match="max_batch_size"):
-        check_model(tiny(), SIGNATURE, {**PROCESSING, "max_batch_size": size})
-    check_model(tiny(), SIGNATURE, {**PROCESSING, "max_batch_size": 8})
+def test_batch_sizes_must_be_positive_integers(name, size):
+    with pytest.raises(InvalidInput, match=f"processing.{name} "):
+        check_model(tiny(), SIGNATURE, {**PROCESSING, name: size})
+    check_model(tiny(), SIGNATURE, {**PROCESSING, name: 8})
 
 
 @pytest.mark.parametrize("wait", [-1, "5", True, 10_001])

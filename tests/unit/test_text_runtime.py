@@ -7,7 +7,8 @@ from onnx import TensorProto, helper
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from workers.demo_models import attach_tokenizer
-from workers.runtime.onnx import TextEmbedder, load_model
+from workers.runtime.onnx import (CPU_PROVIDER, GPU_PROVIDER, TextEmbedder, load_model,
+                                  text_batch_size)
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "cat", "dog", "sat", "ran", "the", "mat"]
 DIM = 8
@@ -16,7 +17,7 @@ SIGNATURE = {"kind": "text", "text_field": "text", "input_names": ["input_ids", 
              "dim": DIM}
 PROCESSING = {"kind": "text_embedding", "tokenizer_metadata_key": "tokenizer.json",
               "max_tokens": MAX_TOKENS, "pad_id": 0, "output": "sentence_embedding",
-              "batch_size": 2}
+              "batch_size": 2, "gpu_batch_size": 2}  # the same on a machine with CUDA
 
 
 def tiny_tokenizer() -> Tokenizer:
@@ -116,3 +117,11 @@ def test_a_bucket_is_batched_by_length_and_comes_back_in_input_order(embedder, m
     in_order = sum(max(len(embedder.tokenizer.encode(t).ids) for t in texts[i:i + 2]) * 2
                    for i in range(0, 40, 2))
     assert padded < in_order
+
+
+def test_a_text_model_calls_with_larger_batches_on_cuda_than_on_the_cpu(embedder):
+    assert embedder.batch_size == 2
+    cpu_only = {key: value for key, value in PROCESSING.items() if key != "gpu_batch_size"}
+    assert text_batch_size(cpu_only, [CPU_PROVIDER]) == 2
+    assert text_batch_size(cpu_only, [GPU_PROVIDER, CPU_PROVIDER]) == 256
+    assert text_batch_size(PROCESSING, [GPU_PROVIDER, CPU_PROVIDER]) == 2
