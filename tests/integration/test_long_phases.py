@@ -138,7 +138,7 @@ def test_a_stalled_chunk_lets_its_lease_go_and_another_attempt_finishes_the_job(
                          worker.log.read_bytes())
     assert len(stalled) == 1, stalled
     index, idle = int(stalled[0][0]), float(stalled[0][1])
-    assert STALL_SECONDS < idle < STALL_SECONDS + 2, idle
+    assert STALL_SECONDS <= idle < STALL_SECONDS + 2, idle  # logged to 0.1 s: 6.04 reads 6.0
     with stack.sessions() as session:
         attempts = dict(session.execute(select(JobChunk.index, JobChunk.attempt)
                                         .where(JobChunk.job_id == job["id"])).all())
