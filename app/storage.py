@@ -41,8 +41,8 @@ class Storage:
         `spool` is not one (copy it instead)."""
         if not isinstance(spool, HashedSpool) or not self.local:
             return None
-        fs, path = fsspec.core.url_to_fs(uri)
-        fs.makedirs(fs._parent(path), exist_ok=True)
+        _, path = fsspec.core.url_to_fs(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         spool.file.flush()
         os.replace(spool.name, path)
         spool.adopted = True

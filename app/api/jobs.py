@@ -177,7 +177,7 @@ def file_job_rows(job, kind: str, fmt: str | None) -> Response:
             # parts, or another format: pyarrow, loaded by an API process once it converts
             from app.services import outputs
 
-            pieces, out_fmt = outputs.stream_file_job(session, job, kind, fmt)
+            pieces = outputs.converted_parts(session, job, kind, out_fmt)
     except BaseException:
         close_quietly(session)
         raise

@@ -6,12 +6,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.queueing.drains import DrainFlags
 from app.queueing.publisher import Publisher
 
 LARGE = 2**62  # the rows of a job whose size was not given: never small
+
+
+class Pending(NamedTuple):
+    """A trailing message to send: the newest job's id, its queue, when it is due, and the
+    most rows of a job it announces."""
+
+    job_id: uuid.UUID | str
+    queue: str | None
+    due: float
+    rows: int
 
 
 class Coalescer:
@@ -38,8 +48,7 @@ class Coalescer:
         self.quiet_seconds = quiet_seconds
         self.last_sent: dict[Any, float] = {}
         self.last_job: dict[Any, float] = {}
-        # newest job id, queue, when due, and the most rows of a job it announces
-        self.pending: dict[Any, tuple[uuid.UUID | str, str | None, float, int]] = {}
+        self.pending: dict[Any, Pending] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,12 +66,12 @@ class Coalescer:
             if quiet or now - self.last_sent.get(model_key, -1e9) >= window:
                 self.last_sent[model_key] = now
                 earlier = self.pending.pop(model_key, None)  # this message is after its commit
-                rows = max(rows, earlier[3]) if earlier else rows
+                rows = max(rows, earlier.rows) if earlier else rows
                 send = True
             else:
                 earlier = self.pending.get(model_key)
-                self.pending[model_key] = (job_id, queue, self.last_sent[model_key] + window,
-                                           max(rows, earlier[3]) if earlier else rows)
+                self.pending[model_key] = Pending(job_id, queue, self.last_sent[model_key] + window,
+                                                  max(rows, earlier.rows) if earlier else rows)
                 send = False
                 self._ensure_thread()
         if send:
@@ -80,7 +89,7 @@ class Coalescer:
         while True:
             self._wake.wait(timeout=1.0)
             with self._lock:
-                due_at = min((entry[2] for entry in self.pending.values()), default=None)
+                due_at = min((entry.due for entry in self.pending.values()), default=None)
                 if due_at is None:
                     self._wake.clear()
                     continue

@@ -226,7 +226,12 @@ def stream_file_job(session: Session, job: Job, kind: str, fmt: str | None) -> t
     uri, out_fmt = stored_output(session, job, kind, fmt)
     if uri is not None:
         return _read(uri), out_fmt
-    return encode_parts(out_fmt, finished_parts(session, job, kind)), out_fmt
+    return converted_parts(session, job, kind, out_fmt), out_fmt
+
+
+def converted_parts(session: Session, job: Job, kind: str, fmt: str) -> Iterator[bytes]:
+    """A file job's finished parts of `kind`, in input order, encoded as `fmt`."""
+    return encode_parts(fmt, finished_parts(session, job, kind))
 
 
 def _read(uri: str) -> Iterator[bytes]:
