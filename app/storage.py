@@ -7,12 +7,23 @@ no `Storage` (readers, workers); an instance adds the base URL new objects are n
 
 from __future__ import annotations
 
+import base64
+import bisect
 import hashlib
+import io
+import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
+from itertools import accumulate
 from typing import Any, BinaryIO
 
 import fsspec
+
+# A stored file made of other stored objects (`Storage.put_joined`): reading its URI reads
+# them in order, so joining parts into one file copies no bytes.
+JOINED = ".joined.json"
+READ_BYTES = 4 * 1024 * 1024
 
 
 class Storage:
@@ -61,8 +72,35 @@ class Storage:
     @staticmethod
     def open(uri: str, mode: str = "rb", compression: str | None = None) -> BinaryIO:
         """An open file (decompressed as it is read when `compression` is given, e.g. gzip);
-        closing it closes every layer."""
+        closing it closes every layer. A joined file (`put_joined`) reads as the whole."""
+        if uri.endswith(JOINED) and mode == "rb" and compression is None:
+            return io.BufferedReader(JoinedReader(uri), READ_BYTES)
         return fsspec.open(uri, mode, compression=compression).open()
+
+    @staticmethod
+    def put_joined(uri: str, head: bytes, pieces: Sequence[str],
+                   checkpoint: Callable[[], None] | None = None) -> tuple[int, str]:
+        """Store at `uri` (which ends in `JOINED`) the file `head` + each of `pieces` in order,
+        by reference: the pieces stay where they are, and must outlive it (a file job's parts
+        do; retention removes them with the job's results). Returns its size and SHA-256, read
+        through once; `checkpoint` is called between reads and may raise to stop."""
+        assert uri.endswith(JOINED), uri
+        digest, sizes = hashlib.sha256(head), []
+        buffer = bytearray(READ_BYTES)
+        for piece in pieces:
+            size = 0
+            with fsspec.open(piece, "rb").open() as handle:
+                while count := handle.readinto(buffer):
+                    digest.update(memoryview(buffer)[:count])
+                    size += count
+                    if checkpoint is not None:
+                        checkpoint()
+            sizes.append(size)
+        manifest = {"head": base64.b64encode(head).decode(), "pieces": list(pieces),
+                    "sizes": sizes, "bytes": len(head) + sum(sizes)}
+        with Storage.open_for_write(uri) as handle:
+            handle.write(json.dumps(manifest).encode())
+        return manifest["bytes"], digest.hexdigest()
 
     @staticmethod
     def open_for_write(uri: str) -> BinaryIO:
@@ -74,11 +112,13 @@ class Storage:
 
     @staticmethod
     def read_bytes(uri: str) -> bytes:
-        with fsspec.open(uri, "rb") as handle:
+        with Storage.open(uri) as handle:
             return handle.read()
 
     @staticmethod
     def size(uri: str) -> int:
+        if uri.endswith(JOINED):
+            return JoinedReader(uri).size
         fs, path = fsspec.core.url_to_fs(uri)
         return fs.size(path)
 
@@ -89,11 +129,71 @@ class Storage:
 
     @staticmethod
     def remove(uri: str, missing_ok: bool = True) -> None:
-        """Delete an object; one that is not there is an error only when not `missing_ok`."""
+        """Delete an object; one that is not there is an error only when not `missing_ok`. A
+        joined file's pieces are not removed with it: they have owners of their own."""
         fs, path = fsspec.core.url_to_fs(uri)
         if missing_ok and not fs.exists(path):
             return
         fs.rm(path)
+
+
+class JoinedReader(io.RawIOBase):
+    """A joined file (`Storage.put_joined`) as one seekable stream over its head and pieces."""
+
+    def __init__(self, uri: str):
+        with fsspec.open(uri, "rb") as handle:
+            manifest = json.loads(handle.read())
+        self.head = base64.b64decode(manifest["head"])
+        self.pieces: list[str] = manifest["pieces"]
+        # starts[i]: the offset of piece i; the head is piece -1, at 0
+        self.starts = list(accumulate(manifest["sizes"], initial=len(self.head)))
+        self.size: int = manifest["bytes"]
+        self.position, self.index, self.handle = 0, -1, None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        self._close_piece()
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.position < len(self.head):
+            count = min(len(view), len(self.head) - self.position)
+            view[:count] = self.head[self.position:self.position + count]
+            self.position += count
+            return count
+        if self.position >= self.size:
+            return 0
+        index = bisect.bisect_right(self.starts, self.position) - 1
+        if index != self.index:
+            self._close_piece()
+            self.handle = fsspec.open(self.pieces[index], "rb").open()
+            self.handle.seek(self.position - self.starts[index])
+            self.index = index
+        count = self.handle.readinto(view[:self.starts[index + 1] - self.position])
+        if not count:
+            raise OSError(f"{self.pieces[index]} is shorter than when it was joined")
+        self.position += count
+        return count
+
+    def _close_piece(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        self.handle, self.index = None, -1
+
+    def close(self) -> None:
+        self._close_piece()
+        super().close()
 
 
 class HashedSpool:

@@ -12,6 +12,7 @@ Rounds alternate as in bench/bulk.py; every Kiln answer is compared with the bas
 from __future__ import annotations
 
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -126,6 +127,7 @@ def main(args) -> int:
         worker.stop()
         api.stop()
         support.drop_database(support.LOCAL_POSTGRES, name)
+        shutil.rmtree(tmp, ignore_errors=True)
     job = [r["raw"] / r["job"] for r in rounds]
     print(f"\n{rows:,} sentences (4-120 words) on minilm, {len(rounds)} rounds: baseline "
           f"{min(rows / r['raw'] for r in rounds):,.0f}-{max(rows / r['raw'] for r in rounds):,.0f} "

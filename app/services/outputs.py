@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.writers import open_writer
 from app.orm import Job, JobChunk
-from app.storage import Storage
+from app.storage import JOINED, Storage
 
 ROWS_PER_PIECE = 4096
 
@@ -100,24 +100,32 @@ def csv_twin(uri: str) -> str:
     return uri.removesuffix(".arrow") + ".csv"
 
 
-def joined_csv(uris: list[str]) -> Iterator[bytes] | None:
-    """A CSV of Arrow parts that all have CSV twins of one schema: the header, then the twins'
-    bytes as they are. None when some part has none (it is then converted)."""
+def csv_pieces(uris: list[str]) -> tuple[bytes, list[str]] | None:
+    """A CSV of Arrow parts that all have CSV twins of one schema, as its header and the twins
+    to follow it as they are. None when some part has none (it is then converted)."""
     schemas = set()
     for uri in uris:
         if not is_arrow(uri) or not Storage.exists(csv_twin(uri)):
             return None
         with Storage.open(uri) as handle:
             schemas.add(pa.ipc.open_stream(handle).schema)
-    if len(schemas) != 1:
+    if len(schemas) != 1 or not uris:
         return None
+    header = io.BytesIO()
+    pacsv.write_csv(flat_table(read_arrow(uris[0]).slice(0, 1)).slice(0, 0), header)
+    return header.getvalue(), [csv_twin(uri) for uri in uris]
+
+
+def joined_csv(uris: list[str]) -> Iterator[bytes] | None:
+    """The bytes of `csv_pieces`, a piece at a time; None when the parts have no twins."""
+    if (found := csv_pieces(uris)) is None:
+        return None
+    header, twins = found
 
     def pieces() -> Iterator[bytes]:
-        header = io.BytesIO()
-        pacsv.write_csv(flat_table(read_arrow(uris[0]).slice(0, 1)).slice(0, 0), header)
-        yield header.getvalue()
-        for uri in uris:
-            yield from _read(csv_twin(uri))
+        yield header
+        for twin in twins:
+            yield from _read(twin)
 
     return pieces()
 
@@ -241,9 +249,14 @@ def _read(uri: str) -> Iterator[bytes]:
 
 
 def write_joined(uri: str, fmt: str, parts: list[str],
-                 checkpoint: Callable[[], None] | None = None) -> tuple[int, str]:
-    """Join parts into one stored file; returns (bytes, sha256). `checkpoint` is called between
-    pieces and may raise to stop: the partial file is then removed."""
+                 checkpoint: Callable[[], None] | None = None) -> tuple[str, int, str]:
+    """Join parts into one stored file; returns its (uri, bytes, sha256). A CSV of parts with
+    CSV twins is stored by reference (`Storage.put_joined`, at `uri` + `JOINED`): its bytes are
+    the twins' own, so nothing is copied. `checkpoint` is called between pieces and may raise to
+    stop: the partial file is then removed."""
+    found = csv_pieces(parts) if fmt == "csv" else None
+    if found is not None:
+        return (uri + JOINED, *Storage.put_joined(uri + JOINED, *found, checkpoint=checkpoint))
     digest, size = hashlib.sha256(), 0
     try:
         with Storage.open_for_write(uri) as out:
@@ -256,7 +269,15 @@ def write_joined(uri: str, fmt: str, parts: list[str],
     except BaseException:
         Storage.remove(uri, missing_ok=False)
         raise
-    return size, digest.hexdigest()
+    return uri, size, digest.hexdigest()
+
+
+def discard_parts(uris: Iterable[str]) -> None:
+    """Remove parts no chunk row names (and their CSV twins), as retention would never see them."""
+    for uri in uris:
+        Storage.remove(uri)
+        if is_arrow(uri):
+            Storage.remove(csv_twin(uri))
 
 
 def part_uri(base: str, job_id: uuid.UUID, index: int, attempt: int, kind: str,

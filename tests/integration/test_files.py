@@ -343,3 +343,31 @@ def test_a_stored_results_file_is_served_without_loading_pyarrow(kiln, file_stac
         assert arrow_loaded(api), "converting to JSONL goes through pyarrow"
     finally:
         api.stop()
+
+
+def test_a_csv_results_file_is_joined_by_reference_and_reads_whole(kiln, file_stack):
+    """Finalize stores a CSV job's results as its header plus the chunks' CSV twins, by
+    reference (app/storage.py `put_joined`): no byte is copied. The file then reads as the whole,
+    through the job's results and through /v1/files; its size and SHA-256 are those bytes';
+    deleting the job removes it and the twins. (Seeking into one, as a chunk reading it as its
+    input would: tests/unit/test_storage.py.)"""
+    import hashlib
+
+    from app.storage import JOINED
+
+    stack, _, _ = file_stack
+    rows = digits_rows(1500)  # chunks of 400 rows: four twins
+    job = submit(kiln, upload(kiln, "d.csv", to_csv(rows))["id"], output_format="csv")
+    done = kiln.wait(job["id"], timeout_seconds=60)
+    assert done["status"] == "succeeded", done
+    data = download(kiln, job["id"])
+    assert [r["custom_id"] for r in parse("csv", data)] == [r["custom_id"] for r in rows]
+    meta = kiln.http.get(f"/v1/files/{done['output_file']}").json()
+    assert meta["bytes"] == len(data) and meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert kiln.http.get(f"/v1/files/{done['output_file']}/content").content == data
+    joined = list((stack.logdir / "storage" / "jobs" / job["id"]).glob(f"results.*{JOINED}"))
+    assert len(joined) == 1 and joined[0].stat().st_size < 2048, joined
+    folder = stack.logdir / "storage" / "jobs" / job["id"]
+    assert len(list(folder.rglob("*.results.csv"))) == 4  # the twins
+    assert kiln.http.delete(f"/v1/jobs/{job['id']}").status_code == 200
+    assert [p for p in folder.rglob("*") if p.is_file()] == []  # removed once the delete commits

@@ -17,6 +17,7 @@ from app.orm import Job, JobResult, StorageGarbage
 from app.services.retention import collect_garbage
 from app.store import retention
 from tests.conftest import build_stack
+from app.storage import Storage
 from tests.integration.test_files import digits_rows, to_csv
 from tests.support import drop_database, start_api_and_worker, wait_for
 from workers.demo_models import digits_records, digits_split
@@ -86,7 +87,7 @@ def test_results_expire_on_time_with_410_and_the_disk_shrinks(kept):
     grown, stored = disk_bytes(kept), tenant.storage_bytes()
     outputs = [p for p in (storage_root(kept) / "jobs" / job["id"]).glob("*") if p.is_file()]
     assert outputs and job_disk_bytes(kept, job["id"]) > 0 and grown > before_disk
-    output_bytes = sum(p.stat().st_size for p in outputs)
+    output_bytes = sum(Storage.size(p.as_uri()) for p in outputs)  # a joined one: as read
     assert stored - before_storage == len(to_csv(digits_rows(12))) + output_bytes
     for done in (job, inline):
         wait_for(lambda done=done: tenant.http.get(f"/v1/jobs/{done['id']}").json()

@@ -10,7 +10,7 @@ from typing import Any
 from app.errors import LeaseLost, describe_error
 from app.formats import ChunkPlan, open_reader
 from app.orm import File, Job, Model
-from app.services.outputs import open_part, part_uri
+from app.services.outputs import discard_parts, open_part, part_uri
 from app.store import chunks as chunk_store
 from app.store.lifecycle import Usage
 from app.store.outbox import record_progress_event
@@ -130,15 +130,26 @@ class ChunkRun:
         handles = {kind: open_part(uri, with_csv=self.output_format == "csv")
                    for kind, uri in uris.items()}
         try:
-            if not self.score_batches(handles, lease):
-                return None
+            scored = self.score_batches(handles, lease)
         finally:
             self.small_jobs.close()  # their flags cleared; a message for any still waiting
             for handle in handles.values():
                 handle.close()
-        lease.check()
+        try:
+            if scored:
+                lease.check()
+        except LeaseLost:
+            scored = False
+            raise
+        finally:
+            if not scored:  # stopped before its commit: no chunk row will name these parts
+                discard_parts(uris.values())
         lease.stop()  # the commit ends the lease (fenced: it fails if the lease was lost)
-        return self if self.commit(uris) else None
+        committed = self.commit(uris)
+        # the parts the chunk row does not name (an empty kind, or all when fenced off)
+        discard_parts([uri for kind, uri in uris.items()
+                       if not committed or not (self.completed if kind == "results" else self.failed)])
+        return self if committed else None
 
     def score_batches(self, handles: dict[str, Any], lease: PhaseLease) -> bool:
         compression = None if self.input_uri != self.source.uri else self.source.compression

@@ -80,8 +80,8 @@ def join_parts(context: WorkerContext, job_id: uuid.UUID, attempt: int,
         if earlier and earlier.get("format") == fmt and earlier.get("parts") == len(uris):
             written[kind] = (earlier["uri"], earlier["bytes"], earlier["sha256"])
             continue
-        uri = f"{base.rstrip('/')}/jobs/{job_id}/{kind}.a{attempt}.{fmt}"
-        size, sha256 = write_joined(uri, fmt, uris, checkpoint=lease.check)
+        uri, size, sha256 = write_joined(f"{base.rstrip('/')}/jobs/{job_id}/{kind}.a{attempt}.{fmt}",
+                                         fmt, uris, checkpoint=lease.check)
         written[kind] = (uri, size, sha256)
         record = {"uri": uri, "bytes": size, "sha256": sha256, "format": fmt, "parts": len(uris)}
         with context.sessions.begin() as session:
