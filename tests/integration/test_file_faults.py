@@ -2,6 +2,7 @@
 
 import signal
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +36,7 @@ def submit(client, model, file_id, **options):
 
 
 def test_partial_results_while_running_then_cancel_mid_file(slow_stack):
-    _, model, client, _ = slow_stack
+    iso, model, client, _ = slow_stack
     meta = upload(client, "slow.jsonl", to_jsonl(rows_with_ids(8000)))
     job = submit(client, model, meta["id"])
     running = wait_for(lambda: (j := client.job(job["id"]))["request_counts"]["completed"] >= 500 and j,
@@ -56,6 +57,23 @@ def test_partial_results_while_running_then_cancel_mid_file(slow_stack):
     kept = parse("jsonl", download(client, job["id"]))
     assert len(kept) == counts["completed"] + counts["failed"]
     assert len({r["row_index"] for r in kept}) == len(kept)
+    # the chunks stopped by the cancel removed their parts, and every chunk its empty error part:
+    # what is on disk is what the chunk rows name (retention removes those with the job)
+    assert part_files(iso, job["id"]) == named_parts(iso, job["id"]) != set()
+
+
+def part_files(iso, job_id: str) -> set[str]:
+    folder = Path(iso.env["KILN_HOME"]) / "storage" / "jobs" / job_id / "parts"
+    return {p.as_uri() for p in folder.iterdir()}
+
+
+def named_parts(iso, job_id: str) -> set[str]:
+    from sqlalchemy import text
+
+    with iso.sessions() as session:
+        rows = session.execute(text("SELECT output_uri, error_uri FROM job_chunks "
+                                    "WHERE job_id = :j"), {"j": job_id}).all()
+    return {Path(uri.removeprefix("file://")).as_uri() for row in rows for uri in row if uri}
 
 
 def test_sigkilled_worker_mid_chunk_gives_exactly_one_row_per_input(slow_stack):

@@ -130,20 +130,20 @@ class ChunkRun:
         handles = {kind: open_part(uri, with_csv=self.output_format == "csv")
                    for kind, uri in uris.items()}
         try:
-            scored = self.score_batches(handles, lease)
-        finally:
-            self.small_jobs.close()  # their flags cleared; a message for any still waiting
-            for handle in handles.values():
-                handle.close()
-        try:
+            try:
+                scored = self.score_batches(handles, lease)
+            finally:
+                self.small_jobs.close()  # their flags cleared; a message for any still waiting
+                for handle in handles.values():
+                    handle.close()
             if scored:
                 lease.check()
-        except LeaseLost:
-            scored = False
+        except BaseException:
+            discard_parts(uris.values())  # not committed: no chunk row will name these parts
             raise
-        finally:
-            if not scored:  # stopped before its commit: no chunk row will name these parts
-                discard_parts(uris.values())
+        if not scored:  # stopped (cancelled, or the job ended elsewhere) before its commit
+            discard_parts(uris.values())
+            return None
         lease.stop()  # the commit ends the lease (fenced: it fails if the lease was lost)
         committed = self.commit(uris)
         # the parts the chunk row does not name (an empty kind, or all when fenced off)
