@@ -129,12 +129,13 @@ class Storage:
 
     @staticmethod
     def remove(uri: str, missing_ok: bool = True) -> None:
-        """Delete an object; one that is not there is an error only when not `missing_ok`. A
-        joined file's pieces are not removed with it: they have owners of their own."""
+        """Delete an object, or with a trailing / a folder and all it holds; one that is not
+        there is an error only when not `missing_ok`. A joined file's pieces are not removed
+        with it: they have owners of their own."""
         fs, path = fsspec.core.url_to_fs(uri)
         if missing_ok and not fs.exists(path):
             return
-        fs.rm(path)
+        fs.rm(path, recursive=uri.endswith("/"))
 
 
 class JoinedReader(io.RawIOBase):

@@ -69,6 +69,16 @@ def test_files_models_and_results_live_in_s3(s3):
     assert [r["custom_id"] for r in out] == [r["custom_id"] for r in rows if r["custom_id"] != "img-00010"]
     assert sum(r["label"] == r["truth"] for r in out) / len(out) >= 0.95
     assert fs.glob(f"{BUCKET}/kiln/jobs/{job['id']}/parts/*"), "chunk parts are in S3"
+    # a CSV results file joined by reference over S3 objects; deleting the job removes every
+    # object under the job's prefix
+    csv_job = kiln.submit_file("digits", meta["id"], output_format="csv")
+    assert kiln.wait(csv_job["id"], timeout_seconds=120)["status"] == "succeeded"
+    joined = b"".join(kiln.iter_results(csv_job["id"]))
+    assert [r["custom_id"] for r in parse("csv", joined)] == [r["custom_id"] for r in out]
+    assert fs.glob(f"{BUCKET}/kiln/jobs/{csv_job['id']}/results.*.joined.json")
+    assert kiln.http.delete(f"/v1/jobs/{csv_job['id']}").status_code == 200
+    fs.invalidate_cache()
+    assert fs.find(f"{BUCKET}/kiln/jobs/{csv_job['id']}") == []
     assert kiln.http.get(f"/v1/files/{meta['id']}/content").content == data
     assert kiln.http.delete(f"/v1/files/{meta['id']}").status_code == 204
     fs.invalidate_cache()
