@@ -109,7 +109,7 @@ def csv_pieces(uris: list[str]) -> tuple[bytes, list[str]] | None:
             return None
         with Storage.open(uri) as handle:
             schemas.add(pa.ipc.open_stream(handle).schema)
-    if len(schemas) != 1 or not uris:
+    if len(schemas) != 1:  # none (no parts), or parts that disagree
         return None
     header = io.BytesIO()
     pacsv.write_csv(flat_table(read_arrow(uris[0]).slice(0, 1)).slice(0, 0), header)

@@ -51,8 +51,9 @@ SELECT uri FROM (
     UNION ALL SELECT regexp_replace(output_uri, '\\.arrow$', '.csv') FROM job_chunks
         WHERE job_id = ANY(:job_ids) AND output_uri LIKE '%.arrow'
     UNION ALL SELECT options->>'decoded_uri' FROM jobs WHERE id = ANY(:job_ids)
-    -- last, the job's parts folder (a trailing /: removed whole), with any part of an attempt
-    -- that was killed before it could remove its own
+    -- the job's parts folder (a trailing /: removed whole), with any part of an attempt that
+    -- was killed before it could remove its own (in any order: a removal of what is gone is a
+    -- no-op)
     UNION ALL SELECT * FROM (SELECT DISTINCT regexp_replace(coalesce(output_uri, error_uri),
                                                             '/parts/[^/]+$', '/parts/')
         FROM job_chunks WHERE job_id = ANY(:job_ids)
