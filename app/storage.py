@@ -89,7 +89,7 @@ class Storage:
         buffer = bytearray(READ_BYTES)
         for piece in pieces:
             size = 0
-            with fsspec.open(piece, "rb").open() as handle:
+            with Storage.open(piece) as handle:
                 while count := handle.readinto(buffer):
                     digest.update(memoryview(buffer)[:count])
                     size += count

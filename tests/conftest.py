@@ -137,6 +137,18 @@ def build_stack(services: Services, tmp: Path, **overrides: str) -> tuple[Stack,
     return Stack(env, support.settings_from_env(env), tmp), name
 
 
+def api_only_stack(services: Services, tmp: Path, **overrides: str):
+    """A module's stack with the digits model and an API, no worker (a test starts one when it
+    wants jobs to run), as `yield from` in a fixture: the stack has `api_url`."""
+    built, name = build_stack(services, tmp, **overrides)
+    built.add_digits()
+    api = support.start_api(built.env, built.logdir)
+    built.api_url = api.url
+    yield built
+    api.stop()
+    support.drop_database(services.admin_url, name)
+
+
 @pytest.fixture(scope="session")
 def stack(services, tmp_path_factory):
     """The shared stack, with the digits model registered."""

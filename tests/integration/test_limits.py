@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from app.orm import File, Job, Tenant
-from tests.conftest import build_stack
-from tests.support import drop_database, start_api, start_worker, wait_for
+from tests.conftest import api_only_stack
+from tests.support import start_api, start_worker, wait_for
 from workers.demo_models import digits_records, digits_split
 
 PROBLEM = "application/problem+json"
@@ -27,14 +27,8 @@ RECORDS = digits_records(digits_split()[1][:16])
 def limited(services, tmp_path_factory):
     """One stack for the module (two API processes, no worker until a test starts one), with
     a short limits cache so that `kiln tenants limits` applies at once."""
-    built, name = build_stack(services, tmp_path_factory.mktemp("limits"),
+    yield from api_only_stack(services, tmp_path_factory.mktemp("limits"),
                               KILN_TUNING__CACHE_SECONDS="0.2", KILN_API_WORKERS="2")
-    built.add_digits()
-    api = start_api(built.env, built.logdir)
-    built.api_url = api.url
-    yield built
-    api.stop()
-    drop_database(services.admin_url, name)
 
 
 class LimitedTenant:

@@ -14,8 +14,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import build_stack
-from tests.support import drop_database, start_api, start_worker
+from tests.conftest import api_only_stack
+from tests.support import start_worker
 from workers.demo_models import digits_records, digits_split
 
 RECORDS = digits_records(digits_split()[1][:2])
@@ -26,15 +26,9 @@ PROBLEM = "application/problem+json"
 def held(services, tmp_path_factory):
     """An API (one process, one held request at a time) and no worker: jobs stay queued until a
     test starts one."""
-    stack, name = build_stack(services, tmp_path_factory.mktemp("wait"),
+    yield from api_only_stack(services, tmp_path_factory.mktemp("wait"),
                               KILN_MAX_WAITING_REQUESTS="1",
                               KILN_TUNING__WAIT_RECHECK_SECONDS="60")
-    stack.add_digits()
-    api = start_api(stack.env, stack.logdir)
-    stack.api_url = api.url
-    yield stack
-    api.stop()
-    drop_database(services.admin_url, name)
 
 
 def http(stack, key=None) -> httpx.Client:

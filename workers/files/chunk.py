@@ -145,10 +145,11 @@ class ChunkRun:
             discard_parts(uris.values())
             return None
         lease.stop()  # the commit ends the lease (fenced: it fails if the lease was lost)
-        committed = self.commit(uris)
+        counts = {"results": self.completed, "errors": self.failed}
+        named = {kind: uri if counts[kind] else None for kind, uri in uris.items()}
+        committed = self.commit(named)
         # the parts the chunk row does not name (an empty kind, or all when fenced off)
-        discard_parts([uri for kind, uri in uris.items()
-                       if not committed or not (self.completed if kind == "results" else self.failed)])
+        discard_parts([uri for kind, uri in uris.items() if not committed or named[kind] is None])
         return self if committed else None
 
     def score_batches(self, handles: dict[str, Any], lease: PhaseLease) -> bool:
@@ -184,13 +185,14 @@ class ChunkRun:
             return False
         return status == "running"  # else the job ended elsewhere (failed, expired)
 
-    def commit(self, uris: dict[str, str]) -> bool:
-        """The chunk's parts and counts, fenced by attempt, with an opt-in progress event."""
+    def commit(self, named: dict[str, str | None]) -> bool:
+        """The chunk's counts and the parts it names (None: an empty kind), fenced by attempt,
+        with an opt-in progress event."""
         with self.context.sessions.begin() as session:
             done = chunk_store.commit_chunk(
                 session, self.job_id, self.index, self.attempt, completed=self.completed,
-                failed=self.failed, output_uri=uris["results"] if self.completed else None,
-                error_uri=uris["errors"] if self.failed else None, usage=self.usage())
+                failed=self.failed, output_uri=named["results"], error_uri=named["errors"],
+                usage=self.usage())
             if done:
                 record_progress_event(session, self.job_id,
                                       self.context.settings.progress_event_seconds)
