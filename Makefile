@@ -22,9 +22,14 @@ $(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py $(if $(V),-v)
 
+# Test processes (pytest-xdist): most of a test waits on the processes it started, so two share
+# 2 cores well. Each takes whole modules (--dist loadfile: a module's stack is built once) and
+# its own Redis database (tests/support.py: redis_db).
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.dev-installed
 	sh scripts/ensure_browser.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 chaos: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest tests/chaos -m chaos -s

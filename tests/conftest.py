@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import tempfile
 import uuid
@@ -66,8 +65,7 @@ def services():
         admin_url = embedded_pg.start()
         embedded = [embedded_pg]
     if support.local_redis_up() and not force:
-        db = os.environ.get("KILN_TEST_REDIS_DB") or random.randint(1, 15)  # parallel runs: set it
-        redis_url = f"{support.LOCAL_REDIS}/{db}"
+        redis_url = f"{support.LOCAL_REDIS}/{support.redis_db()}"
     else:
         from app.embedded import EmbeddedRedis
         embedded_redis = EmbeddedRedis(home)

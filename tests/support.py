@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,6 +39,17 @@ def local_redis_up() -> bool:
         return bool(redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def redis_db() -> int:
+    """The local Redis database (1-15) for this test process. KILN_TEST_REDIS_DB picks the run's
+    (set it for runs side by side); unset, one is drawn per run. xdist's workers (gw0, gw1, ...)
+    take the next ones, so no two workers share a database (queues and pub/sub stay apart)."""
+    chosen = os.environ.get("KILN_TEST_REDIS_DB")
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one run
+    base = int(chosen) if chosen else (int(run, 16) if run else random.getrandbits(32)) % 15 + 1
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return (base - 1 + worker) % 15 + 1
 
 
 def with_database(admin_url: str, name: str) -> str:
