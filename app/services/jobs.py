@@ -329,6 +329,10 @@ def _matching(search: str):
 def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
     """Queued jobs end at once; running ones stop at their next batch boundary."""
     job = get_job(session, caller, job_id)
+    # Locked, so the count of running chunks below still holds at the move: a chunk that
+    # ended in between would leave a `cancelling` job with no chunk left to end it.
+    job_store.lock_job(session, job.id)
+    session.refresh(job)
     target = cancel_target(job.status)
     if target is None:
         if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):

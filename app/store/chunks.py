@@ -84,7 +84,8 @@ RETURNING c.job_id, c.index, picked.queue
 """)
 
 CANCEL_QUEUED = text("""
-UPDATE job_chunks SET status = 'cancelled' WHERE job_id = :job_id AND status = 'queued'
+UPDATE job_chunks SET status = 'cancelled', lease_expires_at = NULL
+WHERE job_id = :job_id AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))
 """)
 
 
@@ -128,7 +129,8 @@ def cancel_chunk(session: Session, job_id: uuid.UUID, index: int, attempt: int) 
 
 
 def cancel_queued(session: Session, job_id: uuid.UUID) -> None:
-    """A job that ends by a cancel takes its chunks still waiting with it."""
+    """A job that ends by a cancel takes with it its chunks still waiting, and any whose worker
+    died holding it (a late commit of that attempt is fenced off by the chunk's status)."""
     session.execute(CANCEL_QUEUED, {"job_id": job_id})
 
 

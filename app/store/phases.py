@@ -61,7 +61,8 @@ ON CONFLICT (job_id, index) DO NOTHING
 CHUNK_STATE = text("""
 SELECT j.status,
        count(*) FILTER (WHERE c.status IN ('queued', 'running')) AS open_chunks,
-       count(*) FILTER (WHERE c.status = 'running') AS running_chunks
+       count(*) FILTER (WHERE c.status = 'running' AND c.lease_expires_at >= now())
+           AS running_chunks  -- held: a chunk whose worker died runs no more
 FROM jobs j LEFT JOIN job_chunks c ON c.job_id = j.id
 WHERE j.id = :job_id GROUP BY j.status
 """)

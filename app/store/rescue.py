@@ -62,9 +62,14 @@ WHERE id IN (
           < now() - make_interval(secs => :grace_seconds)
       AND ((j.status IN ('validating', 'finalizing')
             AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now()))
-        OR (j.status IN ('running', 'cancelling') AND NOT EXISTS (
+        OR (j.status = 'running' AND NOT EXISTS (
             SELECT 1 FROM job_chunks c WHERE c.job_id = j.id
-            AND c.status IN ('queued', 'running'))))
+            AND c.status IN ('queued', 'running')))
+        -- no chunk of a cancelling job starts: once none runs (or its worker died holding
+        -- it), the job is only waiting to end
+        OR (j.status = 'cancelling' AND NOT EXISTS (
+            SELECT 1 FROM job_chunks c WHERE c.job_id = j.id AND c.status = 'running'
+            AND c.lease_expires_at >= now())))
     LIMIT :limit FOR UPDATE SKIP LOCKED)
 RETURNING id, options->>'queue' AS queue
 """)
