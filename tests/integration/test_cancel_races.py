@@ -12,15 +12,15 @@ import psycopg
 import pytest
 
 from app.client import KilnClient
+from tests import support
+from tests.conftest import build_stack
 from tests.integration.test_files import digits_rows, submit, to_csv, upload
 from tests.support import start_api_and_worker, wait_for
 
 
 @pytest.fixture(scope="module")
 def races(services, tmp_path_factory):
-    from tests.conftest import build_stack
-    from tests import support
-
+    """An isolated stack (chunks of 20 rows) with the digits model, an API and a worker."""
     stack, name = build_stack(services, tmp_path_factory.mktemp("races"),
                               KILN_TUNING__CHUNK_ROWS="20")
     stack.add_digits()
@@ -33,7 +33,7 @@ def races(services, tmp_path_factory):
     support.drop_database(services.admin_url, name)
 
 
-def finished_job(stack, client, rows: int) -> str:
+def finished_job(client, rows: int) -> str:
     """A file job that ran to the end, in chunks of 20 rows."""
     source = upload(client, "race.csv", to_csv(digits_rows(rows)))
     job = submit(client, source["id"])
@@ -50,7 +50,7 @@ def test_a_cancel_that_races_the_last_running_chunks_commit_ends_the_job(races):
     """The cancel counts running chunks and moves the job in one locked step: the chunk that
     ends in between no longer leaves the job `cancelling` with nobody to end it."""
     stack, client = races
-    job_id = finished_job(stack, client, 20)
+    job_id = finished_job(client, 20)
     with admin(stack) as conn:  # back to running, its one chunk being scored
         conn.execute("UPDATE jobs SET status = 'running', finished_at = NULL WHERE id = %s",
                      (job_id,))
@@ -76,7 +76,7 @@ def test_a_cancelling_job_with_no_chunk_running_is_ended_by_the_reconciler(races
     """No chunk of a cancelling job starts, and a chunk whose worker died runs no more: the
     reconciler's pass ends such a job `cancelled`, with its chunks."""
     stack, client = races
-    job_id = finished_job(stack, client, 40)
+    job_id = finished_job(client, 40)
     left = "'queued', lease_expires_at = NULL" if chunk == "queued" else \
         "'running', lease_expires_at = now() - interval '1 second'"
     with admin(stack) as conn:
