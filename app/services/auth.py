@@ -27,14 +27,20 @@ class Caller:
     key_prefix: str | None = None  # the audit log's actor
 
 
-def get_owned(session: Session, caller: Caller, entity, raw_id, what: str):
-    """The `entity` row with this id in the caller's tenant; another tenant's row is a 404 too."""
+def get_owned(session: Session, caller: Caller, entity, raw_id, what: str, *,
+              lock: bool = False):
+    """The `entity` row with this id in the caller's tenant; another tenant's row is a 404 too.
+    `lock`: read it fresh and hold its row until the transaction ends (`key_share=True` is
+    FOR NO KEY UPDATE: it does not block rows that only reference it)."""
     try:
         ident = uuid.UUID(str(raw_id))
     except ValueError:
         raise NotFound(f"no {what} {raw_id!r}") from None
-    row = session.scalar(select(entity).where(entity.id == ident,
-                                              entity.tenant_id == caller.tenant_id))
+    query = select(entity).where(entity.id == ident, entity.tenant_id == caller.tenant_id)
+    if lock:
+        query = query.with_for_update(key_share=True) \
+            .execution_options(populate_existing=True)
+    row = session.scalar(query)
     if row is None:
         raise NotFound(f"no {what} {raw_id!r}")
     return row

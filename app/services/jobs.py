@@ -267,9 +267,10 @@ def _replay(existing: Job, fingerprint: str | None) -> Job:
     return existing
 
 
-def get_job(session: Session, caller: Caller, job_id: str) -> Job:
-    """The caller's job; a deleted one (a tombstone) is not found."""
-    job = get_owned(session, caller, Job, job_id, "job")
+def get_job(session: Session, caller: Caller, job_id: str, *, lock: bool = False) -> Job:
+    """The caller's job (`lock`: its row held until the transaction ends); a deleted one (a
+    tombstone) is not found."""
+    job = get_owned(session, caller, Job, job_id, "job", lock=lock)
     if job.deleted_at is not None:
         raise NotFound(f"no job {job_id!r}")
     return job
@@ -328,11 +329,10 @@ def _matching(search: str):
 
 def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
     """Queued jobs end at once; running ones stop at their next batch boundary."""
-    job = get_job(session, caller, job_id)
-    # Locked, so the count of running chunks below still holds at the move: a chunk that
-    # ended in between would leave a `cancelling` job with no chunk left to end it.
-    job_store.lock_job(session, job.id)
-    session.refresh(job)
+    # Locked: a chunk's commit adds its counts to the job's row, so the count of running chunks
+    # below still holds at the move (a chunk that ended in between would leave a `cancelling`
+    # job with no chunk left to end it).
+    job = get_job(session, caller, job_id, lock=True)
     target = cancel_target(job.status)
     if target is None:
         if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):

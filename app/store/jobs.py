@@ -142,8 +142,6 @@ WHERE status = 'queued' AND kind = 'inline' AND total_count <= :max_rows
 LIMIT 1
 """)
 
-LOCK_JOB = text("SELECT status FROM jobs WHERE id = :job_id FOR NO KEY UPDATE")
-
 REQUEST_CANCEL = text("""
 UPDATE jobs SET status = 'cancelling' WHERE id = :job_id AND status = 'running' RETURNING id
 """)
@@ -270,12 +268,6 @@ def cancel_now(session: Session, job_id: uuid.UUID, current: str) -> list[Ended]
     and its chunks still waiting."""
     chunk_store.cancel_queued(session, job_id)
     return finish(session, [Outcome(job_id, JobStatus.CANCELLED, (JobStatus(current),))])
-
-
-def lock_job(session: Session, job_id: uuid.UUID) -> None:
-    """Hold the job's row until the transaction ends. A chunk's commit adds its counts to that
-    row, so while it is held no chunk of the job can end: what a reader counts stays true."""
-    session.execute(LOCK_JOB, {"job_id": job_id})
 
 
 @moves("running->cancelling")
